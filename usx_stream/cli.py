@@ -1,0 +1,78 @@
+"""The ``usx-stream`` command line.
+
+Each subcommand lives in its own module ``usx_stream.commands.<name>`` exposing
+``add_arguments(parser)``, ``run(args) -> int`` and a module docstring (first line = help, the rest =
+description with examples). Modules are imported only when their subcommand runs, so ``--help`` and
+light commands start fast (torch/open3d cost ~4 s to import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help). Keep the help here so `usx-stream --help` imports nothing heavy.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("usx_stream.commands.run", "run the streaming node from a launch file"),
+    "demo": ("usx_stream.commands.demo", "simulate a phantom session, run it through the node, write demo_out/"),
+    "simulate": ("usx_stream.commands.simulate", "write a simulated phantom session (sequence, X-ray, meshes)"),
+    "compound": ("usx_stream.commands.compound", "reconstruct a volume from a PLUS sequence (VolumeReconstructor drop-in)"),
+    "replay": ("usx_stream.commands.replay", "serve a PLUS sequence file over OpenIGTLink like PlusServer"),
+    "listen": ("usx_stream.commands.listen", "connect to an OpenIGTLink server and print what arrives"),
+    "dataset": ("usx_stream.commands.dataset", "generate paired US/X-ray/ground-truth completion data (HDF5)"),
+    "train": ("usx_stream.commands.train", "train the completion network"),
+    "eval": ("usx_stream.commands.eval", "evaluate completion models and compare them"),
+    "export": ("usx_stream.commands.export", "export the completion network (torch.export / ONNX) and check it"),
+    "calibrate-xray": ("usx_stream.commands.calibrate_xray", "compute XrayToReference from fiducial pairs"),
+    "bench": ("usx_stream.commands.bench", "run a benchmark from benchmarks/"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    found = {}
+    for name, (module, help_) in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            found[name] = (module, help_)
+    return found
+
+
+def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="usx-stream",
+        description="Real-time completion of vertebra surfaces from tracked ultrasound and one lateral X-ray.",
+        epilog="Run 'usx-stream COMMAND --help' for the options and examples of a command.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_) in _available().items():
+        if argv_command == name:
+            module = importlib.import_module(module_name)
+            doc = (module.__doc__ or help_).strip()
+            p = sub.add_parser(name, help=help_, description=doc,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
+        else:
+            sub.add_parser(name, help=help_, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose + 1, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
