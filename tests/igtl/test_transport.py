@@ -1,0 +1,211 @@
+"""Transport over real sockets on 127.0.0.1: many clients, ordering, large messages, limits, counted drops,
+keep-alive, and dead / half-open / restarting peers (waits are on events and queues, never sleeps)."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from usx_stream.igtl import ImageContent, Message
+from usx_stream.igtl.codec import encode_bytes
+from usx_stream.igtl.endpoints import Client, Server
+from usx_stream.igtl.transport import TransportOptions
+
+FAST = TransportOptions(keepalive_interval_s=0.05, peer_timeout_s=0.5)
+
+
+def transform(i: int, name: str = "T", version: int = 1) -> Message:
+    m = np.eye(4)
+    m[:3, 3] = [i, 2 * i, 3 * i]
+    return Message("TRANSFORM", name, m, 100.0 + i, header_version=version)
+
+
+def receive(endpoint, n: int, timeout: float = 10.0) -> list[Message]:
+    out = []
+    while len(out) < n:
+        msg = endpoint.get(timeout=timeout)
+        assert msg is not None, f"only {len(out)} of {n} messages arrived"
+        out.append(msg)
+    return out
+
+
+def wait_no_connections(server: Server, timeout: float = 10.0) -> None:
+    with server._cond:
+        assert server._cond.wait_for(lambda: not server.connections, timeout)
+
+
+def test_many_clients_every_message_in_order():
+    with Server(port=0) as server:
+        clients = [Client("127.0.0.1", server.port).start() for _ in range(3)]
+        assert all(c.wait_connected(10) for c in clients)
+        assert server.wait_for_clients(3, 10)
+        for i in range(300):
+            assert server.broadcast(transform(i), block_s=10) == 3
+        for c in clients:
+            got = receive(c, 300)
+            assert [m.content[0, 3] for m in got] == list(range(300))
+        for k, c in enumerate(clients):  # and the other way: every client to the server
+            for i in range(50):
+                assert c.send(transform(i, name=f"c{k}"))
+        got = receive(server, 150)
+        for k in range(3):
+            assert [m.content[0, 3] for m in got if m.device_name == f"c{k}"] == list(range(50))
+        assert len({m.peer for m in got}) == 3
+        for c in clients:
+            c.stop()
+
+
+def test_large_message_delivered_and_size_limit_enforced():
+    big = np.random.default_rng(0).integers(0, 255, (40, 1024, 1024), dtype=np.uint8)  # 40 MiB
+    options = TransportOptions(max_body_bytes=32 << 20)
+    with Server(port=0) as server, Client("127.0.0.1", server.port, options=options) as client:
+        assert server.wait_for_clients(1, 10)
+        server.broadcast(Message("IMAGE", "Big", ImageContent(big[:20], np.eye(4)), 1.0))  # 20 MiB: fits
+        server.broadcast(Message("IMAGE", "TooBig", ImageContent(big, np.eye(4)), 2.0))  # 40 MiB: over
+        server.broadcast(transform(7))
+        first, second = receive(client, 2, timeout=30)
+        np.testing.assert_array_equal(first.content.voxels, big[:20])
+        assert second.type == "TRANSFORM" and second.content[0, 3] == 7
+        assert client.stats.snapshot()["rejected"] == {"body_too_large": 1}
+
+
+def test_slow_consumer_drops_are_counted():
+    options = TransportOptions(inbound_queue=5)
+    with Server(port=0, options=options) as server:
+        client = Client("127.0.0.1", server.port).start()
+        assert client.wait_connected(10)
+        for i in range(50):
+            client.send(transform(i))
+        client.stop()  # flushes the 50 messages, then closes; the server reads to the end
+        wait_no_connections(server)
+        stats = server.stats.snapshot()
+        delivered = receive(server, stats["delivered"])
+    assert [m.content[0, 3] for m in delivered] == list(range(len(delivered)))
+    assert stats["delivered"] == 5
+    assert stats["delivered"] + stats["dropped_inbound"] == stats["messages_received"] == 50
+
+
+def test_keepalive_keeps_a_quiet_connection_alive():
+    client_options = TransportOptions(keepalive_interval_s=0.02, peer_timeout_s=0.5, deliver_keepalives=True)
+    server_options = TransportOptions(keepalive_interval_s=0.02, peer_timeout_s=0.5)
+    with Server(port=0, options=server_options) as server, \
+            Client("127.0.0.1", server.port, options=client_options) as client:
+        assert client.wait_connected(10)
+        got = receive(client, 50)  # 50 keep-alives span ~1 s: twice the peer timeout
+        assert {(m.type, m.device_name, m.content.code) for m in got} == {("STATUS", "KeepAlive", 1)}
+        assert client.generation == 1 and client.stats.snapshot()["closed"] == {}
+
+
+def test_server_restart_detected_and_reconnected_nothing_lost():
+    server = Server(port=0, options=FAST).start()
+    port = server.port
+    client = Client("127.0.0.1", port, options=FAST).start()
+    try:
+        assert client.wait_connected(10) and server.wait_for_clients(1, 10)
+        for i in range(20):
+            server.broadcast(transform(i))
+        before = receive(client, 20)
+        server.stop()
+        server = Server(port=port, options=FAST).start()
+        assert client.wait_connected(10, generation=2)
+        assert server.wait_for_clients(1, 10)
+        for i in range(20, 40):
+            server.broadcast(transform(i))
+        after = receive(client, 20)
+        assert [m.content[0, 3] for m in before + after] == list(range(40))
+        assert client.stats.snapshot()["reconnects"] >= 1 and len(client.downtimes_s) >= 1
+    finally:
+        client.stop()
+        server.stop()
+
+
+def _raw_server():
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    lst.settimeout(10)
+    return lst
+
+
+def test_half_open_peer_detected_and_reconnected():
+    """A peer that keeps the socket open but sends nothing (and reads nothing) is declared dead."""
+    lst = _raw_server()
+    client = Client("127.0.0.1", lst.getsockname()[1], options=FAST).start()
+    try:
+        first, _ = lst.accept()
+        first.sendall(b"".join(encode_bytes(transform(i)) for i in range(3)))
+        # ... and then silence, socket left open (half-open from the client's point of view)
+        second, _ = lst.accept()  # the client gave up on the silent peer and reconnected
+        second.sendall(b"".join(encode_bytes(transform(i)) for i in range(3, 6)))
+        got = receive(client, 6)
+        assert [m.content[0, 3] for m in got] == list(range(6))
+        closed = client.stats.snapshot()["closed"]
+        assert list(closed) == ["peer silent for 0.5 s"]
+        first.close()
+        second.close()
+    finally:
+        client.stop()
+        lst.close()
+
+
+def test_reset_peer_detected_and_reconnected():
+    lst = _raw_server()
+    client = Client("127.0.0.1", lst.getsockname()[1], options=FAST).start()
+    try:
+        first, _ = lst.accept()
+        first.sendall(encode_bytes(transform(0)))
+        assert receive(client, 1)[0].content[0, 3] == 0
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        first.close()  # RST
+        second, _ = lst.accept()
+        second.sendall(encode_bytes(transform(1)))
+        assert receive(client, 1)[0].content[0, 3] == 1
+        second.close()
+    finally:
+        client.stop()
+        lst.close()
+
+
+def test_server_drops_a_silent_client():
+    options = TransportOptions(keepalive_interval_s=0.05, peer_timeout_s=0.3)
+    with Server(port=0, options=options) as server:
+        with socket.create_connection(("127.0.0.1", server.port)):
+            assert server.wait_for_clients(1, 10)
+            wait_no_connections(server)
+        assert server.stats.snapshot()["closed"] == {"peer silent for 0.3 s": 1}
+
+
+def test_options_validated():
+    with pytest.raises(ValueError, match="peer_timeout_s"):
+        TransportOptions(peer_timeout_s=-1)
+    with pytest.raises(ValueError, match="backoff_s"):
+        Client("127.0.0.1", 1, backoff_s=(1.0, 0.5))
+
+
+def test_closing_a_full_queue_releases_a_blocked_sender():
+    """Back-pressure (``block_s``) must end when the connection dies, not after the full wait."""
+    import threading
+
+    from usx_stream.igtl.transport import MessageQueue, TransportStats
+
+    stats = TransportStats()
+    q = MessageQueue(1, stats, "dropped")
+    assert q.put("a")
+    result = {}
+    started = threading.Event()
+
+    def blocked_put():
+        started.set()
+        result["ok"] = q.put("b", timeout=3600)
+
+    t = threading.Thread(target=blocked_put)
+    t.start()
+    assert started.wait(10)
+    q.close()
+    t.join(timeout=10)
+    assert not t.is_alive() and result["ok"] is False
+    assert q.get(timeout=0) == "a" and q.get(timeout=0) is None
+    assert stats.snapshot().get("dropped", 0) == 0

@@ -1,0 +1,274 @@
+"""OpenIGTLink endpoints: a reconnecting :class:`Client` and a many-client :class:`Server`.
+
+Both own one inbound :class:`~.transport.MessageQueue` (read it with ``get(timeout)``; each message's
+``peer`` names its connection) and one :class:`~.transport.TransportStats`. Sockets open in ``start()``
+and close in ``stop()``; nothing here installs signal handlers, so endpoints work from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from . import codec
+from .codec import Message
+from .transport import Connection, MessageQueue, TransportOptions, TransportStats
+
+logger = logging.getLogger(__name__)
+
+
+class _Endpoint:
+    def __init__(self, options: TransportOptions | None):
+        self.options = options or TransportOptions()
+        self.stats = TransportStats()
+        self.inbound = MessageQueue(self.options.inbound_queue, self.stats, "dropped_inbound")
+        self._stop = threading.Event()
+        self._cond = threading.Condition()  # guards connection state below; notified on every change
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        """Next received message in arrival order, or None after ``timeout`` seconds."""
+        return self.inbound.get(timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Client(_Endpoint):
+    """Connects to ``host:port`` and keeps reconnecting (exponential backoff) until :meth:`stop`.
+
+    Parameters
+    ----------
+    host, port : str, int
+    options : TransportOptions or None
+    hello : Message or None
+        Sent first on every (re)connection. Send a version-2 message here so that a PlusServer starts
+        talking version 2 (metadata, TransformStatus) to us; see :func:`hello_message`.
+    backoff_s : (float, float)
+        First and largest wait between connection attempts, seconds; doubles after each failure.
+    connect_timeout_s : float
+    """
+
+    def __init__(self, host: str, port: int, *, options: TransportOptions | None = None, hello: Message | None = None,
+                 backoff_s: tuple[float, float] = (0.05, 0.5), connect_timeout_s: float = 1.0):
+        if not 0 < backoff_s[0] <= backoff_s[1]:
+            raise ValueError(f"backoff_s: expected 0 < first <= largest, got {backoff_s!r}")
+        if not 0 <= int(port) < 65536:
+            raise ValueError(f"port: expected 0..65535, got {port!r}")
+        super().__init__(options)
+        self.host, self.port = host, int(port)
+        self.hello = hello
+        self.backoff_s = backoff_s
+        self.connect_timeout_s = connect_timeout_s
+        self.connection: Connection | None = None  # replaced by the manager thread on each connect
+        self.generation = 0  # number of successful connections so far
+        self.downtimes_s: list[float] = []  # per reconnect: seconds from losing a connection to the next one
+        self._lost_at: float | None = None
+        self._thread = threading.Thread(target=self._run, name=f"igtl-client-{host}:{port}", daemon=True)
+
+    def start(self) -> "Client":
+        self._thread.start()
+        return self
+
+    def stop(self, *, flush_timeout_s: float = 1.0) -> None:
+        """Send what is still queued (up to ``flush_timeout_s``), then close and stop reconnecting."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        conn = self.connection
+        if conn is not None:
+            conn.flush(flush_timeout_s)
+            conn.close("client stopped")
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+    @property
+    def connected(self) -> bool:
+        conn = self.connection
+        return conn is not None and not conn.closed.is_set()
+
+    def wait_connected(self, timeout: float | None = None, *, generation: int = 1) -> bool:
+        """Block until the ``generation``-th connection is up (1 = first connect); True if it is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.generation >= generation and self.connected, timeout)
+
+    def send(self, msg: Message) -> bool:
+        """Queue ``msg`` on the current connection; False (and counted) when not connected."""
+        conn = self.connection
+        if conn is None or not conn.send(msg):
+            self.stats.add("send_failed")
+            return False
+        return True
+
+    def _run(self) -> None:
+        delay = self.backoff_s[0]
+        while not self._stop.is_set():
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
+            except OSError as e:
+                logger.debug("connect to %s:%d failed: %s", self.host, self.port, e)
+                self.stats.add("connect_failures")
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff_s[1])
+                continue
+            try:
+                conn = Connection(sock, inbound=self.inbound, stats=self.stats, options=self.options,
+                                  on_closed=self._closed)
+            except OSError as e:  # the server vanished right after accepting
+                logger.debug("connection to %s:%d lost at set-up: %s", self.host, self.port, e)
+                sock.close()
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff_s[1])
+                continue
+            if self.hello is not None:
+                conn.send_encoded(codec.encode(self.hello))
+            conn.start()
+            with self._cond:
+                self.connection = conn
+                self.generation += 1
+                if self._lost_at is not None:
+                    self.downtimes_s.append(time.monotonic() - self._lost_at)
+                    self._lost_at = None
+                self._cond.notify_all()
+            self.stats.add("connects")
+            logger.info("connected to %s:%d", self.host, self.port)
+            conn.closed.wait()
+            if self._stop.is_set():
+                break
+            self.stats.add("reconnects")
+            if conn.first_message.is_set():
+                delay = self.backoff_s[0]  # a working connection ended: try again at once
+            else:  # accepted but dropped before saying anything (e.g. a full server): back off
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff_s[1])
+
+    def _closed(self, conn: Connection, reason: str) -> None:
+        with self._cond:
+            self._lost_at = time.monotonic()
+            self._cond.notify_all()
+
+
+class Server(_Endpoint):
+    """Listens on ``host:port`` (127.0.0.1 by default; port 0 picks a free one) for any number of clients.
+
+    ``broadcast`` sends to every client. With ``match_peer_version`` (PlusServer behaviour) a version-2
+    message goes out as version 1 to clients that have not sent a version-2 message themselves.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 18944, *, options: TransportOptions | None = None,
+                 max_clients: int = 16, match_peer_version: bool = True):
+        if not 0 <= int(port) < 65536:
+            raise ValueError(f"port: expected 0..65535, got {port!r}")
+        if max_clients < 1:
+            raise ValueError(f"max_clients: must be >= 1, got {max_clients}")
+        # A client may rightly never send anything (a viewer): by default a server does not time clients
+        # out for silence; a dead one is noticed when sends stall (send_timeout_s) or TCP reports it.
+        super().__init__(options or TransportOptions(peer_timeout_s=0))
+        self.host, self.port = host, int(port)
+        self.max_clients = max_clients
+        self.match_peer_version = match_peer_version
+        self.connections: list[Connection] = []  # guarded by self._cond
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Server":
+        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind((self.host, self.port))
+        lst.listen(self.max_clients)
+        lst.settimeout(0.5)  # bounds how long stop() waits for the accept thread
+        self.port = lst.getsockname()[1]
+        self._listener = lst
+        self._thread = threading.Thread(target=self._accept_loop, name=f"igtl-server-{self.port}", daemon=True)
+        self._thread.start()
+        logger.info("OpenIGTLink server listening on %s:%d", self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            try:  # wakes a blocked accept() on Linux; close() alone would leave it accepting
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected / already shut down
+            self._listener.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+        with self._cond:
+            conns = list(self.connections)
+        for conn in conns:
+            conn.close("server stopped")
+
+    @property
+    def client_count(self) -> int:
+        with self._cond:
+            return len(self.connections)
+
+    def wait_for_clients(self, n: int = 1, timeout: float | None = None) -> bool:
+        """Block until at least ``n`` clients are connected."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.connections) >= n, timeout)
+
+    def broadcast(self, msg: Message, *, block_s: float = 0.0) -> int:
+        """Queue ``msg`` to every connected client; returns how many accepted it.
+
+        A client whose outbound queue is full gets up to ``block_s`` seconds to make room (back-pressure
+        for file replay); after that the message is dropped for that client and counted.
+        """
+        with self._cond:
+            conns = list(self.connections)
+        encoded: dict[int, list] = {}
+        sent = 0
+        for conn in conns:
+            version = min(msg.header_version, conn.peer_header_version) if self.match_peer_version else msg.header_version
+            if version not in encoded:
+                encoded[version] = codec.encode(Message(msg.type, msg.device_name, msg.content, msg.timestamp,
+                                                        msg.metadata, version, msg.message_id))
+            sent += conn.send_encoded(encoded[version], block_s=block_s)
+        return sent
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, addr = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break  # listener closed by stop()
+            with self._cond:
+                if self._stop.is_set():
+                    sock.close()
+                    break
+                if len(self.connections) >= self.max_clients:
+                    logger.warning("refusing %s:%d: %d clients already", *addr[:2], self.max_clients)
+                    sock.close()
+                    self.stats.add("refused")
+                    continue
+                try:
+                    conn = Connection(sock, inbound=self.inbound, stats=self.stats, options=self.options,
+                                      on_closed=self._closed)
+                except OSError as e:  # the client vanished between accept() and set-up
+                    logger.debug("dropping %s:%d at set-up: %s", *addr[:2], e)
+                    sock.close()
+                    continue
+                self.connections.append(conn)
+                self._cond.notify_all()
+            self.stats.add("connects")
+            conn.start()
+
+    def _closed(self, conn: Connection, reason: str) -> None:
+        with self._cond:
+            if conn in self.connections:
+                self.connections.remove(conn)
+            self._cond.notify_all()
+
+
+def hello_message(device_name: str = "usx-stream") -> Message:
+    """A version-2 STATUS(OK) to send at connect: PlusServer then answers in version 2."""
+    from .codec_basic import StatusContent
+
+    return Message("STATUS", device_name, StatusContent(message="hello"), time.time(), header_version=2)

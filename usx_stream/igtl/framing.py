@@ -1,0 +1,189 @@
+"""Split an OpenIGTLink byte stream into CRC-checked messages, surviving garbage in between.
+
+No sockets here: the transport reads into :meth:`StreamParser.writable`, calls :meth:`commit`, then
+iterates :meth:`frames`. Each item is either a ``(Header, body: bytearray)`` pair whose body passed the
+CRC64 check, or a :class:`Rejection` naming why bytes were thrown away.
+
+Resynchronisation. After a framing error (bad version, declared size over the limit, CRC mismatch,
+stream ended mid-message) the parser scans forward for the next position whose 58 bytes look like a
+header (version 1 or 2, printable NUL-padded type and device name, size within the limit) *and* whose
+body passes the CRC check. Bytes skipped meanwhile are counted in :attr:`StreamParser.bytes_skipped`;
+exactly one :class:`Rejection` is reported per error, so a stream where bad and good messages alternate
+reports one rejection per bad message and delivers every good one. A header that declares a size within
+the limit but larger than what follows is only resolved when more bytes (or the end of the stream)
+arrive: valid messages behind it are then found by the rescan and delivered late, not lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .codec import HEADER, HEADER_SIZE, DecodeError, parse_header
+from .crc import crc64
+
+_INITIAL_CAPACITY = 1 << 20  # 1 MiB: one 820x616 uint8 frame plus headroom
+_RECV_CHUNK = 1 << 18
+
+
+@dataclass
+class Rejection:
+    """Bytes thrown away: ``reason`` is a stable tag (used as a counter key), ``offset`` the stream
+    position of the rejected header."""
+
+    reason: str
+    detail: str
+    offset: int
+
+
+class StreamParser:
+    """Incremental OpenIGTLink framer with CRC checking, size limits and resynchronisation.
+
+    Parameters
+    ----------
+    max_body_bytes : int
+        Larger declared body sizes are rejected (``body_too_large``) without reading the body.
+    check_crc : bool
+        Verify CRC64 ECMA-182 of each body (on by default; off only for peers known to send zeros).
+    """
+
+    def __init__(self, *, max_body_bytes: int = 64 << 20, check_crc: bool = True):
+        if max_body_bytes < 0:
+            raise ValueError(f"max_body_bytes: must be >= 0, got {max_body_bytes}")
+        self.max_body_bytes = max_body_bytes
+        self.check_crc = check_crc
+        self._buf = bytearray(_INITIAL_CAPACITY)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # one past the last received byte
+        self._offset = 0  # stream position of _buf[0]
+        self._resync = False  # an error was reported; skip silently until the next good message
+        self._eof = False
+        self.bytes_skipped = 0
+        self.peak_capacity = len(self._buf)  # largest buffer ever held (bytes): bounded by the size limit
+
+    # -- feeding -------------------------------------------------------------------------------
+    def writable(self) -> memoryview:
+        """A writable view for ``socket.recv_into``; large enough for the message being read."""
+        need = _RECV_CHUNK
+        if self._end - self._start >= HEADER_SIZE:
+            size = HEADER.unpack_from(self._buf, self._start)[5]
+            if size <= self.max_body_bytes:
+                need = max(need, HEADER_SIZE + size - (self._end - self._start))
+        if len(self._buf) - self._end < need:
+            self._compact(need)
+        return memoryview(self._buf)[self._end:]
+
+    def commit(self, n: int) -> None:
+        """Record that ``n`` bytes were written into the last :meth:`writable` view."""
+        self._end += n
+
+    def feed(self, data: bytes) -> None:
+        """Append ``data`` (for callers that already hold bytes)."""
+        pos = 0
+        while pos < len(data):
+            view = self.writable()
+            n = min(len(view), len(data) - pos)
+            view[:n] = data[pos:pos + n]
+            self.commit(n)
+            pos += n
+
+    def _compact(self, need: int) -> None:
+        pending = self._end - self._start
+        capacity = len(self._buf)
+        if pending + need > capacity or (capacity > 8 * _INITIAL_CAPACITY and pending + need < _INITIAL_CAPACITY):
+            capacity = max(_INITIAL_CAPACITY, pending + need)
+            new = bytearray(capacity)  # grow for a big message, or shrink back after one
+            new[:pending] = self._buf[self._start:self._end]
+            self._buf = new
+            self.peak_capacity = max(self.peak_capacity, capacity)
+        else:
+            self._buf[:pending] = self._buf[self._start:self._end]
+        self._offset += self._start
+        self._start, self._end = 0, pending
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received but not yet parsed (bounded by the size limit plus one read)."""
+        return self._end - self._start
+
+    # -- parsing -------------------------------------------------------------------------------
+    def frames(self):
+        """Yield every complete ``(Header, body)`` or :class:`Rejection` available now."""
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            if item is not True:
+                yield item
+
+    def finish(self):
+        """The stream ended: report an incomplete message and deliver any complete ones behind it."""
+        self._eof = True
+        yield from self.frames()
+        self.bytes_skipped += self._end - self._start
+        self._start = self._end
+        self._eof = False
+        self._resync = False
+
+    def _next(self):
+        """One step: an item, True (progress without an item), or None (need more bytes)."""
+        s, avail = self._start, self._end - self._start
+        if avail < HEADER_SIZE:
+            if self._eof and avail:
+                return self._fail("truncated", f"{avail} bytes of header at end of stream", skip_all=True)
+            return None
+        version, _, _, _, _, size, crc = HEADER.unpack_from(self._buf, s)
+        if version not in (1, 2):
+            return self._fail("bad_header_version", f"version {version}")
+        if size > self.max_body_bytes:
+            return self._fail("body_too_large", f"declared body of {size} bytes > limit {self.max_body_bytes}")
+        if avail < HEADER_SIZE + size:
+            if self._eof:
+                return self._fail("truncated", f"body of {size} bytes, {avail - HEADER_SIZE} present at end of stream")
+            return None
+        body_start = s + HEADER_SIZE
+        body = self._buf[body_start:body_start + size]
+        if self.check_crc and crc64(body) != crc:
+            # Rescan from the next byte, not from the declared end: a truncated message followed by a good
+            # one fails here too, and the good one starts inside the bytes read as this body.
+            return self._fail("crc_mismatch", f"CRC64 {crc:#018x} != computed")
+        try:
+            header = parse_header(self._buf[s:body_start])
+        except DecodeError as e:
+            # Not trusted as framing even though the CRC matched: a truncated header followed by a good
+            # message can read NUL padding as "size 0, CRC 0", and the good message starts inside it.
+            return self._fail(e.reason, str(e))
+        self._start = body_start + size
+        self._resync = False
+        return header, body
+
+    def _fail(self, reason: str, detail: str, *, skip_all: bool = False):
+        s = self._start
+        report = None if self._resync else Rejection(reason, detail, self._offset + s)
+        self._resync = True
+        nxt = self._end if skip_all else self._scan(s + 1)
+        self.bytes_skipped += nxt - s
+        self._start = nxt
+        return report if report is not None else True
+
+    def _scan(self, pos: int) -> int:
+        """First position >= ``pos`` that may start a header; keeps a possible partial header."""
+        buf, end = self._buf, self._end
+        while True:
+            cands = [i for i in (buf.find(b"\x00\x01", pos, end), buf.find(b"\x00\x02", pos, end)) if i >= 0]
+            if not cands:
+                return max(pos, end - 1) if not self._eof else end
+            p = min(cands)
+            if end - p < HEADER_SIZE:
+                return p if not self._eof else end
+            if self._plausible(p):
+                return p
+            pos = p + 1
+
+    def _plausible(self, p: int) -> bool:
+        if self._end - p < HEADER_SIZE:
+            return False
+        try:
+            header = parse_header(self._buf[p:p + HEADER_SIZE])
+        except DecodeError:
+            return False
+        return header.body_size <= self.max_body_bytes

@@ -1,0 +1,108 @@
+"""Publish completed surfaces to 3D Slicer (or any OpenIGTLink peer) as POLYDATA.
+
+Two roles, one class:
+
+- ``role="server"`` (default): we listen (127.0.0.1:18945 unless told otherwise); every connected client
+  (Slicer's OpenIGTLinkIF connector in *client* mode) receives every surface.
+- ``role="client"``: we connect to a Slicer connector in *server* mode and reconnect if it goes away.
+
+Each :class:`~usx_stream.frames.Surface` becomes one POLYDATA message: points in mm in ``surface.frame``
+(Reference unless the launch file says otherwise), triangles as polygons, per-point normals as a
+``Normals`` attribute, device name ``surface.name`` (e.g. ``L1_Completed``; names over 20 bytes travel in
+metadata ``IGTL_DEVICE_NAME``), and with header version 2 the metadata ``MRMLNodeName`` (the node Slicer
+creates or updates), ``CoordinateFrame`` and ``surface.metadata``. Slicer treats coordinates as RAS: apply
+the ``ReferenceToRas`` transform to the node in Slicer (or publish in a frame that is RAS).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..frames import Surface
+from .codec import Message
+from .codec_polydata import PolyData
+from .endpoints import Client, Server
+from .transport import TransportOptions
+
+logger = logging.getLogger(__name__)
+
+
+def surface_to_message(surface: Surface, *, header_version: int = 2) -> Message:
+    """POLYDATA message for ``surface`` (see the module docstring for the mapping)."""
+    if not surface.name:
+        raise ValueError("Surface.name: must be set (it becomes the device name, e.g. 'L1_Completed')")
+    vertices = np.asarray(surface.vertices_mm, dtype=np.float32).reshape(-1, 3)
+    poly = PolyData.from_triangles(vertices, np.asarray(surface.triangles).reshape(-1, 3),
+                                   normals=surface.normals)
+    metadata = {"MRMLNodeName": surface.name, "CoordinateFrame": surface.frame}
+    metadata.update({str(k): str(v) for k, v in surface.metadata.items()})
+    return Message("POLYDATA", surface.name, poly, surface.timestamp, metadata, header_version)
+
+
+def message_to_surface(msg: Message) -> Surface:
+    """Inverse of :func:`surface_to_message` (triangles only)."""
+    poly: PolyData = msg.content
+    normals = poly.attribute("Normals")
+    metadata = {k: v for k, v in msg.metadata.items() if k not in ("MRMLNodeName", "CoordinateFrame", "IGTL_DEVICE_NAME")}
+    return Surface(vertices_mm=poly.points.astype(np.float64), triangles=poly.triangles(),
+                   normals=None if normals is None else normals.data.astype(np.float64),
+                   frame=msg.metadata.get("CoordinateFrame", "Reference"), name=msg.device_name,
+                   metadata=metadata, timestamp=msg.timestamp)
+
+
+class SurfacePublisher:
+    """Send surfaces as POLYDATA to every connected client (``role="server"``) or to one server.
+
+    Parameters
+    ----------
+    role : str
+        ``"server"`` or ``"client"``.
+    host, port : str, int
+        Where to listen (server) or connect (client).
+    header_version : int
+        2 (default, carries MRMLNodeName) or 1 (for peers that only speak version 1).
+    options : TransportOptions or None
+    """
+
+    def __init__(self, *, role: str = "server", host: str = "127.0.0.1", port: int = 18945, header_version: int = 2,
+                 options: TransportOptions | None = None):
+        if role not in ("server", "client"):
+            raise ValueError(f"role: expected 'server' or 'client', got {role!r}")
+        if header_version not in (1, 2):
+            raise ValueError(f"header_version: expected 1 or 2, got {header_version!r}")
+        self.role = role
+        self.header_version = header_version
+        if role == "server":
+            self.endpoint = Server(host, port, options=options, match_peer_version=False)
+        else:
+            self.endpoint = Client(host, port, options=options)
+        self.published = 0
+
+    def start(self) -> "SurfacePublisher":
+        self.endpoint.start()
+        return self
+
+    def stop(self) -> None:
+        self.endpoint.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    def publish(self, surface: Surface) -> int:
+        """Queue ``surface`` to every peer; returns the number of peers that accepted it."""
+        msg = surface_to_message(surface, header_version=self.header_version)
+        if self.role == "server":
+            n = self.endpoint.broadcast(msg)
+        else:
+            n = int(self.endpoint.send(msg))
+        self.published += 1
+        return n

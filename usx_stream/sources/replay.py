@@ -1,0 +1,111 @@
+"""Replay a PLUS sequence file (``.igs.mha`` / ``.igs.nrrd``) in process, as a :class:`FrameSource`.
+
+Pacing (shared with the replay server): ``rate=None`` follows the recorded timestamps, ``rate=R > 0``
+sends R frames per second, ``rate=0`` goes as fast as the consumer takes them (nothing dropped).
+With ``loop=True`` the file repeats; each repetition's timestamps are shifted by the recording's
+duration plus one frame period, so time keeps increasing as a live stream's would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ..frames import TrackedFrame
+from .base import FrameSource
+
+
+class Pacer:
+    """Waits until each frame is due; ``wait`` returns False when ``stop`` was set meanwhile.
+
+    Parameters
+    ----------
+    rate : float or None
+        None = recorded rate (timestamps, s), > 0 = frames per second, 0 = no waiting.
+    stop : threading.Event
+    speed : float
+        With ``rate=None``: play the recording this many times faster than real time.
+    """
+
+    def __init__(self, rate: float | None, stop: threading.Event, *, speed: float = 1.0):
+        if rate is not None and rate < 0:
+            raise ValueError(f"rate: must be None (recorded), 0 (as fast as possible) or > 0 fps, got {rate!r}")
+        if speed <= 0:
+            raise ValueError(f"speed: must be > 0, got {speed!r}")
+        self.rate = rate
+        self.speed = speed
+        self._stop = stop
+        self._t0_wall: float | None = None
+        self._t0_stream = 0.0
+        self._n = 0
+
+    def wait(self, timestamp: float) -> bool:
+        if self._t0_wall is None:
+            self._t0_wall, self._t0_stream = time.monotonic(), timestamp
+        if self.rate == 0:
+            due = self._t0_wall
+        elif self.rate is None:
+            due = self._t0_wall + (timestamp - self._t0_stream) / self.speed
+        else:
+            due = self._t0_wall + self._n / self.rate
+        self._n += 1
+        delay = due - time.monotonic()
+        if delay > 0:
+            return not self._stop.wait(delay)
+        return not self._stop.is_set()
+
+
+def looped_frames(path: str | Path, *, loop: bool, stop: threading.Event) -> Iterator[TrackedFrame]:
+    """Frames of ``path`` (read one at a time), repeated with shifted timestamps when ``loop``."""
+    from ..io.sequence import iter_frames
+
+    shift, index = 0.0, 0
+    while not stop.is_set():
+        first = last = None
+        period = 0.0
+        for frame in iter_frames(path):
+            if first is None:
+                first = frame.timestamp
+            elif last is not None:
+                period = frame.timestamp - last
+            last = frame.timestamp
+            yield dataclasses.replace(frame, timestamp=frame.timestamp + shift, index=index)
+            index += 1
+            if stop.is_set():
+                return
+        if not loop or first is None:
+            return
+        shift += (last - first) + max(period, 1e-3)
+
+
+class SequenceReplay(FrameSource):
+    """A sequence file as a live-like source.
+
+    Parameters
+    ----------
+    path : str or Path
+    rate : float or None
+        See :class:`Pacer`.
+    loop : bool
+    speed : float
+        Real-time factor when following the recorded timestamps (``rate=None``).
+    queue_size : int
+    """
+
+    def __init__(self, path: str | Path, *, rate: float | None = None, loop: bool = False, speed: float = 1.0,
+                 queue_size: int = 64):
+        super().__init__(queue_size=queue_size, block_when_full=(rate == 0))
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ValueError(f"path: sequence file not found: {self.path}")
+        self.pacer = Pacer(rate, self._stop, speed=speed)
+        self.loop = loop
+
+    def _run(self) -> None:
+        for frame in looped_frames(self.path, loop=self.loop, stop=self._stop):
+            if not self.pacer.wait(frame.timestamp):
+                return
+            self._emit(frame)
