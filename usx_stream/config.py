@@ -1,0 +1,391 @@
+"""Launch-file schema: one TOML table per stage, with defaults, types and ranges.
+
+A launch file (``launch/*.toml``) holds every tunable of the node, one table per stage::
+
+    [source]      where frames come from (PlusServer over OpenIGTLink, a sequence file, the simulator)
+    [compound]    volume reconstruction (grid, interpolation, compounding, hole filling, backend)
+    [bone]        per-frame bone detection, bone points from the volume, per-vertebra split
+    [xray]        the X-ray, its labelmap and the C-arm geometry
+    [completion]  the completion network (backend, device, weights, period)
+    [surface]     point cloud -> mesh (method, triangle budget)
+    [publish]     OpenIGTLink (Slicer) and ZeroMQ outputs
+    [record]      recording of inputs and published surfaces
+    [telemetry]   latency report
+
+Every key is optional (a missing key takes its default); an unknown table or key is an error that
+names it. Errors name the key and the value: ``compound.spacing_mm: must be > 0, got -1``.
+Relative paths are resolved against the directory of the launch file, so a launch file can name
+``../calibration/carm.json`` and work from any working directory. An empty string means "no path".
+
+>>> cfg = parse_launch({"compound": {"spacing_mm": 1.0}})
+>>> cfg.compound.spacing_mm, cfg.publish.igtl_port
+(1.0, 18945)
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .frames import LEVELS
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A launch-file value is missing, mistyped or out of range; the message names key and value."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One launch-file key: its type, default and the values it admits.
+
+    ``kind`` is one of ``bool``, ``int``, ``float``, ``str``, ``path``, ``floats`` (list of numbers,
+    length ``length`` when set) and ``points`` (table ``name -> [x, y, z]``).
+    """
+
+    kind: str
+    default: Any
+    doc: str
+    lo: float | None = None          # inclusive lower bound
+    gt: float | None = None          # exclusive lower bound
+    hi: float | None = None          # inclusive upper bound
+    choices: tuple[str, ...] | None = None
+    length: int | None = None
+
+
+def _port(default: int, doc: str) -> Key:
+    return Key("int", default, doc, lo=1, hi=65535)
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "source": {
+        "kind": Key("str", "igtl", "frame source", choices=("igtl", "replay", "sim")),
+        "host": Key("str", "127.0.0.1", "PlusServer host (kind = igtl)"),
+        "port": _port(18944, "PlusServer port (kind = igtl)"),
+        "image_device": Key("str", "Image_Reference", "IMAGE device name carrying the B-mode frames"),
+        "image_to_reference": Key("str", "ImageToReference", "transform that places a frame in Reference"),
+        "path": Key("path", "", "sequence file (.igs.mha / .igs.nrrd) for kind = replay"),
+        "calibration": Key("path", "", "PLUS device set with ImageToProbe (empty: frames carry ImageToReference)"),
+        "speed": Key("float", 1.0, "replay speed relative to the recorded timestamps", gt=0),
+        "loop": Key("bool", False, "replay the file again at its end"),
+        "seed": Key("int", 0, "simulator seed (kind = sim)", lo=0),
+        "n_frames": Key("int", 300, "simulated frames (kind = sim)", lo=1),
+        "fps": Key("float", 30.0, "simulated / replayed frame rate when timestamps are absent, Hz", gt=0),
+        "connect_timeout_s": Key("float", 5.0, "connect timeout, s", gt=0),
+        "reconnect_interval_s": Key("float", 1.0, "wait between reconnect attempts, s", gt=0),
+        "queue_frames": Key("int", 256, "ingest queue depth, frames (a full queue counts drops)", lo=1),
+    },
+    "compound": {
+        "spacing_mm": Key("float", 0.5, "isotropic voxel size, mm", gt=0),
+        "origin_mm": Key("floats", [], "grid origin in Reference, mm (empty: from the first sweep)", length=3),
+        "extent_mm": Key("floats", [], "grid size along x, y, z, mm (empty: from the first sweep)", length=3),
+        "margin_mm": Key("float", 10.0, "margin added around the first sweep when the grid is automatic, mm", lo=0),
+        "interpolation": Key("str", "NEAREST_NEIGHBOR", "pixel pasting", choices=("NEAREST_NEIGHBOR", "LINEAR")),
+        "compounding_mode": Key("str", "MEAN", "how overlapping pixels combine",
+                                choices=("MEAN", "MAXIMUM", "LATEST", "IMPORTANCE_MASK")),
+        "fill_holes": Key("bool", False, "hole filling on snapshots"),
+        "clip_rectangle_origin": Key("floats", [], "clip rectangle origin (i, j), pixels (empty: none)", length=2),
+        "clip_rectangle_size": Key("floats", [], "clip rectangle size (w, h), pixels (empty: none)", length=2),
+        "pixel_rejection_threshold": Key("float", 0.0, "pixels at or below this are not pasted (0: off)", lo=0),
+        "backend": Key("str", "numpy", "compute backend", choices=("numpy", "torch")),
+        "device": Key("str", "cpu", "torch device for backend = torch", choices=("cpu", "cuda", "auto")),
+        "bone_channel": Key("bool", True, "compound the bone probability as a second channel"),
+    },
+    "bone": {
+        "enabled": Key("bool", True, "detect bone per frame"),
+        "downsample": Key("int", 0, "block-average factor before detection (0: from cell_mm)", lo=0, hi=16),
+        "cell_mm": Key("float", 0.3, "detection cell size when downsample = 0, mm", gt=0),
+        "pixel_size_mm": Key("float", 0.0, "B-mode pixel size, mm (0: from ImageToProbe)", lo=0),
+        "smooth_mm": Key("float", 0.6, "Gaussian smoothing sigma, mm", lo=0),
+        "ridge_ratio": Key("float", 1.3, "ridge intensity over its row's mean intensity, at least", gt=1),
+        "min_intensity": Key("float", 0.35, "ridge intensity over the frame's 99th percentile, at least",
+                             lo=0, hi=1),
+        "shadow_gap_mm": Key("float", 1.0, "skip below the ridge before measuring the shadow, mm", lo=0),
+        "shadow_depth_mm": Key("float", 10.0, "depth of the shadow window below the ridge, mm", gt=0),
+        "shadow_threshold": Key("float", 0.7, "minimum shadow score (1 - below / ridge)", lo=0, hi=1),
+        "reference_above_mm": Key("float", 3.0, "row reference taken this far above the row, mm", lo=0),
+        "row_percentile": Key("float", 50.0, "row intensity reference for depth normalisation, percentile",
+                              gt=0, hi=100),
+        "min_depth_mm": Key("float", 3.0, "no bone shallower than this, mm", lo=0),
+        "band_mm": Key("float", 1.0, "sigma of the probability band around the surface, mm", gt=0),
+        "min_run_mm": Key("float", 2.0, "shortest lateral run of detected columns kept, mm", lo=0),
+        "max_jump_mm": Key("float", 2.0, "depth step that breaks a run, mm", gt=0),
+        "probability_threshold": Key("float", 0.5, "bone-channel voxels kept as points", gt=0, hi=1),
+        "point_voxel_mm": Key("float", 1.0, "voxel size for point downsampling, mm", gt=0),
+        "min_points": Key("int", 50, "fewest points per level sent to completion", lo=0),
+        "split_max_radius_mm": Key("float", 80.0, "farthest a point may lie from its level's axis, mm", gt=0),
+        "landmarks_mm": Key("points", {}, "fallback level centres in Reference, mm: L1 = [x, y, z] ..."),
+    },
+    "xray": {
+        "enabled": Key("bool", True, "use the X-ray (off: US-only completion)"),
+        "source": Key("str", "igtl", "where the X-ray comes from", choices=("igtl", "file", "sim")),
+        "image_device": Key("str", "Xray", "IMAGE device name of the X-ray"),
+        "labelmap_device": Key("str", "XrayLabelmap", "IMAGE device name of its labelmap"),
+        "image_path": Key("path", "", "X-ray image file for source = file"),
+        "labelmap_path": Key("path", "", "labelmap file for source = file"),
+        "geometry": Key("path", "", "C-arm geometry file (intrinsics and XrayToReference)"),
+        "points_per_level": Key("int", 1024, "labelmap points per level after back-projection", lo=16),
+    },
+    "completion": {
+        "backend": Key("str", "auto", "engine", choices=("auto", "tensorrt", "compiled", "eager")),
+        "device": Key("str", "auto", "torch device", choices=("auto", "cpu", "cuda")),
+        "precision": Key("str", "fp32", "compute precision", choices=("fp32", "fp16", "bf16")),
+        "weights": Key("path", "", "network weights (empty: the packaged weights)"),
+        "weights_us_only": Key("path", "", "US-only network weights (empty: the packaged weights)"),
+        "period_s": Key("float", 0.5, "time between completion runs, s (latest-wins)", gt=0),
+        "num_points": Key("int", 4096, "points per completed vertebra", lo=256, hi=16384),
+        "min_frames": Key("int", 30, "frames compounded before the first completion", lo=1),
+        "engine_cache": Key("path", "", "folder for compiled engines (empty: no cache)"),
+    },
+    "surface": {
+        "method": Key("str", "distance_field", "meshing method",
+                      choices=("distance_field", "poisson", "ball_pivoting")),
+        "triangle_budget": Key("int", 10000, "most triangles per vertebra", lo=100),
+        "grid_mm": Key("float", 2.5, "distance-field grid spacing, mm (coarsened to fit the budget)", gt=0),
+        "offset_mm": Key("float", 0.0, "distance-field shell half-thickness, mm (0: from the point spacing)", lo=0),
+        "project_k": Key("int", 6, "distance field: neighbours of the plane each vertex is projected onto", lo=0),
+        "poisson_depth": Key("int", 6, "octree depth for method = poisson", lo=4, hi=12),
+    },
+    "publish": {
+        "frame": Key("str", "Reference", "coordinate frame of the published surfaces"),
+        "igtl_enabled": Key("bool", True, "send POLYDATA over OpenIGTLink"),
+        "igtl_mode": Key("str", "server", "OpenIGTLink role towards Slicer", choices=("server", "client")),
+        "igtl_host": Key("str", "127.0.0.1", "bind (server) or connect (client) address"),
+        "igtl_port": _port(18945, "OpenIGTLink port for Slicer"),
+        "device_prefix": Key("str", "", "prefix of the POLYDATA device names (e.g. 'USX_')"),
+        "status_messages": Key("bool", True, "send STRING status messages"),
+        "zmq_enabled": Key("bool", False, "publish on ZeroMQ too"),
+        "zmq_endpoint": Key("str", "tcp://127.0.0.1:5556", "ZeroMQ PUB endpoint"),
+    },
+    "record": {
+        "enabled": Key("bool", False, "record the session"),
+        "dir": Key("path", "recordings", "output folder"),
+        "inputs": Key("bool", True, "record tracked frames and the X-ray"),
+        "surfaces": Key("bool", True, "record published surfaces"),
+        "compress": Key("bool", True, "zlib-compress recorded sequences"),
+    },
+    "telemetry": {
+        "enabled": Key("bool", True, "record per-stage latency"),
+        "report_path": Key("path", "", "JSON report written at shutdown (empty: none)"),
+        "report_interval_s": Key("float", 10.0, "period of the logged text summary, s", gt=0),
+        "window": Key("int", 10000, "latency samples kept per stage", lo=10),
+    },
+}
+TOP_LEVEL_KEYS = {"description": Key("str", "", "what this launch file is for")}
+
+
+class Section:
+    """Validated values of one table; attribute access (``cfg.compound.spacing_mm``)."""
+
+    def __init__(self, name: str, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"{self._name}.{key}: no such key") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{self._name}: launch values are read-only")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        return f"Section({self._name!r}, {self._values!r})"
+
+
+class LaunchConfig:
+    """A validated launch file: ``cfg.<stage>.<key>``; ``cfg.as_dict()`` for reports."""
+
+    def __init__(self, sections: Mapping[str, Section], *, description: str = "", path: Path | None = None):
+        self._sections = dict(sections)
+        self.description = description
+        self.path = path
+
+    def __getattr__(self, stage: str) -> Section:
+        try:
+            return self.__dict__["_sections"][stage]
+        except KeyError:
+            raise AttributeError(f"no launch table [{stage}]") from None
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: s.as_dict() for name, s in self._sections.items()}
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "LaunchConfig":
+        """A copy with ``{"stage.key": value}`` overrides applied and validated (command-line ``--set``)."""
+        raw = {name: s.as_dict() for name, s in self._sections.items()}
+        for dotted, value in overrides.items():
+            stage, _, key = dotted.partition(".")
+            if stage not in raw or not key:
+                raise ConfigError(f"{dotted}: unknown key (expected 'stage.key', stages {sorted(SCHEMA)})")
+            raw[stage][key] = value
+        return parse_launch(raw, description=self.description, base_dir=None, path=self.path)
+
+
+def _fail(where: str, what: str, value: Any) -> ConfigError:
+    return ConfigError(f"{where}: {what}, got {value!r}")
+
+
+def _check_range(where: str, key: Key, value: float) -> None:
+    if key.gt is not None and not value > key.gt:
+        raise _fail(where, f"must be > {key.gt:g}", value)
+    if key.lo is not None and value < key.lo:
+        raise _fail(where, f"must be >= {key.lo:g}", value)
+    if key.hi is not None and value > key.hi:
+        raise _fail(where, f"must be <= {key.hi:g}", value)
+
+
+def _coerce(where: str, key: Key, value: Any, base_dir: Path | None) -> Any:
+    """Check ``value`` against ``key`` and return it in its canonical Python type."""
+    kind = key.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _fail(where, "must be true or false", value)
+        return value
+    if kind in ("int", "float"):
+        ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            raise _fail(where, f"must be {'an integer' if kind == 'int' else 'a number'}", value)
+        value = int(value) if kind == "int" else float(value)
+        _check_range(where, key, value)
+        return value
+    if kind in ("str", "path"):
+        if not isinstance(value, str):
+            raise _fail(where, "must be a string", value)
+        if key.choices is not None and value not in key.choices:
+            raise _fail(where, f"must be one of {list(key.choices)}", value)
+        if kind == "path" and value and base_dir is not None and not Path(value).is_absolute():
+            value = str((base_dir / value).resolve())
+        return value
+    if kind == "floats":
+        return _coerce_floats(where, key, value)
+    if kind == "points":
+        return _coerce_points(where, value)
+    raise AssertionError(f"schema kind {kind!r} of {where} is not handled")
+
+
+def _coerce_floats(where: str, key: Key, value: Any) -> list[float]:
+    if not isinstance(value, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise _fail(where, "must be a list of numbers", value)
+    if value and key.length is not None and len(value) != key.length:
+        raise _fail(where, f"must have {key.length} numbers (or be empty)", value)
+    return [float(v) for v in value]
+
+
+def _coerce_points(where: str, value: Any) -> dict[str, list[float]]:
+    if not isinstance(value, Mapping):
+        raise _fail(where, "must be a table of level = [x, y, z]", value)
+    out = {}
+    for name, p in value.items():
+        if name not in LEVELS:
+            raise _fail(f"{where}.{name}", f"unknown level (expected one of {list(LEVELS)})", p)
+        out[name] = _coerce_floats(f"{where}.{name}", Key("floats", [], "", length=3), p)
+        if len(out[name]) != 3:
+            raise _fail(f"{where}.{name}", "must have 3 numbers", p)
+    return out
+
+
+def _check_cross(sections: Mapping[str, Section]) -> None:
+    """Rules that involve more than one key."""
+    src = sections["source"]
+    if src.kind == "replay" and not src.path:
+        raise _fail("source.path", "required when source.kind = 'replay'", src.path)
+    xr = sections["xray"]
+    if xr.enabled and xr.source == "file" and not xr.image_path:
+        raise _fail("xray.image_path", "required when xray.source = 'file'", xr.image_path)
+    comp = sections["compound"]
+    if bool(comp.origin_mm) != bool(comp.extent_mm):
+        raise _fail("compound.extent_mm", "origin_mm and extent_mm must be given together", comp.extent_mm)
+    if comp.extent_mm and min(comp.extent_mm) <= 0:
+        raise _fail("compound.extent_mm", "every size must be > 0", comp.extent_mm)
+    if bool(comp.clip_rectangle_origin) != bool(comp.clip_rectangle_size):
+        raise _fail("compound.clip_rectangle_size", "clip_rectangle_origin and clip_rectangle_size go together",
+                    comp.clip_rectangle_size)
+
+
+def parse_launch(data: Mapping[str, Any], *, description: str | None = None,
+                 base_dir: Path | None = None, path: Path | None = None) -> LaunchConfig:
+    """Validate a launch mapping (as ``tomllib`` returns it) and fill in defaults.
+
+    Parameters
+    ----------
+    data : mapping
+        ``{stage: {key: value}}`` plus the optional top-level ``description`` string.
+    base_dir : Path, optional
+        Directory that relative paths are resolved against (None: leave them as written).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and the value: unknown tables or keys, wrong types, out-of-range values.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"launch file: expected a table of stages, got {type(data).__name__}")
+    for name, value in data.items():
+        if name in TOP_LEVEL_KEYS:
+            continue
+        if name not in SCHEMA:
+            raise _fail(name, f"unknown table (expected one of {sorted(SCHEMA)})", value)
+        if not isinstance(value, Mapping):
+            raise _fail(name, "must be a table", value)
+    sections = {}
+    for stage, keys in SCHEMA.items():
+        given = data.get(stage, {})
+        unknown = sorted(set(given) - set(keys))
+        if unknown:
+            raise ConfigError(f"{stage}: unknown key(s) {unknown} (known: {sorted(keys)})")
+        values = {}
+        for name, key in keys.items():
+            where = f"{stage}.{name}"
+            if name in given:
+                values[name] = _coerce(where, key, given[name], base_dir)
+            else:
+                # Defaults stay as written: a default path is relative to the working directory.
+                values[name] = _coerce(where, key, key.default, None)
+        sections[stage] = Section(stage, values)
+    _check_cross(sections)
+    desc = description if description is not None else data.get("description", "")
+    if not isinstance(desc, str):
+        raise _fail("description", "must be a string", desc)
+    return LaunchConfig(sections, description=desc, path=path)
+
+
+def load_launch(path: str | Path) -> LaunchConfig:
+    """Read and validate a TOML launch file; relative paths resolve against its directory."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as e:
+        raise ConfigError(f"launch file {path}: cannot read ({e.strerror})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"launch file {path}: invalid TOML ({e})") from e
+    try:
+        return parse_launch(data, base_dir=path.resolve().parent, path=path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def default_launch() -> LaunchConfig:
+    """Every key at its default."""
+    return parse_launch({})
+
+
+def describe_schema() -> str:
+    """The schema as text (``key = default  # doc``), one table per stage, for ``--help`` and docs."""
+    lines = []
+    for stage, keys in SCHEMA.items():
+        lines.append(f"[{stage}]")
+        for name, key in keys.items():
+            extra = f" one of {list(key.choices)}" if key.choices else ""
+            lines.append(f"{name} = {key.default!r}  # {key.doc}{extra}")
+        lines.append("")
+    return "\n".join(lines)
