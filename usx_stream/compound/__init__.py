@@ -1,0 +1,14 @@
+"""PLUS-compatible volume reconstruction (compounding) of tracked 2D frames.
+
+``Reconstructor`` pastes frames incrementally (``add``) and hands out volumes at any time
+(``snapshot``), with PLUS's own semantics (bit for bit) or an order-independent ``exact`` mean, on
+numba, numpy or torch. Configure it from a PlusDeviceSet XML with :func:`load_device_set`.
+Only numpy/torch are imported here; numba kernels load when first used.
+"""
+
+from .config import HoleFillingElement, ReconstructionConfig, load_device_set
+from .geometry import OutputGeometry, geometry_from_frames
+from .reconstructor import Reconstructor, output_geometry
+
+__all__ = ["HoleFillingElement", "OutputGeometry", "ReconstructionConfig", "Reconstructor", "geometry_from_frames",
+           "load_device_set", "output_geometry"]

@@ -1,0 +1,242 @@
+"""Volume-reconstruction settings, mirroring PLUS's ``VolumeReconstruction`` element.
+
+:class:`ReconstructionConfig` holds every PLUS attribute the reconstructor uses, validated once.
+:meth:`ReconstructionConfig.from_plus` converts the ``VolumeReconstructionConfig`` that
+``usx_stream.io.plus_config.read_device_set`` returns (or any object with the same snake_case
+attributes), so a PlusDeviceSet XML configures the reconstructor directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INTERPOLATIONS = ("NEAREST_NEIGHBOR", "LINEAR")
+COMPOUNDING_MODES = ("MEAN", "MAXIMUM", "LATEST")
+# PLUS: FULL = 14-bit fixed-point coordinates, PARTIAL = doubles, NONE (NO_OPTIMIZATION) = doubles
+# through the unoptimised helper, GPU = OpenCL. We reproduce FULL exactly and run the others with
+# double coordinates (PARTIAL's arithmetic).
+OPTIMIZATIONS = ("FULL", "PARTIAL", "NONE")
+_OPTIMIZATION_ALIASES = {"NO_OPTIMIZATION": "NONE", "GPU": "PARTIAL", "GPU_ACCELERATION_OPENCL": "PARTIAL",
+                         "FULL_OPTIMIZATION": "FULL", "PARTIAL_OPTIMIZATION": "PARTIAL"}
+HOLE_FILLING_TYPES = ("STICK", "GAUSSIAN", "GAUSSIAN_ACCUMULATION", "NEAREST_NEIGHBOR", "DISTANCE_WEIGHT_INVERSE")
+EXTENT_ROUNDINGS = ("round", "truncate", "lattice")
+
+
+@dataclass(frozen=True)
+class HoleFillingElement:
+    """One PLUS ``HoleFillingElement``, tried in order until one fills the voxel.
+
+    Attributes
+    ----------
+    type : str
+        One of :data:`HOLE_FILLING_TYPES`.
+    size : int
+        Kernel edge length in voxels (odd) for the kernel types.
+    stdev : float
+        Gaussian standard deviation, voxels.
+    min_ratio : float
+        ``MinimumKnownVoxelsRatio``: the fraction of known voxels in the kernel that must be exceeded.
+    stick_length_limit : int
+        STICK: longest stick, voxels.
+    number_of_sticks_to_use : int
+        STICK: how many of the best sticks are averaged.
+    """
+
+    type: str
+    size: int = 3
+    stdev: float = 1.0
+    min_ratio: float = 0.0
+    stick_length_limit: int = 9
+    number_of_sticks_to_use: int = 1
+
+    def __post_init__(self) -> None:
+        kind = str(self.type).upper()
+        if kind not in HOLE_FILLING_TYPES:
+            raise ValueError(f"HoleFillingElement.type: expected one of {HOLE_FILLING_TYPES}, got {self.type!r}")
+        object.__setattr__(self, "type", kind)
+        if kind == "STICK":
+            if int(self.stick_length_limit) < 1:
+                raise ValueError(f"HoleFillingElement.stick_length_limit: must be >= 1, got {self.stick_length_limit}")
+            if int(self.number_of_sticks_to_use) < 1:
+                raise ValueError("HoleFillingElement.number_of_sticks_to_use: must be >= 1, "
+                                 f"got {self.number_of_sticks_to_use}")
+        elif int(self.size) < 1:
+            raise ValueError(f"HoleFillingElement.size: must be >= 1, got {self.size}")
+        if kind.startswith("GAUSSIAN") and not float(self.stdev) > 0:
+            raise ValueError(f"HoleFillingElement.stdev: must be > 0, got {self.stdev}")
+
+    @classmethod
+    def from_any(cls, obj: Any) -> "HoleFillingElement":
+        """Build from another object with the same (snake_case) attribute names, or a mapping."""
+        get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            value = get(f.name, None)
+            if f.name == "min_ratio" and value is None:
+                value = get("minimum_known_voxels_ratio", None)
+            if value is not None:
+                kwargs[f.name] = value
+        return cls(**kwargs)
+
+
+def _vector(value, n: int, name: str, dtype=float) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size != n or not np.all(np.isfinite(arr)):
+        raise ValueError(f"ReconstructionConfig.{name}: expected {n} finite numbers, got {value!r}")
+    if dtype is int:
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"ReconstructionConfig.{name}: expected integers, got {value!r}")
+        return arr.astype(np.int64)
+    return arr
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """Settings of one volume reconstruction (PLUS ``VolumeReconstruction`` attributes).
+
+    Attributes
+    ----------
+    output_spacing : (3,) float ndarray
+        Voxel size along x, y, z of the Reference frame, mm.
+    output_origin : (3,) float ndarray or None
+        Position of voxel (0, 0, 0) in Reference, mm; None = derived from the frames.
+    output_extent : (6,) int ndarray or None
+        PLUS extent ``x0 x1 y0 y1 z0 z1`` (inclusive voxel indices); None = derived from the frames.
+    clip_rectangle_origin, clip_rectangle_size : (2,) int ndarray or None
+        Clip rectangle in pixels (column, row). PLUS keeps ``origin + size`` inclusive.
+    fan_angles_deg : (2,) float ndarray
+        Fan half-angles left/right of the image's vertical axis, degrees; ``0 0`` disables fan clipping.
+    fan_origin_pixel : (2,) float ndarray
+        Fan apex (column, row), pixels.
+    fan_radius_start_pixel, fan_radius_stop_pixel : float
+        Fan radii, pixels.
+    interpolation : str
+        ``NEAREST_NEIGHBOR`` or ``LINEAR``.
+    compounding_mode : str
+        ``MEAN``, ``MAXIMUM`` or ``LATEST``.
+    optimization : str
+        PLUS ``Optimization``: ``FULL`` (fixed-point coordinates), ``PARTIAL`` or ``NONE``.
+    pixel_rejection_threshold : float or None
+        Pixels darker than this are not pasted; None disables rejection.
+    skip_interval : int
+        Paste every n-th frame.
+    reference_coordinate_frame, image_coordinate_frame : str
+        The volume is axis-aligned in the reference frame; frames are pasted with ImageToReference.
+    fill_holes : bool
+        Apply :attr:`hole_filling` when a snapshot is taken.
+    hole_filling : tuple of HoleFillingElement
+    """
+
+    output_spacing: np.ndarray
+    output_origin: np.ndarray | None = None
+    output_extent: np.ndarray | None = None
+    clip_rectangle_origin: np.ndarray | None = None
+    clip_rectangle_size: np.ndarray | None = None
+    fan_angles_deg: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    fan_origin_pixel: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    fan_radius_start_pixel: float = 0.0
+    fan_radius_stop_pixel: float = 500.0
+    interpolation: str = "NEAREST_NEIGHBOR"
+    compounding_mode: str = "MEAN"
+    optimization: str = "FULL"
+    pixel_rejection_threshold: float | None = None
+    skip_interval: int = 1
+    reference_coordinate_frame: str = "Reference"
+    image_coordinate_frame: str = "Image"
+    fill_holes: bool = False
+    hole_filling: tuple[HoleFillingElement, ...] = ()
+
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        spacing = _vector(self.output_spacing, 3, "output_spacing")
+        if spacing is None or np.any(spacing <= 0):
+            raise ValueError("ReconstructionConfig.output_spacing: must be 3 positive numbers, "
+                             f"got {self.output_spacing!r}")
+        put("output_spacing", spacing)
+        put("output_origin", _vector(self.output_origin, 3, "output_origin"))
+        extent = _vector(self.output_extent, 6, "output_extent", int)
+        if extent is not None and np.any(extent[1::2] < extent[0::2]):
+            raise ValueError(f"ReconstructionConfig.output_extent: max < min in {extent.tolist()}")
+        put("output_extent", extent)
+        put("clip_rectangle_origin", _vector(self.clip_rectangle_origin, 2, "clip_rectangle_origin", int))
+        put("clip_rectangle_size", _vector(self.clip_rectangle_size, 2, "clip_rectangle_size", int))
+        put("fan_angles_deg", _vector(self.fan_angles_deg, 2, "fan_angles_deg"))
+        put("fan_origin_pixel", _vector(self.fan_origin_pixel, 2, "fan_origin_pixel"))
+        for name in ("fan_radius_start_pixel", "fan_radius_stop_pixel"):
+            value = float(getattr(self, name))
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"ReconstructionConfig.{name}: must be a finite number >= 0, got {value}")
+            put(name, value)
+        self._put_enums(put)
+        if self.pixel_rejection_threshold is not None:
+            put("pixel_rejection_threshold", float(self.pixel_rejection_threshold))
+        if int(self.skip_interval) < 1:
+            raise ValueError(f"ReconstructionConfig.skip_interval: must be >= 1, got {self.skip_interval}")
+        put("skip_interval", int(self.skip_interval))
+        put("fill_holes", bool(self.fill_holes))
+        put("hole_filling", tuple(e if isinstance(e, HoleFillingElement) else HoleFillingElement.from_any(e)
+                                  for e in (self.hole_filling or ())))
+
+    def _put_enums(self, put) -> None:
+        interpolation = str(self.interpolation).upper()
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"ReconstructionConfig.interpolation: expected one of {INTERPOLATIONS}, "
+                             f"got {self.interpolation!r}")
+        put("interpolation", interpolation)
+        mode = str(self.compounding_mode).upper()
+        if mode not in COMPOUNDING_MODES:
+            raise ValueError(f"ReconstructionConfig.compounding_mode: expected one of {COMPOUNDING_MODES}, "
+                             f"got {self.compounding_mode!r}")
+        put("compounding_mode", mode)
+        optimization = str(self.optimization).upper()
+        optimization = _OPTIMIZATION_ALIASES.get(optimization, optimization)
+        if optimization not in OPTIMIZATIONS:
+            raise ValueError(f"ReconstructionConfig.optimization: expected one of {OPTIMIZATIONS}, "
+                             f"got {self.optimization!r}")
+        put("optimization", optimization)
+
+    @property
+    def image_to_reference_name(self) -> str:
+        return f"{self.image_coordinate_frame}To{self.reference_coordinate_frame}"
+
+    @property
+    def fan_clipping(self) -> bool:
+        """True when PLUS would clip to the fan (either fan angle non-zero)."""
+        return bool(np.any(self.fan_angles_deg != 0))
+
+    def replace(self, **changes) -> "ReconstructionConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_plus(cls, vr: Any) -> "ReconstructionConfig":
+        """Build from a PLUS ``VolumeReconstructionConfig`` (``usx_stream.io.plus_config``).
+
+        Attributes that are None or missing there keep PLUS's defaults here.
+        """
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(vr, f.name, None)
+            if value is not None:
+                kwargs[f.name] = value
+        if "output_spacing" not in kwargs:
+            raise ValueError("VolumeReconstruction.OutputSpacing: required by PLUS, missing from the configuration")
+        elements = getattr(vr, "hole_filling", None) or ()
+        kwargs["hole_filling"] = tuple(HoleFillingElement.from_any(e) for e in elements)
+        return cls(**kwargs)
+
+
+def load_device_set(path: str | Path):
+    """Read a PlusDeviceSet XML: ``(ReconstructionConfig, TransformRepository)`` of its calibrations."""
+    from ..io.plus_config import read_device_set
+
+    device_set = read_device_set(path)
+    if device_set.volume_reconstruction is None:
+        raise ValueError(f"{path}: no VolumeReconstruction element in the device set")
+    return ReconstructionConfig.from_plus(device_set.volume_reconstruction), device_set.transform_repository()
