@@ -140,6 +140,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "num_points": Key("int", 4096, "points per completed vertebra", lo=256, hi=16384),
         "min_frames": Key("int", 30, "frames compounded before the first completion", lo=1),
         "engine_cache": Key("path", "", "folder for compiled engines (empty: no cache)"),
+        "threads": Key("int", 0, "CPU threads for completion (0: torch's default); 1 leaves a core to ingest", lo=0),
     },
     "surface": {
         "method": Key("str", "distance_field", "meshing method",

@@ -81,6 +81,12 @@ def test_second_channel_with_its_own_mode(frames, semantics):
     # MAXIMUM of a 0/1 map stays 0/1; a MEAN would give fractions
     assert set(np.unique(vol.channels["bone"])) <= {0.0, 1.0}
     assert vol.channels["bone"].max() == 1.0
+    # the one-channel snapshot the live node takes is the same map, without the intensity
+    only = recon.channel_volume("bone")
+    np.testing.assert_array_equal(only.channels["bone"], vol.channels["bone"])
+    np.testing.assert_array_equal(only.origin_mm, vol.origin_mm)
+    with pytest.raises(ValueError, match="no channel 'speed'"):
+        recon.channel_volume("speed")
 
 
 def test_memory_is_bounded_by_volume_size():

@@ -203,6 +203,20 @@ class Reconstructor:
                       weights=weights, channels={name: v for name, (v, _, _) in results.items()},
                       frame=self.config.reference_coordinate_frame)
 
+    def channel_volume(self, name: str) -> Volume:
+        """Only channel ``name`` (e.g. ``"bone"``), as ``data`` and as ``channels[name]``; no hole filling.
+
+        A live consumer that needs one map pays for one channel instead of all of them (the intensity
+        MEAN is the costliest to finalise).
+        """
+        if name not in self.channel_modes:
+            raise ValueError(f"Reconstructor.channel_volume: no channel {name!r} (has {sorted(self.channel_modes)})")
+        with self._lock:
+            chan = self._channels.get(name)
+            values = chan.result()[0] if chan is not None else np.zeros(self.geometry.shape_zyx, np.float32)
+        return Volume(data=values, origin_mm=self.geometry.origin_mm, spacing_mm=self.geometry.spacing_mm,
+                      channels={name: values}, frame=self.config.reference_coordinate_frame)
+
     def reset(self) -> None:
         """Forget every pasted frame (same geometry and settings)."""
         with self._lock:

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from usx_stream.completion import normalize as nz
+from usx_stream.completion.prepare import cranial_axes, prepare_vertebra, to_reference, vertebra_rotation
+from usx_stream.transforms import rotation
+
+
+def test_rotation_is_right_handed_with_posterior_and_cranial_axes():
+    r = vertebra_rotation(cranial=[0, 0.1, 1], posterior=[0, 1, 0])
+    np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(r) == pytest.approx(1.0)
+    # rows are the canonical axes in Reference: z follows cranial, y is the posterior part orthogonal to it
+    np.testing.assert_allclose(r[2], np.array([0, 0.1, 1]) / np.linalg.norm([0, 0.1, 1]))
+    assert r[1] @ np.array([0, 1, 0]) > 0.99
+    np.testing.assert_allclose(r[0], [1, 0, 0], atol=1e-12)  # y x z = x: the patient's left in LPS
+    with pytest.raises(ValueError, match="posterior"):
+        vertebra_rotation(cranial=[0, 0, 1], posterior=[0, 0, 2])
+
+
+def test_cranial_axes_follow_the_level_curve():
+    centres = {"L1": np.array([0, 0, 80.0]), "L2": np.array([0, 5, 40.0]), "L3": np.array([0, 7, 0.0])}
+    axes = cranial_axes(centres)
+    assert set(axes) == {"L1", "L2", "L3"}
+    np.testing.assert_allclose(axes["L2"], np.array([0, -7, 80.0]) / np.linalg.norm([0, -7, 80.0]))
+    with pytest.raises(ValueError, match="fallback_cranial"):
+        cranial_axes({"L3": np.zeros(3)})
+
+
+def test_prepare_then_to_reference_round_trips_exactly():
+    rng = np.random.default_rng(0)
+    r_true = rotation([0.2, 0.5, 1.0], 0.7)
+    partial = rng.normal(size=(700, 3)) * [20, 10, 15] + [5, -40, 100]
+    labelmap = rng.normal(size=(300, 3)) * [1, 12, 12] + [5, -70, 100]
+    rot = vertebra_rotation(cranial=r_true[:3, 2], posterior=r_true[:3, 1])
+    cloud = prepare_vertebra("L3", partial, labelmap, rotation=rot, num_partial=256, num_labelmap=128)
+    assert cloud.partial.shape == (256, 3) and cloud.labelmap_points.shape == (128, 3)
+    assert cloud.partial.dtype == np.float32
+    # Unit scale: a 50 mm-scale cloud spans about +-1 and the box of all inputs is centred at 0.
+    inv = np.linalg.inv(cloud.model_to_reference)
+    both = np.vstack([partial, labelmap]) @ inv[:3, :3].T + inv[:3, 3]
+    np.testing.assert_allclose((both.min(0) + both.max(0)) / 2, 0, atol=1e-9)
+    assert 0.5 < np.abs(both).max() < 3
+    back = to_reference(cloud, cloud.partial)
+    # every resampled point is one of the inputs, recovered to float32 precision
+    d = np.min(np.linalg.norm(back[:, None, :] - partial[None, :, :], axis=2), axis=1)
+    assert d.max() < 1e-4 * nz.SCALE_MM
+
+
+def test_us_only_and_empty_inputs():
+    cloud = prepare_vertebra("L1", np.random.default_rng(1).normal(size=(50, 3)), None, rotation=np.eye(3),
+                             num_partial=64, num_labelmap=32)
+    assert cloud.labelmap_points is None and cloud.partial.shape == (64, 3)
+    with pytest.raises(ValueError, match="L2 has no bone points"):
+        prepare_vertebra("L2", np.zeros((0, 3)), None, rotation=np.eye(3), num_partial=64, num_labelmap=32)

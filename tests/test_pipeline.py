@@ -1,0 +1,84 @@
+"""The node end to end on a short simulated session: PLUS-like replay server -> OpenIGTLink -> node ->
+POLYDATA to a real OpenIGTLink client. Networks are the real modules with untrained weights (the wiring
+is under test here; accuracy is the demo's and the evaluation's business)."""
+
+import numpy as np
+import pytest
+import torch
+
+from usx_stream.completion.engine import CompletionEngine
+from usx_stream.completion.nets import ModelConfig, build_model
+from usx_stream.config import parse_launch
+from usx_stream.frames import LEVELS
+from usx_stream.pipeline import Node
+from usx_stream.sim.live import LiveSimulation
+from usx_stream.sim.session import simulate_session, write_session
+from usx_stream.sources.replay import SequenceReplay
+from usx_stream.xray.cache import XrayCache
+
+pytestmark = pytest.mark.slow
+
+# The simulator's Reference: origin at the L3 body centre, x left, y posterior, z cranial.
+ROI = {"spacing_mm": 1.0, "origin_mm": [-70.0, 0.0, -120.0], "extent_mm": [140.0, 115.0, 240.0]}
+
+
+@pytest.fixture(scope="module")
+def session_files(tmp_path_factory):
+    session = simulate_session(11, n_frames=90)
+    files = write_session(session, tmp_path_factory.mktemp("session"))
+    return session, files
+
+
+def _engines():
+    torch.manual_seed(0)
+    return {variant: CompletionEngine(build_model(ModelConfig.small(multimodal=variant == "multimodal")),
+                                      device="cpu", warmup=False)
+            for variant in ("multimodal", "us_only")}
+
+
+def test_node_streams_all_five_completed_surfaces_to_a_socket_client(session_files, tmp_path):
+    session, files = session_files
+    cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.2}, "compound": ROI,
+                        "record": {"enabled": True, "dir": str(tmp_path / "rec")}})
+    live = LiveSimulation(cfg, session, files["sequence"], engines=_engines(), rate=0).start()
+    node = live.node
+    try:
+        assert node.wait_source_done(timeout=120)
+        # the update after the last frame, then its surfaces on the wire
+        assert node.wait_update(node.updates, timeout=60)
+        assert live.counter.all_levels.wait(timeout=30), f"received {live.received}; node error: {node.error!r}"
+    finally:
+        live.stop()
+    assert node.error is None
+    assert node.ingest.frames_received == len(session.frames)          # every frame arrived and was kept
+    assert node.source.stats().get("dropped", 0) == 0
+    assert "frames_outside_grid" not in node.telemetry.report()["counters"]
+    for lv in LEVELS:
+        surface = live.counter.latest[f"{lv}_Completed"]
+        assert len(surface.vertices_mm) >= 4 and len(surface.triangles) >= 4  # untrained net: any closed mesh
+        assert surface.metadata["fusion"] == "multimodal"
+        assert np.all(np.isfinite(surface.vertices_mm))
+    stages = node.telemetry.report()["stages"]
+    for stage in ("bone_detect", "compound", "bone_points", "complete", "mesh", "end_to_end"):
+        assert stages[stage]["count"] > 0, stage
+    recorded = sorted(p.name for p in (tmp_path / "rec").iterdir())
+    assert "inputs_0000.igs.mha" in recorded and "surfaces" in recorded
+
+
+def test_us_only_fallback_until_an_xray_arrives(session_files):
+    session, files = session_files
+    cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.2}, "compound": ROI,
+                        "publish": {"igtl_enabled": False},
+                        "bone": {"landmarks_mm": {lv: v.centroid_mm.tolist() for lv, v in session.spine.vertebrae.items()}}})
+    node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
+                calibration=session.calibration)
+    node.start()
+    try:
+        assert node.wait_source_done(timeout=120)
+        result = node.run_update()
+    finally:
+        node.stop()
+    assert node.error is None
+    assert result.fusion == "us_only" and result.centres_source == "landmarks"
+    assert set(result.surfaces) == set(LEVELS)
+    assert all(s.metadata["fusion"] == "us_only" for s in result.surfaces.values())

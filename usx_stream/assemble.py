@@ -1,0 +1,140 @@
+"""Build a :class:`~usx_stream.pipeline.Node` and its parts from a launch file.
+
+Each factory reads one launch-file table; heavy imports (torch, zmq, the sockets) happen here, when a node
+is actually built, never at package import.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import LaunchConfig
+
+log = logging.getLogger(__name__)
+
+
+def make_source(cfg: LaunchConfig):
+    """The frame source of ``[source]``: a PlusServer connection or a sequence-file replay."""
+    s = cfg.source
+    if s.kind == "igtl":
+        from .igtl.receiver import ReceiverConfig
+        from .sources.igtl_source import IgtlFrameSource
+
+        rc = ReceiverConfig(image_device=s.image_device, xray_device=cfg.xray.image_device,
+                            xray_labelmap_device=cfg.xray.labelmap_device)
+        return IgtlFrameSource(s.host, s.port, config=rc, queue_size=s.queue_frames,
+                               connect_timeout_s=s.connect_timeout_s,
+                               backoff_s=(min(0.05, s.reconnect_interval_s), s.reconnect_interval_s))
+    if s.kind == "replay":
+        from .sources.replay import SequenceReplay
+
+        return SequenceReplay(s.path, rate=None, speed=s.speed, loop=s.loop, queue_size=s.queue_frames)
+    raise ValueError(f"source.kind: {s.kind!r} is built by the caller (usx-stream demo simulates the session)")
+
+
+def make_calibration(cfg: LaunchConfig):
+    """ImageToProbe (and any other fixed transform) from ``source.calibration``, or None."""
+    if not cfg.source.calibration:
+        return None
+    from .io.plus_config import read_device_set
+
+    return read_device_set(cfg.source.calibration).transform_repository()
+
+
+def make_engine(variant: str, cfg: LaunchConfig, *, warmup: bool = True):
+    """A :class:`CompletionEngine` for ``variant`` (``"multimodal"`` or ``"us_only"``)."""
+    from .completion.checkpoint import load_checkpoint, load_default
+    from .completion.engine import CompletionEngine
+
+    c = cfg.completion
+    path = c.weights if variant == "multimodal" else c.weights_us_only
+    model, _, _ = load_checkpoint(path) if path else load_default(variant)
+    device = c.device
+    precision = None if (device == "cpu" or c.precision == "fp32") else c.precision
+    return CompletionEngine(model, backend=c.backend, device=device, precision=precision, max_batch=5,
+                            cache_dir=c.engine_cache or None, warmup=warmup)
+
+
+def make_engines(cfg: LaunchConfig) -> dict:
+    """Both variants: the multimodal network and the US-only fallback used until an X-ray arrives."""
+    if cfg.completion.threads:
+        import torch
+
+        # Process-wide: on a small CPU, threads beyond the free cores spin and slow everything down.
+        torch.set_num_threads(cfg.completion.threads)
+    return {"multimodal": make_engine("multimodal", cfg), "us_only": make_engine("us_only", cfg)}
+
+
+def make_xray_cache(cfg: LaunchConfig):
+    """An X-ray cache with the C-arm geometry of ``xray.geometry``; ``xray.source = "file"`` also loads
+    the image and labelmap files."""
+    from .xray.cache import XrayCache
+
+    x = cfg.xray
+    cache = XrayCache.from_calibration(x.geometry) if x.geometry else XrayCache()
+    if x.source == "file" and x.image_path:
+        from .io.volumes import read_volume
+
+        def plane(path):
+            data = read_volume(path).data
+            return data[0] if data.ndim == 3 else data
+
+        cache.update(pixels=plane(x.image_path), labelmap=plane(x.labelmap_path) if x.labelmap_path else None)
+    return cache
+
+
+def make_publishers(cfg: LaunchConfig) -> list:
+    """OpenIGTLink POLYDATA (to Slicer) and ZeroMQ publishers of ``[publish]``, started."""
+    p = cfg.publish
+    out = []
+    if p.igtl_enabled:
+        from .igtl.publisher import SurfacePublisher
+
+        out.append(SurfacePublisher(role=p.igtl_mode, host=p.igtl_host, port=p.igtl_port).start())
+        log.info("publishing POLYDATA as OpenIGTLink %s on %s:%d", p.igtl_mode, p.igtl_host, out[-1].port)
+    if p.zmq_enabled:
+        from .igtl.zmq_publisher import ZmqSurfacePublisher
+
+        out.append(ZmqSurfacePublisher(p.zmq_endpoint))
+    return out
+
+
+def simulated_parts(cfg: LaunchConfig, workdir: str | Path | None = None) -> dict:
+    """``source.kind = "sim"``: simulate the session of ``source.seed``, write it under ``workdir`` (a
+    temporary folder by default) and replay it at ``source.fps``; its X-ray fills the cache."""
+    import tempfile
+
+    from .sim.session import simulate_session, write_session
+    from .sources.replay import SequenceReplay
+    from .xray.cache import XrayCache
+
+    session = simulate_session(int(cfg.source.seed), n_frames=cfg.source.n_frames)
+    files = write_session(session, workdir or tempfile.mkdtemp(prefix="usx-sim-"))
+    xray = XrayCache(geometry=session.xray.geometry)
+    if cfg.xray.enabled:
+        xray.update_from_xray_image(session.xray)
+    source = SequenceReplay(files["sequence"], rate=cfg.source.fps, loop=cfg.source.loop,
+                            queue_size=cfg.source.queue_frames)
+    return {"source": source, "xray": xray, "calibration": session.calibration}
+
+
+def build_node(cfg: LaunchConfig, *, source=None, xray=None, engines=None, publishers=None, calibration=None):
+    """A node from ``cfg``; any part given explicitly replaces the one the launch file describes."""
+    from .pipeline import Node
+
+    if cfg.source.kind == "sim" and source is None:
+        parts = simulated_parts(cfg)
+        source, calibration = parts["source"], calibration or parts["calibration"]
+        xray = xray if xray is not None else parts["xray"]
+
+    return Node(cfg, source=source if source is not None else make_source(cfg),
+                engines=engines if engines is not None else make_engines(cfg),
+                xray=xray if xray is not None else make_xray_cache(cfg),
+                publishers=publishers if publishers is not None else make_publishers(cfg),
+                calibration=calibration if calibration is not None else make_calibration(cfg))
+
+
+def default_launch_dir() -> Path:
+    """The repository's ``launch/`` folder (next to the package in a source checkout)."""
+    return Path(__file__).resolve().parents[1] / "launch"

@@ -1,0 +1,103 @@
+"""From per-level bone points in Reference to network inputs in each vertebra's canonical frame, and back.
+
+The canonical frame (DESIGN §3, ``completion.normalize``) has x = left-right, y = posterior, z = cranial.
+Live, no vertebra pose is known, so its axes come from what the node measures:
+
+* z (cranial): the local tangent of the level centres, from caudal (L5) to cranial (L1) neighbours;
+* y (posterior): towards the probe, i.e. against the mean ultrasound beam direction, made orthogonal to z;
+* x = y × z (right-handed: with y posterior and z cranial, x points to the patient's left, as in LPS).
+
+Origin and scale are those of ``normalize``: the bounding-box middle of the partial and labelmap points,
+50 mm per unit. :class:`~usx_stream.frames.VertebraCloud` keeps ``model_to_reference`` so completed points
+go back to Reference exactly (tested round trip).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from ..frames import LEVELS, VertebraCloud
+from . import normalize as nz
+
+
+def _unit(v: np.ndarray, what: str) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    if not np.isfinite(n) or n < 1e-9:
+        raise ValueError(f"completion.prepare: {what} is degenerate: {np.asarray(v).tolist()}")
+    return np.asarray(v, dtype=np.float64) / n
+
+
+def cranial_axes(centres_mm: Mapping[str, np.ndarray], *, fallback_cranial=None) -> dict[str, np.ndarray]:
+    """Cranial unit axis per known level: the tangent of the centre curve (central differences).
+
+    centres_mm : level -> (3,) mm in Reference. A single level takes ``fallback_cranial``.
+    """
+    levels = [lv for lv in LEVELS if lv in centres_mm]
+    pts = [np.asarray(centres_mm[lv], dtype=np.float64) for lv in levels]
+    out = {}
+    for n, lv in enumerate(levels):
+        # LEVELS run cranial -> caudal, so the previous level is the cranial neighbour.
+        up = pts[max(n - 1, 0)] - pts[min(n + 1, len(pts) - 1)]
+        if len(pts) < 2:
+            if fallback_cranial is None:
+                raise ValueError("completion.prepare: one level centre needs fallback_cranial")
+            up = np.asarray(fallback_cranial, dtype=np.float64)
+        out[lv] = _unit(up, f"cranial axis of {lv}")
+    return out
+
+
+def vertebra_rotation(*, cranial, posterior) -> np.ndarray:
+    """(3, 3) rotation whose rows are the canonical axes (x, y, z) expressed in Reference.
+
+    ``R @ v_ref`` gives a direction in the canonical frame.
+    """
+    z = _unit(cranial, "cranial axis")
+    y = np.asarray(posterior, dtype=np.float64)
+    y = _unit(y - (y @ z) * z, "posterior axis (parallel to the cranial axis)")
+    x = np.cross(y, z)
+    return np.stack([x, y, z])
+
+
+def prepare_vertebra(level: str, partial_ref_mm: np.ndarray, labelmap_ref_mm: np.ndarray | None, *,
+                     rotation: np.ndarray, num_partial: int, num_labelmap: int, seed: int = 0) -> VertebraCloud:
+    """One vertebra's network input.
+
+    Parameters
+    ----------
+    level : str
+    partial_ref_mm : (N, 3) bone points of this level, Reference, mm (N >= 1)
+    labelmap_ref_mm : (M, 3) back-projected labelmap points, Reference, mm, or None (US-only)
+    rotation : (3, 3) from :func:`vertebra_rotation`
+    num_partial, num_labelmap : fixed point counts of the model (furthest-point resampled)
+
+    Returns
+    -------
+    VertebraCloud
+        ``partial`` (num_partial, 3) and ``labelmap_points`` (num_labelmap, 3) float32 in the unit frame.
+    """
+    partial = np.asarray(partial_ref_mm, dtype=np.float64).reshape(-1, 3)
+    if len(partial) == 0:
+        raise ValueError(f"completion.prepare: level {level} has no bone points")
+    has_lm = labelmap_ref_mm is not None and len(labelmap_ref_mm) > 0
+    rot = np.asarray(rotation, dtype=np.float64)
+    # Work in canonical axes (origin still at Reference's) so the centre is the box middle in those axes,
+    # exactly as the training data computes it.
+    partial_c = partial @ rot.T
+    lm_c = np.asarray(labelmap_ref_mm, dtype=np.float64).reshape(-1, 3) @ rot.T if has_lm else None
+    center_c = nz.canonical_center(partial_c, lm_c)
+    unit_partial = nz.normalize(nz.resample(partial_c, num_partial, seed=seed), center_mm=center_c)
+    unit_lm = nz.normalize(nz.resample(lm_c, num_labelmap, seed=seed), center_mm=center_c) if has_lm else None
+    model_to_ref = np.eye(4)
+    # p_ref = R^T (scale * u + center_c)
+    model_to_ref[:3, :3] = rot.T * nz.SCALE_MM
+    model_to_ref[:3, 3] = rot.T @ center_c
+    return VertebraCloud(level=level, partial=unit_partial, labelmap_points=unit_lm, model_to_reference=model_to_ref)
+
+
+def to_reference(cloud: VertebraCloud, points_unit: np.ndarray) -> np.ndarray:
+    """Network output (K, 3) in ``cloud``'s unit frame -> (K, 3) float64 Reference, mm."""
+    p = np.asarray(points_unit, dtype=np.float64).reshape(-1, 3)
+    m = cloud.model_to_reference
+    return p @ m[:3, :3].T + m[:3, 3]

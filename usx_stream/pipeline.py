@@ -1,0 +1,171 @@
+"""The streaming node: stages, threads, queues and shutdown, wired in one place (:meth:`Node.__init__`).
+
+::
+
+    source ──(bounded queue, drops counted)──▶ ingest thread: IngestStage (bone detection + compounding)
+                                                   │   XrayImage items ──▶ XrayCache
+                                                   ▼ (shared volume; snapshot on demand)
+    completion thread (every completion.period_s, latest-wins): SurfaceUpdater ──▶ publishers + recorder
+
+Ingest never waits for completion: the completion thread takes a snapshot of the volume whenever it is
+free, so a slow update delays only the next update. Latency "newest frame received → surface on the wire"
+is measured per update from the arrival of the newest frame in the snapshot to the return of the publish
+call (``telemetry`` stage ``end_to_end``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from .frames import TrackedFrame, XrayImage
+from .ingest import IngestStage
+from .recording import SessionRecorder
+from .telemetry import Telemetry
+from .update import SurfaceUpdater, UpdateResult
+from .xray.cache import XrayCache
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """The usx-stream node.
+
+    Parameters
+    ----------
+    cfg : LaunchConfig
+    source : FrameSource
+        Started and stopped by the node.
+    engines : dict
+        ``{"multimodal": CompletionEngine, "us_only": CompletionEngine}``.
+    xray : XrayCache, optional
+        Pre-filled cache (an X-ray from a file or the simulator); live X-rays from the source update it.
+    publishers : list
+        Objects with ``publish(surface)`` and ``stop()`` / ``close()``.
+    calibration : TransformRepository, optional
+        ImageToProbe etc. when frames do not carry ImageToReference.
+    """
+
+    def __init__(self, cfg, *, source, engines: dict, xray: XrayCache | None = None, publishers=(),
+                 calibration=None, telemetry: Telemetry | None = None) -> None:
+        self.cfg = cfg
+        self.telemetry = telemetry or Telemetry()
+        self.source = source
+        self.xray = xray or XrayCache()
+        self.ingest = IngestStage(cfg.compound, cfg.bone, image_to_reference=cfg.source.image_to_reference,
+                                  calibration=calibration, bootstrap_frames=cfg.completion.min_frames,
+                                  telemetry=self.telemetry)
+        self.updater = SurfaceUpdater(engines, bone=cfg.bone, xray_cfg=cfg.xray, surface=cfg.surface,
+                                      publish_frame=cfg.publish.frame, telemetry=self.telemetry,
+                                      seed=int(cfg.source.seed))
+        self.publishers = list(publishers)
+        self.recorder = SessionRecorder(cfg.record) if cfg.record.enabled else None
+        self.latest: UpdateResult | None = None     # written by the completion thread only
+        self.updates = 0
+        self.on_update: list[Callable[[UpdateResult], None]] = []
+        self._stop = threading.Event()
+        self._ingest_done = threading.Event()
+        self._updated = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "Node":
+        self.source.start()
+        for target, name in ((self._ingest_loop, "ingest"), (self._completion_loop, "completion")):
+            t = threading.Thread(target=self._guard(target), name=f"usx-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        """Stop every stage and close every socket; safe to call twice and from a signal handler's thread."""
+        self._stop.set()
+        self.source.stop()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=10.0)
+        for p in self.publishers:
+            (getattr(p, "stop", None) or p.close)()
+        self.publishers = []
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def wait_source_done(self, timeout: float | None = None) -> bool:
+        """Block until the source is finished and every frame it gave is compounded."""
+        return self._ingest_done.wait(timeout)
+
+    def wait_update(self, after: int, timeout: float | None = None) -> bool:
+        """Block until more than ``after`` updates have been published."""
+        with self._updated:
+            return self._updated.wait_for(lambda: self.updates > after or self._stop.is_set(), timeout)
+
+    def _guard(self, target):
+        def run():
+            try:
+                target()
+            except BaseException as e:  # a dead stage must stop the node loudly, not hang it
+                self.error = e
+                log.exception("stage %s failed", threading.current_thread().name)
+                self._stop.set()
+                with self._updated:
+                    self._updated.notify_all()
+        return run
+
+    # ------------------------------------------------------------------ threads
+    def _ingest_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self.source.get(timeout=0.1)
+            if item is None:
+                if self.source.finished:
+                    if self.source.error is not None:
+                        raise RuntimeError("frame source failed") from self.source.error
+                    self.ingest.flush()
+                    self._ingest_done.set()
+                    return
+                continue
+            arrival = time.monotonic()
+            if isinstance(item, XrayImage):
+                self.xray.update_from_xray_image(item)
+                if self.recorder is not None:
+                    self.recorder.add_xray(item)
+            elif isinstance(item, TrackedFrame):
+                self.ingest.add(item, arrival_s=arrival)
+                if self.recorder is not None:
+                    self.recorder.add_frame(item)
+
+    def _completion_loop(self) -> None:
+        period = self.cfg.completion.period_s
+        last_frames = -1
+        while not self._stop.wait(period if last_frames >= 0 else 0.05):
+            if self.ingest.frames_pasted < self.cfg.completion.min_frames and not self._ingest_done.is_set():
+                continue
+            if self.ingest.frames_pasted == last_frames:
+                continue  # nothing new since the last update: no work, no duplicate surfaces
+            last_frames = self.ingest.frames_pasted
+            self.run_update()
+
+    def run_update(self, *, force_fusion: str | None = None) -> UpdateResult | None:
+        """One update on the newest snapshot, published; also callable directly (tests, the demo)."""
+        volume, info = self.ingest.snapshot()
+        if volume is None:
+            return None
+        result = self.updater.update(volume, beam_direction=info["beam_direction"], xray=self.xray.snapshot(),
+                                     timestamp=info["timestamp"], force_fusion=force_fusion)
+        with self.telemetry.time("publish"):
+            for surface in result.surfaces.values():
+                for p in self.publishers:
+                    p.publish(surface)
+        if result.surfaces:
+            self.telemetry.record("end_to_end", time.monotonic() - info["arrival_s"])
+        if self.recorder is not None:
+            self.recorder.add_surfaces(result.surfaces)
+        self.latest = result
+        for callback in self.on_update:
+            callback(result)
+        with self._updated:
+            self.updates += 1
+            self._updated.notify_all()
+        return result

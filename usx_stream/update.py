@@ -1,0 +1,141 @@
+"""Surface update: one volume snapshot -> completed, meshed vertebra surfaces in the publish frame.
+
+Runs on the completion thread, latest-wins: each update takes the newest snapshot, so a slow update
+never builds a queue. Steps (each timed in telemetry):
+
+1. ``bone_points``: bone points from the compounded bone channel;
+2. ``levels``: level centres from the X-ray labelmap (back-projected onto the spine's mid-sagittal plane,
+   which passes through the bone points' centroid — the spinous processes lie on the midline), else the
+   launch file's landmarks; split of the bone points per level;
+3. ``prepare``: per level, canonical frame (``completion.prepare``) and labelmap points on the vertebra's
+   mid-sagittal plane (multimodal) — US-only until an X-ray arrives, flagged in the surface metadata;
+4. ``complete``: every visible level in one batch through the completion engine;
+5. ``mesh``: completed points -> watertight mesh within the triangle budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bone.points import extract_bone_points
+from .bone.split import choose_level_centres, split_levels
+from .completion import prepare as prep
+from .frames import LEVELS, Surface, Volume
+from .surface.mesh import mesh_points
+from .telemetry import Telemetry
+from .xray import backproject as bp
+from .xray.cache import XraySnapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdateResult:
+    """What one update produced (surfaces and what went into them, for reports and pictures)."""
+
+    surfaces: dict[str, Surface] = field(default_factory=dict)
+    points_ref_mm: dict[str, np.ndarray] = field(default_factory=dict)      # completed clouds
+    partial_ref_mm: dict[str, np.ndarray] = field(default_factory=dict)     # bone points per level
+    labelmap_ref_mm: dict[str, np.ndarray] = field(default_factory=dict)    # back-projected X-ray points
+    fusion: str = "us_only"
+    centres_source: str = "none"
+
+
+def xray_level_centres(xray: XraySnapshot, bone_ref_mm: np.ndarray, lateral_hint=None) -> dict[str, np.ndarray]:
+    """Level centres (Reference, mm) from the labelmap on the spine's mid-sagittal plane."""
+    if not (xray.ready and len(bone_ref_mm)):
+        return {}
+    midline = bone_ref_mm.mean(axis=0)
+    normal = bp.viewing_direction(xray.geometry, midline)
+    centres = bp.level_centres(xray.labelmap, xray.geometry, plane_point_mm=midline, plane_normal=normal)
+    return {lv: c for lv, c in zip(LEVELS, centres) if np.all(np.isfinite(c))}
+
+
+def run_engine(engine, partial_unit: np.ndarray, labelmap_unit: np.ndarray | None) -> np.ndarray:
+    """(B, N, 3) [+ (B, M, 3)] float32 unit-frame inputs -> (B, K, 3) float32 completed points."""
+    import torch
+
+    dev = engine.device
+    lm = None if labelmap_unit is None else torch.from_numpy(np.ascontiguousarray(labelmap_unit)).to(dev)
+    with torch.inference_mode():
+        out = engine.run_device(torch.from_numpy(np.ascontiguousarray(partial_unit)).to(dev), lm)
+    return out.float().cpu().numpy()
+
+
+class SurfaceUpdater:
+    """Turns snapshots into surfaces. ``engines`` maps ``"multimodal"`` / ``"us_only"`` to
+    :class:`~usx_stream.completion.engine.CompletionEngine` objects (the US-only one is the fallback used
+    until an X-ray arrives)."""
+
+    def __init__(self, engines: dict, *, bone, xray_cfg, surface, publish_frame: str = "Reference",
+                 telemetry: Telemetry | None = None, seed: int = 0) -> None:
+        self.engines = engines
+        self._bone, self._xray, self._surface = bone, xray_cfg, surface
+        self.publish_frame = publish_frame
+        self.telemetry = telemetry or Telemetry()
+        self.seed = seed
+        self.landmarks = {k: np.asarray(v, dtype=np.float64) for k, v in (bone.landmarks_mm or {}).items()}
+
+    def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
+               timestamp: float = 0.0, force_fusion: str | None = None) -> UpdateResult:
+        """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray."""
+        t = self.telemetry
+        with t.time("bone_points"):
+            bone = extract_bone_points(volume, threshold=self._bone.probability_threshold,
+                                       beam_direction=beam_direction, voxel_mm=self._bone.point_voxel_mm)
+        use_xray = xray is not None and xray.ready and self._xray.enabled
+        with t.time("levels"):
+            centres, source = choose_level_centres(
+                xray_centres=xray_level_centres(xray, bone) if use_xray else None, landmarks=self.landmarks or None)
+            per_level = split_levels(bone, centres, max_radius_mm=self._bone.split_max_radius_mm) if centres else {}
+        fusion = force_fusion or ("multimodal" if use_xray else "us_only")
+        result = UpdateResult(fusion=fusion, centres_source=source)
+        levels = [lv for lv, pts in per_level.items() if len(pts) >= max(self._bone.min_points, 1)]
+        if not levels:
+            return result
+        with t.time("prepare"):
+            clouds = self._prepare(levels, per_level, centres, beam_direction, xray if fusion == "multimodal" else None)
+        engine = self.engines[fusion]
+        with t.time("complete"):
+            partial = np.stack([c.partial for c in clouds])
+            labelmap = np.stack([c.labelmap_points for c in clouds]) if fusion == "multimodal" else None
+            completed = run_engine(engine, partial, labelmap)
+        with t.time("mesh"):
+            for cloud, unit in zip(clouds, completed):
+                pts = prep.to_reference(cloud, unit)
+                result.points_ref_mm[cloud.level] = pts
+                result.partial_ref_mm[cloud.level] = per_level[cloud.level]
+                surface = self._mesh(pts, cloud.level)
+                surface.metadata.update({"fusion": fusion, "level": cloud.level, "centres": source})
+                surface.timestamp = timestamp
+                result.surfaces[cloud.level] = surface
+        result.labelmap_ref_mm = {c.level: prep.to_reference(c, c.labelmap_points) for c in clouds
+                                  if c.labelmap_points is not None}
+        return result
+
+    def _prepare(self, levels, per_level, centres, beam_direction, xray):
+        posterior = -np.asarray(beam_direction, dtype=np.float64)
+        cranial = prep.cranial_axes(centres)
+        lm_points = {}
+        engine = self.engines["multimodal" if xray is not None else "us_only"]
+        if xray is not None:
+            lm_points = bp.backproject_levels(xray.labelmap, xray.geometry, centres_mm=centres,
+                                              n_points=self._xray.points_per_level)
+        clouds = []
+        for lv in levels:
+            rot = prep.vertebra_rotation(cranial=cranial[lv], posterior=posterior)
+            lm = lm_points.get(lv) if xray is not None else None
+            if xray is not None and (lm is None or len(lm) == 0):
+                raise ValueError(f"update: level {lv} has bone points and an X-ray centre but no labelmap points")
+            clouds.append(prep.prepare_vertebra(lv, per_level[lv], lm, rotation=rot, num_partial=engine.cfg.num_partial,
+                                                num_labelmap=engine.cfg.num_labelmap, seed=self.seed))
+        return clouds
+
+    def _mesh(self, points_ref_mm: np.ndarray, level: str) -> Surface:
+        s = self._surface
+        return mesh_points(points_ref_mm, method=s.method, triangle_budget=s.triangle_budget, grid_mm=s.grid_mm,
+                           offset_mm=s.offset_mm or None, project_k=s.project_k, poisson_depth=s.poisson_depth,
+                           frame=self.publish_frame, name=f"{level}_Completed")
