@@ -1,0 +1,75 @@
+"""Evaluation: per-sample metrics, Wilcoxon comparison, the eval command's JSON and PNG report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import wilcoxon
+
+from usx_stream.cli import main
+from usx_stream.completion.checkpoint import save_checkpoint
+from usx_stream.completion.nets import ModelConfig, build_model
+from usx_stream.metrics import REGIONS, evaluate_completion
+from usx_stream.train.data import read_pairs
+from usx_stream.train.evaluate import METRICS, ModelEvaluation, evaluate_model, summarise, wilcoxon_compare
+
+
+def _fake(name: str, cd_t: np.ndarray) -> ModelEvaluation:
+    values = {r: {m: np.asarray(cd_t, dtype=float) * (1 + k) for m in METRICS} for k, r in enumerate(REGIONS)}
+    return ModelEvaluation(name, np.zeros((len(cd_t), 4, 3), np.float32), values)
+
+
+def test_wilcoxon_matches_scipy_and_knows_which_direction_is_better():
+    rng = np.random.default_rng(0)
+    b = rng.uniform(1e-3, 2e-3, 40)
+    a = b - rng.uniform(0, 2e-4, 40)  # a lower everywhere
+    labels = np.repeat(np.arange(5), 8)
+    res = wilcoxon_compare(_fake("a", a), _fake("b", b), labels)
+    w = res["overall"]["whole"]["cd_t_x1e4"]
+    assert w["p_two_sided"] == pytest.approx(wilcoxon(a, b).pvalue)
+    assert w["p_a_better"] == pytest.approx(wilcoxon(a, b, alternative="less").pvalue)
+    assert w["p_a_better"] < 1e-6 and w["median_diff"] < 0 and w["n"] == 40
+    # For F-scores higher is better: the same numbers make "a" the worse model.
+    assert res["overall"]["whole"]["f1"]["p_a_better"] > 0.99
+    assert set(res["per_level"]) == {"L1", "L2", "L3", "L4", "L5"}
+    summary = summarise(_fake("a", a), labels)
+    assert summary["overall"]["whole"]["cd_t_x1e4"]["mean"] == pytest.approx(a.mean() * 1e4)
+    assert summary["per_level"]["L2"]["whole"]["cd_t_x1e4"]["n"] == 8
+
+
+def test_evaluate_model_uses_the_metrics_of_each_sample(tiny_pairs):
+    torch.manual_seed(0)
+    cfg = ModelConfig.small(multimodal=False)
+    net = build_model(cfg).eval()
+    arrays = read_pairs(tiny_pairs)
+    ev = evaluate_model(net, cfg, arrays, name="untrained")
+    assert ev.predictions.shape == (len(arrays), cfg.num_out, 3)
+    direct = evaluate_completion(ev.predictions[1], arrays.complete[1], mm_per_unit=arrays.mm_per_unit)
+    assert np.isfinite(ev.values["whole"]["hd95_mm"]).all()
+    for region in REGIONS:
+        # An untrained network may put no point in a region: NaN there, in both.
+        assert np.isclose(ev.values[region]["hd95_mm"][1], direct[region]["hd95_mm"], equal_nan=True)
+
+
+def test_eval_command_writes_json_and_report(tiny_pairs, tmp_path):
+    torch.manual_seed(1)
+    paths = []
+    for mm in (True, False):
+        cfg = ModelConfig.small(multimodal=mm)
+        paths.append(save_checkpoint(tmp_path / f"{mm}.pt", build_model(cfg), cfg))
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
+    rc = main(["eval", "--data", str(tiny_pairs), "--model", str(paths[0]), "--compare", str(paths[1]),
+               "--json", str(out_json), "--report", str(out_png)])
+    assert rc == 0
+    result = json.loads(out_json.read_text())
+    assert result["samples"] == 5 and len(result["models"]) == 2
+    assert result["models"][0]["name"].startswith("multimodal")
+    assert set(result["models"][1]["per_level"]) == {"L1", "L2", "L3", "L4", "L5"}
+    assert set(result["wilcoxon"]["overall"]) == set(REGIONS)
+    assert "hd95_mm" in result["wilcoxon"]["overall"]["body"]
+    assert out_png.stat().st_size > 10_000 and out_png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["eval", "--data", str(tiny_pairs), "--model", str(tmp_path / "none.pt"),
+                 "--json", str(out_json)]) == 2

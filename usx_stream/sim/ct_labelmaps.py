@@ -1,0 +1,161 @@
+"""Multi-label CT segmentations (NIfTI / NRRD / MetaImage) to per-vertebra meshes and paired samples.
+
+A segmentation holds one integer label per vertebra (VerSe convention by default: 20..24 = L1..L5). Each
+label becomes a closed mesh (light Gaussian smoothing of its mask, then marching tetrahedra in voxel space,
+then the voxel-to-patient affine), all in the scan's LPS patient frame, so the vertebrae keep their
+anatomical positions and occlude each other in the simulated ultrasound sweep.
+
+Frames: NIfTI's world frame is RAS (converted to LPS here); NRRD and MetaImage coordinates are LPS, as ITK
+writes them (only axis-aligned grids, see :func:`usx_stream.io.volumes.read_volume`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..frames import Surface
+from ..transforms import apply
+
+log = logging.getLogger(__name__)
+
+VERSE_LEVELS = {20: "L1", 21: "L2", 22: "L3", 23: "L4", 24: "L5"}
+LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8"}
+
+
+def _nifti_affine(h: bytes, end: str) -> np.ndarray:
+    """Voxel (i, j, k) -> RAS mm from the sform (preferred) or the qform of a NIfTI-1 header."""
+    qform_code, sform_code = np.frombuffer(h[252:256], dtype=end + "i2")
+    if sform_code > 0:
+        rows = np.frombuffer(h[280:328], dtype=end + "f4").reshape(3, 4).astype(np.float64)
+        return np.vstack([rows, [0, 0, 0, 1]])
+    pixdim = np.frombuffer(h[76:108], dtype=end + "f4").astype(np.float64)
+    m = np.eye(4)
+    if qform_code > 0:
+        b, c, d, x, y, z = np.frombuffer(h[256:280], dtype=end + "f4").astype(np.float64)
+        a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+        r = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                      [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                      [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+        qfac = -1.0 if pixdim[0] < 0 else 1.0
+        m[:3, :3] = r @ np.diag([pixdim[1], pixdim[2], pixdim[3] * qfac])
+        m[:3, 3] = [x, y, z]
+    else:
+        m[:3, :3] = np.diag(pixdim[1:4])
+    return m
+
+
+def read_nifti_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI-1 label volume (``.nii`` or ``.nii.gz``).
+
+    Returns
+    -------
+    labels : (I, J, K) int64 ndarray
+        Indexed by voxel (i, j, k).
+    ijk_to_lps : (4, 4) ndarray
+        Voxel indices to LPS patient coordinates, mm.
+    """
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    if len(raw) < 352:
+        raise ValueError(f"{path.name}: too short for a NIfTI-1 file")
+    end = "<" if np.frombuffer(raw[:4], "<i4")[0] == 348 else ">"
+    if np.frombuffer(raw[:4], end + "i4")[0] != 348:
+        raise ValueError(f"{path.name}: not a NIfTI-1 file (sizeof_hdr != 348)")
+    dim = np.frombuffer(raw[40:56], dtype=end + "i2")
+    dtype_code = int(np.frombuffer(raw[70:72], dtype=end + "i2")[0])
+    if dtype_code not in _NIFTI_DTYPES:
+        raise ValueError(f"{path.name}: NIfTI datatype {dtype_code} is not supported for labels")
+    if dim[0] < 3 or any(d > 1 for d in dim[4:dim[0] + 1]):
+        raise ValueError(f"{path.name}: expected a 3D volume, got dim {dim[:dim[0] + 1].tolist()}")
+    shape = tuple(int(d) for d in dim[1:4])
+    offset = int(np.frombuffer(raw[108:112], dtype=end + "f4")[0])
+    data = np.frombuffer(raw, dtype=end + _NIFTI_DTYPES[dtype_code], count=int(np.prod(shape)), offset=offset)
+    labels = np.rint(data.reshape(shape, order="F")).astype(np.int64)
+    return labels, _RAS_TO_LPS @ _nifti_affine(raw[:348], end)
+
+
+def read_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels (I, J, K), ijk_to_lps (4, 4))`` from NIfTI, NRRD or MetaImage (by suffix)."""
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        return read_nifti_labels(path)
+    from ..io.volumes import read_volume
+
+    vol = read_volume(path)
+    return np.rint(vol.data).astype(np.int64).transpose(2, 1, 0), vol.ijk_to_frame()
+
+
+def label_meshes(labels: np.ndarray, ijk_to_lps: np.ndarray, *, levels: dict[int, str] | None = None,
+                 smooth_voxels: float = 0.7) -> dict[str, Surface]:
+    """One closed mesh per vertebra label, LPS mm.
+
+    Parameters
+    ----------
+    labels : (I, J, K) int ndarray
+    ijk_to_lps : (4, 4) ndarray
+    levels : dict int -> level, keyword-only
+        Label value of each level (default VerSe: 20..24 = L1..L5). Absent labels are skipped.
+    smooth_voxels : float, keyword-only
+        Gaussian sigma (voxels) applied to each mask before meshing (removes the staircase).
+    """
+    from scipy import ndimage
+
+    from .isosurface import mesh_implicit
+
+    out = {}
+    for value, level in (levels or VERSE_LEVELS).items():
+        idx = np.argwhere(labels == value)
+        if len(idx) == 0:
+            continue
+        lo = idx.min(0) - 3
+        hi = idx.max(0) + 4
+        pad_lo = np.maximum(-lo, 0)
+        mask = np.zeros(tuple(hi - lo), dtype=np.float32)
+        sub = labels[max(lo[0], 0):hi[0], max(lo[1], 0):hi[1], max(lo[2], 0):hi[2]] == value
+        mask[pad_lo[0]:pad_lo[0] + sub.shape[0], pad_lo[1]:pad_lo[1] + sub.shape[1],
+             pad_lo[2]:pad_lo[2] + sub.shape[2]] = sub
+        field = 0.5 - ndimage.gaussian_filter(mask, smooth_voxels)
+        verts, tris = mesh_implicit(field, origin_mm=lo.astype(np.float64), spacing_mm=1.0)
+        if len(tris) == 0:
+            continue
+        if np.linalg.det(ijk_to_lps[:3, :3]) < 0:
+            tris = tris[:, ::-1].copy()  # a mirroring affine flips the winding
+        out[level] = Surface(apply(ijk_to_lps, verts), tris, frame="LPS", name=level)
+    return out
+
+
+def labelmap_pairs(path: str, *, seed: int, cfg, levels: dict[int, str] | None = None):
+    """Paired samples of every lumbar vertebra of one segmentation (they occlude each other).
+
+    Each vertebra is aligned to the canonical frame of its level (rigid ICP started from LPS); one that
+    cannot be aligned is skipped with its reason.
+    """
+    import zlib
+
+    from .dataset import make_pairs
+    from .mesh_alignment import AlignmentError, align_vertebra
+
+    name = Path(path).name
+    try:
+        meshes = label_meshes(*read_labels(path), levels=levels)
+    except ValueError as e:
+        return [], [f"{name}: {e}"]
+    if not meshes:
+        return [], [f"{name}: no lumbar vertebra label ({sorted((levels or VERSE_LEVELS))})"]
+    vertebrae, skipped = [], []
+    for level, mesh in sorted(meshes.items()):
+        try:
+            vertebrae.append(align_vertebra(mesh, level, frame="LPS", spacing_mm=cfg.mesh_spacing_mm, seed=seed))
+        except AlignmentError as e:
+            skipped.append(f"{name}/{level}: {e}")
+    if not vertebrae:
+        return [], skipped
+    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+    samples, more = make_pairs(vertebrae, cfg=cfg, rng=rng, name=name)
+    return samples, skipped + more

@@ -1,0 +1,275 @@
+"""The training loop: Adam, step decay, α schedule, validation by CD_t, checkpoints, resume, time budget.
+
+Files in ``cfg.out``:
+
+- ``last.pt`` / ``best.pt``: model checkpoints (``completion.checkpoint`` format; ``extra`` records the
+  epoch, step, validation metrics and the training configuration); ``best.pt`` has the lowest validation
+  CD_t so far;
+- ``state.pt``: optimiser, scheduler and random-generator state for ``resume``;
+- ``train.log``: the log of every run into this folder; ``history.json``: every validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..metrics import calc_cd
+from .config import TrainConfig
+from .data import PairedArrays, read_pairs
+from .losses import alpha_for_epoch, completion_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`: paths, counters and the best validation CD_t (raw, not ×10⁴)."""
+
+    best_path: Path
+    last_path: Path
+    epoch: int
+    step: int
+    best_cd_t: float
+    seconds: float
+    stopped_by_budget: bool
+
+
+def model_config(cfg: TrainConfig):
+    """The ``ModelConfig`` preset of ``cfg`` for its variant."""
+    from ..completion.nets import ModelConfig
+
+    preset = ModelConfig.small if cfg.model == "small" else ModelConfig.paper
+    return preset(multimodal=cfg.variant == "multimodal")
+
+
+def frame_shift(arrays: PairedArrays, model_cfg) -> np.ndarray:
+    """(N, 3) translation from the file's unit frame to the model's input frame, unit scale.
+
+    The unit frame is centred on the bounding box of the partial *and* labelmap points. A US-only model
+    never sees the labelmap, at inference either (``completion.prepare`` centres it on the partial points
+    alone), so its frame is centred on the partial points: ``model = file - shift``.
+    """
+    if model_cfg.multimodal or arrays.labelmap.shape[1] == 0:
+        return np.zeros((len(arrays), 3), dtype=np.float32)
+    p = arrays.partial
+    return ((p.min(axis=1) + p.max(axis=1)) / 2).astype(np.float32)
+
+
+def model_inputs(arrays: PairedArrays, model_cfg, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Partial (and labelmap) tensors cut to the model's point counts (prefixes of furthest-point orders),
+    in the model's input frame (:func:`frame_shift`)."""
+    if arrays.partial.shape[1] < model_cfg.num_partial:
+        raise ValueError(f"{name}: partial clouds have {arrays.partial.shape[1]} points, the model needs "
+                         f"{model_cfg.num_partial}")
+    partial = torch.from_numpy(arrays.partial[:, :model_cfg.num_partial])
+    if not model_cfg.multimodal:
+        return partial - torch.from_numpy(frame_shift(arrays, model_cfg))[:, None], None
+    if arrays.labelmap.shape[1] < model_cfg.num_labelmap:
+        raise ValueError(f"{name}: labelmaps have {arrays.labelmap.shape[1]} points, the model needs "
+                         f"{model_cfg.num_labelmap}")
+    return partial, torch.from_numpy(arrays.labelmap[:, :model_cfg.num_labelmap])
+
+
+@torch.no_grad()
+def predict(net, partial: torch.Tensor, labelmap: torch.Tensor | None, *, batch_size: int = 16) -> torch.Tensor:
+    """Deterministic completions (``fine``) of ``partial`` (N, P, 3) [+ ``labelmap``] in batches."""
+    was_training = net.training
+    net.eval()
+    out = []
+    for start in range(0, len(partial), batch_size):
+        lm = None if labelmap is None else labelmap[start:start + batch_size]
+        out.append(net(partial[start:start + batch_size], lm)["fine"])
+    net.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0, 3)
+
+
+def validate(net, partial, labelmap, complete: torch.Tensor, *, chunk: int = 1024) -> dict[str, float]:
+    """Mean ``cd_p``, ``cd_t`` and ``f1`` of the network's completions against ``complete``."""
+    fine = predict(net, partial, labelmap)
+    res = calc_cd(fine, complete, chunk=chunk)
+    return {k: float(v.mean()) for k, v in res.items()}
+
+
+def _attach_log(out: Path) -> logging.Handler:
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logging.getLogger("usx_stream").addHandler(handler)
+    if logging.getLogger("usx_stream").getEffectiveLevel() > logging.INFO:
+        logging.getLogger("usx_stream").setLevel(logging.INFO)
+    return handler
+
+
+class _Run:
+    """Mutable state of one training run (model, optimiser, counters); single-threaded."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool) -> None:
+        from ..completion.nets import build_model
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.model_cfg = model_config(cfg)
+        torch.manual_seed(cfg.seed)
+        self.net = build_model(self.model_cfg).train()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=cfg.decay_every, gamma=cfg.lr_decay)
+        self.epoch, self.step, self.step_in_epoch = 0, 0, 0
+        self.bad_steps = 0
+        self.best = math.inf
+        self.history: list[dict] = []
+        self.seconds = 0.0
+        if resume:
+            self._restore()
+
+    def _restore(self) -> None:
+        from ..completion.checkpoint import load_checkpoint
+
+        last, state_path = self.out / "last.pt", self.out / "state.pt"
+        if not (last.is_file() and state_path.is_file()):
+            raise ValueError(f"resume: no last.pt/state.pt in {self.out}")
+        net, model_cfg, _ = load_checkpoint(last)
+        if model_cfg != self.model_cfg:
+            raise ValueError(f"resume: {last} holds a different model configuration than variant/model ask for")
+        self.net.load_state_dict(net.state_dict())
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        self.best, self.seconds = state["best_cd_t"], state["seconds"]
+        self.history = json.loads(state["history"])
+        log.info("resumed from %s at epoch %d step %d (best CD_t %.3f e-4)", last, self.epoch, self.step,
+                 self.best * 1e4)
+
+    def save(self, metrics: dict | None) -> None:
+        from ..completion.checkpoint import save_checkpoint
+
+        extra = {"epoch": self.epoch, "step": self.step, "seconds": round(self.seconds, 1),
+                 "train_config": self.cfg.to_dict(), "val": metrics or {}}
+        save_checkpoint(self.out / "last.pt", self.net, self.model_cfg, extra)
+        if metrics is not None and metrics["cd_t"] < self.best:
+            self.best = metrics["cd_t"]
+            save_checkpoint(self.out / "best.pt", self.net, self.model_cfg, extra)
+            log.info("new best: CD_t %.3f e-4 at step %d", self.best * 1e4, self.step)
+        elif metrics is None or not (self.out / "best.pt").is_file():
+            save_checkpoint(self.out / "best.pt", self.net, self.model_cfg, extra)
+        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "step": self.step,
+                    "step_in_epoch": self.step_in_epoch, "best_cd_t": self.best, "seconds": self.seconds,
+                    "history": json.dumps(self.history)}, self.out / "state.pt")
+        (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+
+    def train_step(self, partial, labelmap, complete) -> dict[str, float]:
+        out = self.net(partial, labelmap, complete)
+        loss, parts = completion_loss(out, alpha=alpha_for_epoch(self.epoch), chunk=self.cfg.chunk)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads_ok = all(torch.isfinite(p.grad).all() for p in self.net.parameters() if p.grad is not None)
+        if torch.isfinite(loss) and grads_ok:
+            self.opt.step()
+            self.bad_steps = 0
+        else:
+            # One bad batch (e.g. a degenerate latent draw) must not end a long run; a streak must.
+            self.bad_steps += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%s)", self.step, parts)
+            if self.bad_steps >= 10:
+                raise FloatingPointError(f"training diverged: 10 non-finite steps in a row at step {self.step}")
+        self.step += 1
+        self.step_in_epoch += 1
+        return parts
+
+
+def _batch_order(n: int, cfg: TrainConfig, epoch: int) -> np.ndarray:
+    """Sample order of ``epoch``: a permutation that depends only on the seed and the epoch."""
+    return np.random.default_rng([cfg.seed, epoch]).permutation(n)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a completion network as ``cfg`` says (see the module docstring for the files written)."""
+    from tqdm import tqdm
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = _attach_log(out)
+    try:
+        run = _Run(cfg, resume=resume)
+        train_set = read_pairs(cfg.data)
+        x_tr, lm_tr = model_inputs(train_set, run.model_cfg, cfg.data)
+        shift = frame_shift(train_set, run.model_cfg)[:, None]
+        gt_tr = torch.from_numpy(train_set.complete[:, :cfg.gt_points or None] - shift)
+        if gt_tr.shape[1] < run.model_cfg.num_partial:
+            raise ValueError(f"train.gt_points: the model needs at least {run.model_cfg.num_partial} ground-truth "
+                             f"points, got {gt_tr.shape[1]}")
+        val = _load_val(cfg, run.model_cfg)
+        n_batches = len(train_set) // cfg.batch_size
+        if n_batches < 1:
+            raise ValueError(f"train.batch_size: {cfg.batch_size} exceeds the {len(train_set)} training samples")
+        log.info("training %s (%s): %d samples, %d batches/epoch, config %s", cfg.variant, cfg.model,
+                 len(train_set), n_batches, cfg.to_dict())
+        bar = tqdm(total=cfg.epochs * n_batches, initial=run.step, desc=f"train {cfg.variant}", disable=not progress)
+        stopped = _epochs(run, (x_tr, lm_tr, gt_tr), val, n_batches, bar)
+        bar.close()
+        return TrainResult(out / "best.pt", out / "last.pt", run.epoch, run.step, run.best, run.seconds, stopped)
+    finally:
+        logging.getLogger("usx_stream").removeHandler(handler)
+        handler.close()
+
+
+def _load_val(cfg: TrainConfig, model_cfg):
+    if not cfg.val:
+        return None
+    arrays = read_pairs(cfg.val)
+    n = cfg.val_samples or len(arrays)
+    partial, labelmap = model_inputs(arrays, model_cfg, cfg.val)
+    complete = arrays.complete - frame_shift(arrays, model_cfg)[:, None]
+    return (partial[:n], None if labelmap is None else labelmap[:n], torch.from_numpy(complete[:n]))
+
+
+def _validate_and_save(run: _Run, val) -> None:
+    metrics = None
+    if val is not None:
+        metrics = validate(run.net, *val, chunk=run.cfg.chunk)
+        run.history.append({"epoch": run.epoch, "step": run.step, "seconds": round(run.seconds, 1), **metrics})
+        log.info("validation at epoch %d step %d: CD_t %.3f e-4, CD_p %.3f e-2, F1 %.3f", run.epoch, run.step,
+                 metrics["cd_t"] * 1e4, metrics["cd_p"] * 1e2, metrics["f1"])
+    run.save(metrics)
+
+
+def _epochs(run: _Run, train_tensors, val, n_batches: int, bar) -> bool:
+    """Run epochs until ``cfg.epochs`` or the time budget; True when the budget stopped it."""
+    cfg = run.cfg
+    x_tr, lm_tr, gt_tr = train_tensors
+    budget_s = cfg.max_minutes * 60.0
+    start, base = time.perf_counter(), run.seconds
+    while run.epoch < cfg.epochs:
+        order = _batch_order(len(x_tr), cfg, run.epoch)
+        while run.step_in_epoch < n_batches:
+            idx = torch.from_numpy(order[run.step_in_epoch * cfg.batch_size:(run.step_in_epoch + 1) * cfg.batch_size])
+            parts = run.train_step(x_tr[idx], None if lm_tr is None else lm_tr[idx], gt_tr[idx])
+            run.seconds = base + time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['total']:.4f}", cd=f"{parts['cd_coarse']:.4f}")
+            if run.step % 10 == 0:
+                log.info("epoch %d step %d: %s", run.epoch, run.step, {k: round(v, 5) for k, v in parts.items()})
+            if cfg.val_every and run.step % cfg.val_every == 0:
+                _validate_and_save(run, val)
+            if budget_s and run.seconds >= budget_s:
+                log.info("time budget of %.1f min reached at epoch %d step %d", cfg.max_minutes, run.epoch, run.step)
+                _validate_and_save(run, val)
+                return True
+        run.epoch += 1
+        run.step_in_epoch = 0
+        run.sched.step()
+        _validate_and_save(run, val)
+    return False
