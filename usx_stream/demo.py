@@ -117,17 +117,23 @@ def _latency(tel: dict) -> dict:
 
 
 def _picture(path: Path, session, result) -> None:
-    """Left: completed surfaces (colour per level) over the ground truth (grey) with the US bone points
-    and the X-ray labelmap points; right: the same seen from the side."""
-    from .viz import ImagePlane, render_scene
+    """Three panels: what the node sees (two tracked B-mode planes, the ultrasound bone points, the X-ray
+    labelmap points on each vertebra's mid-sagittal plane, over the ground truth in grey); the completed
+    surfaces (a colour per level) over the ground truth; the same from the side, where the vertebral
+    bodies that ultrasound cannot see are."""
+    from .viz import ImagePlane, Panel, render_panels
 
-    meshes: dict[str, Surface] = {f"gt_{lv}": v.mesh for lv, v in session.spine.vertebrae.items()}
-    meshes.update(result.surfaces)
-    points = {"US bone points": _concat(result.partial_ref_mm), "X-ray labelmap points": _concat(result.labelmap_ref_mm)}
+    truth: dict[str, Surface] = {f"gt_{lv}": v.mesh for lv, v in session.spine.vertebrae.items()}
     frames = session.frames
-    planes = [ImagePlane(frames[i].pixels, session.image_to_reference(i)) for i in (len(frames) // 4, len(frames) // 2)]
-    render_scene(path, meshes=meshes, planes=planes, points=points, mesh_alpha=0.55,
-                 title=f"usx-stream demo (seed {session.seed}): completed L1-L5 (colour) over ground truth (grey)")
+    planes = [ImagePlane(frames[i].pixels, session.image_to_reference(i)) for i in (len(frames) // 6, len(frames) // 2)]
+    points = {"US bone points": _concat(result.partial_ref_mm), "X-ray labelmap points": _concat(result.labelmap_ref_mm)}
+    completed = {**truth, **result.surfaces}
+    panels = [
+        Panel(truth, planes, points, view=(20, -65), title="inputs: tracked US, bone points, X-ray labelmap", mesh_alpha=0.25),
+        Panel(completed, view=(20, -65), title="completed (colour) over ground truth (grey)", mesh_alpha=0.45),
+        Panel(completed, view=(5, 0), title="side view: vertebral bodies", mesh_alpha=0.45),
+    ]
+    render_panels(path, panels, title=f"usx-stream demo, simulated session seed {session.seed}")
 
 
 def _concat(d: dict) -> np.ndarray:
