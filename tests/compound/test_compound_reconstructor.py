@@ -34,6 +34,20 @@ def test_exact_backends_identical(frames, interpolation, mode):
     assert (vols[0].weights > 0).mean() > 0.3
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("interpolation", ["NEAREST_NEIGHBOR", "LINEAR"])
+@pytest.mark.parametrize("mode", ["MEAN", "MAXIMUM", "LATEST"])
+def test_exact_torch_on_cuda_identical_to_cpu(frames, interpolation, mode):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cfg = config(interpolation=interpolation, compounding_mode=mode)
+    cpu = reconstruct(frames, cfg, semantics="exact", backend="numpy").snapshot()
+    gpu = reconstruct(frames, cfg, semantics="exact", backend="torch", device="cuda").snapshot()
+    np.testing.assert_array_equal(cpu.data, gpu.data)
+    np.testing.assert_array_equal(cpu.weights, gpu.weights)
+
+
 @pytest.mark.parametrize("interpolation", ["NEAREST_NEIGHBOR", "LINEAR"])
 def test_exact_mean_is_order_independent_plus_is_not(frames, interpolation):
     cfg = config(interpolation=interpolation)
