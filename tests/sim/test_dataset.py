@@ -117,3 +117,23 @@ def test_mesh_folder_reports_unalignable_meshes_by_name(vertebrae_data, tmp_path
     arrays = read_pairs(report.path)
     assert arrays.names == ["sub-verse018_segment_20.ply#0/L1", "sub-verse018_segment_20.ply#1/L1"]
     assert not np.allclose(arrays.partial[0], arrays.partial[1])  # different sweeps
+
+
+def test_dataset_command_sets_the_sweep_and_names_a_bad_value():
+    import argparse
+
+    from usx_stream.commands import dataset as cmd
+    from usx_stream.sim.visibility import SweepConfig
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    args = parser.parse_args(["--out", "x.h5", "--procedural", "1", "--tilt-deg", "8", "--max-incidence-deg", "60",
+                              "--lateral-offsets-mm=-20,0,20", "--noise-mm", "0.5"])
+    sweep = SweepConfig(**cmd._sweep_options(args))
+    assert (sweep.tilt_deg, sweep.max_incidence_deg, sweep.lateral_offsets_mm, sweep.noise_mm) == (
+        8.0, 60.0, (-20.0, 0.0, 20.0), 0.5)
+    defaults = SweepConfig(**cmd._sweep_options(parser.parse_args(["--out", "x.h5", "--procedural", "1"])))
+    assert defaults == SweepConfig()
+    bad = parser.parse_args(["--out", "x.h5", "--procedural", "1", "--lateral-offsets-mm=-20,zero"])
+    with pytest.raises(ValueError, match="--lateral-offsets-mm.*'-20,zero'"):
+        cmd._sweep_options(bad)

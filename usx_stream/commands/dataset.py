@@ -48,10 +48,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
                         help="processes (default: all cores)")
     parser.add_argument("--noise-mm", type=float, default=0.0, help="SD of the beam-direction noise, mm")
+    parser.add_argument("--tilt-deg", type=float, default=None, dest="tilt_deg",
+                        help="largest random probe tilt about each axis, degrees (default 20)")
+    parser.add_argument("--max-incidence-deg", type=float, default=None, dest="max_incidence_deg",
+                        help="largest beam-to-normal angle that still echoes, degrees (default 70)")
+    parser.add_argument("--lateral-offsets-mm", default=None, dest="lateral_offsets_mm",
+                        help="comma-separated left-right offsets of the passes, mm, e.g. --lateral-offsets-mm=-22,0,22 (the default)")
     parser.add_argument("--variation", type=float, default=1.0, help="procedural shape variation (1 = published)")
     parser.add_argument("--mesh-spacing", type=float, default=1.5, dest="mesh_spacing",
                         help="grid spacing of the procedural meshes, mm (coarser is faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _sweep_options(args: argparse.Namespace) -> dict:
+    """SweepConfig keywords from the command line (unset options keep SweepConfig's defaults)."""
+    opts = {"noise_mm": args.noise_mm}
+    if args.tilt_deg is not None:
+        opts["tilt_deg"] = args.tilt_deg
+    if args.max_incidence_deg is not None:
+        opts["max_incidence_deg"] = args.max_incidence_deg
+    if args.lateral_offsets_mm is not None:
+        try:
+            opts["lateral_offsets_mm"] = tuple(float(v) for v in args.lateral_offsets_mm.split(","))
+        except ValueError:
+            raise ValueError(f"--lateral-offsets-mm: expected comma-separated numbers, got "
+                             f"{args.lateral_offsets_mm!r}") from None
+    return opts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sim.visibility import SweepConfig
 
     try:
-        cfg = PairConfig(sweep=SweepConfig(noise_mm=args.noise_mm), variation=args.variation,
+        cfg = PairConfig(sweep=SweepConfig(**_sweep_options(args)), variation=args.variation,
                          mesh_spacing_mm=args.mesh_spacing)
         report = generate(args.out, procedural=args.procedural, meshes=args.meshes, labelmaps=args.labelmaps,
                           seed=args.seed,

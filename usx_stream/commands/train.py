@@ -36,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (0 = default)")
     parser.add_argument("--gt-points", type=int, dest="gt_points",
                         help="ground-truth points per sample in the training loss (0 = all; fewer = faster)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--augment-rotate-deg", type=float, dest="augment_rotate_deg",
+                        help="random rotation of each training sample up to this angle (default 0)")
+    parser.add_argument("--augment-shift-mm", type=float, dest="augment_shift_mm",
+                        help="random shift of each training sample up to this many mm per axis (default 0)")
+    parser.add_argument("--augment-mirror", action="store_const", const=True, dest="augment_mirror",
+                        help="mirror a random half of each batch left-right")
+    parser.add_argument("--init", help="start from these weights (checkpoint path, or 'default' for the shipped one)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt and OUT/state.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -45,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.loop import train
 
     keys = ("data", "val", "variant", "model", "out", "epochs", "batch_size", "lr", "seed", "max_minutes",
-            "val_every", "val_samples", "threads", "gt_points")
+            "val_every", "val_samples", "threads", "gt_points", "device", "augment_rotate_deg", "augment_shift_mm",
+            "augment_mirror", "init")
     try:
         cfg = load_train_config(args.config, **{k: getattr(args, k) for k in keys})
         result = train(cfg, resume=args.resume, progress=not args.no_progress)

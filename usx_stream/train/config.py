@@ -20,6 +20,7 @@ Example ``train.toml``::
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,17 @@ class TrainConfig:
         random samples of the surface, so a prefix is a uniform subset; fewer points make each step cheaper
         (the chamfer distances and the network's furthest-point sampling of the ground truth). Validation
         always uses every point.
+    device : str
+        ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"auto"`` (CUDA when available). Checkpoints are saved
+        on the CPU whatever the device.
+    augment_rotate_deg, augment_shift_mm : float
+        Per-sample random rigid motion of each training batch (largest angle in degrees, largest shift per
+        axis in mm); 0 = none. See ``train.augment``.
+    augment_mirror : bool
+        Mirror a random half of each batch left-right.
+    init : str
+        Start from these weights instead of a random initialisation (fine-tuning): a checkpoint path, or
+        ``"default"`` for the shipped checkpoint of ``variant``. The optimiser and counters start afresh.
     """
 
     data: str = ""
@@ -81,6 +93,11 @@ class TrainConfig:
     threads: int = 0
     chunk: int = 1024
     gt_points: int = 0
+    device: str = "cpu"
+    augment_rotate_deg: float = 0.0
+    augment_shift_mm: float = 0.0
+    augment_mirror: bool = False
+    init: str = ""
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ValueError naming the field and its value."""
@@ -93,13 +110,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "decay_every", "chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)!r}")
-        for name in ("max_minutes", "val_every", "val_samples", "threads", "gt_points"):
+        for name in ("max_minutes", "val_every", "val_samples", "threads", "gt_points", "augment_rotate_deg",
+                     "augment_shift_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"train.lr: must be > 0, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"train.lr_decay: must be in (0, 1], got {self.lr_decay!r}")
+        if not (self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ValueError(f"train.device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -132,6 +152,6 @@ def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfi
         kind = type(getattr(TrainConfig(), key))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
-        elif not isinstance(values[key], kind) or isinstance(value, bool):
+        elif not isinstance(values[key], kind) or (isinstance(value, bool) and kind is not bool):
             raise ValueError(f"train.{key}: expected {kind.__name__}, got {value!r}")
     return TrainConfig(**values).validate()

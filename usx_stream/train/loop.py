@@ -23,6 +23,7 @@ import torch
 
 from ..metrics import calc_cd
 from .config import TrainConfig
+from .augment import augment_batch
 from .data import PairedArrays, read_pairs
 from .losses import alpha_for_epoch, completion_loss
 
@@ -108,6 +109,15 @@ def _attach_log(out: Path) -> logging.Handler:
     return handler
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device of ``train.device``; a clear error when CUDA is asked for and absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device: {name!r} asked for, but torch {torch.__version__} sees no CUDA device")
+    return torch.device(name)
+
+
 class _Run:
     """Mutable state of one training run (model, optimiser, counters); single-threaded."""
 
@@ -116,9 +126,16 @@ class _Run:
 
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
         self.model_cfg = model_config(cfg)
+        self.mm_per_unit = 50.0  # replaced by the training file's value
         torch.manual_seed(cfg.seed)
-        self.net = build_model(self.model_cfg).train()
+        # Augmentation draws from its own CPU stream: the same run on CPU and GPU sees the same motions.
+        self.augment_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.net = build_model(self.model_cfg)
+        if cfg.init and not resume:
+            self._initialise_from(cfg.init)
+        self.net = self.net.to(self.device).train()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=cfg.decay_every, gamma=cfg.lr_decay)
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
@@ -129,20 +146,35 @@ class _Run:
         if resume:
             self._restore()
 
+    def _initialise_from(self, init: str) -> None:
+        from ..completion import checkpoint
+
+        path = checkpoint.default_path(self.cfg.variant) if init == "default" else Path(init)
+        if not path.is_file():
+            raise ValueError(f"train.init: checkpoint not found: {path}")
+        net, model_cfg, _ = checkpoint.load_checkpoint(path)
+        if model_cfg != self.model_cfg:
+            raise ValueError(f"train.init: {path} holds a different model configuration than variant "
+                             f"{self.cfg.variant!r} / model {self.cfg.model!r} ask for")
+        self.net.load_state_dict(net.state_dict())
+        log.info("initialised from %s", path)
+
     def _restore(self) -> None:
         from ..completion.checkpoint import load_checkpoint
 
         last, state_path = self.out / "last.pt", self.out / "state.pt"
         if not (last.is_file() and state_path.is_file()):
             raise ValueError(f"resume: no last.pt/state.pt in {self.out}")
-        net, model_cfg, _ = load_checkpoint(last)
+        net, model_cfg, _ = load_checkpoint(last, map_location=self.device)
         if model_cfg != self.model_cfg:
             raise ValueError(f"resume: {last} holds a different model configuration than variant/model ask for")
         self.net.load_state_dict(net.state_dict())
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location=self.device, weights_only=True)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "augment_rng" in state:
+            self.augment_rng.set_state(state["augment_rng"].cpu())
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.best, self.seconds = state["best_cd_t"], state["seconds"]
         self.history = json.loads(state["history"])
@@ -162,12 +194,16 @@ class _Run:
         elif metrics is None or not (self.out / "best.pt").is_file():
             save_checkpoint(self.out / "best.pt", self.net, self.model_cfg, extra)
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "step": self.step,
+                    "torch_rng": torch.get_rng_state(), "augment_rng": self.augment_rng.get_state(), "epoch": self.epoch, "step": self.step,
                     "step_in_epoch": self.step_in_epoch, "best_cd_t": self.best, "seconds": self.seconds,
                     "history": json.dumps(self.history)}, self.out / "state.pt")
         (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
 
     def train_step(self, partial, labelmap, complete) -> dict[str, float]:
+        cfg = self.cfg
+        partial, labelmap, complete = augment_batch(
+            [partial, labelmap, complete], rotate_deg=cfg.augment_rotate_deg,
+            shift=cfg.augment_shift_mm / self.mm_per_unit, mirror=cfg.augment_mirror, generator=self.augment_rng)
         out = self.net(partial, labelmap, complete)
         loss, parts = completion_loss(out, alpha=alpha_for_epoch(self.epoch), chunk=self.cfg.chunk)
         self.opt.zero_grad(set_to_none=True)
@@ -205,18 +241,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> T
     try:
         run = _Run(cfg, resume=resume)
         train_set = read_pairs(cfg.data)
+        run.mm_per_unit = train_set.mm_per_unit
         x_tr, lm_tr = model_inputs(train_set, run.model_cfg, cfg.data)
         shift = frame_shift(train_set, run.model_cfg)[:, None]
         gt_tr = torch.from_numpy(train_set.complete[:, :cfg.gt_points or None] - shift)
+        # The whole training set fits in device memory (~30 MB for 1000 vertebrae): no loader needed.
+        x_tr, gt_tr = x_tr.to(run.device), gt_tr.to(run.device)
+        lm_tr = None if lm_tr is None else lm_tr.to(run.device)
         if gt_tr.shape[1] < run.model_cfg.num_partial:
             raise ValueError(f"train.gt_points: the model needs at least {run.model_cfg.num_partial} ground-truth "
                              f"points, got {gt_tr.shape[1]}")
-        val = _load_val(cfg, run.model_cfg)
+        val = _load_val(cfg, run.model_cfg, run.device)
         n_batches = len(train_set) // cfg.batch_size
         if n_batches < 1:
             raise ValueError(f"train.batch_size: {cfg.batch_size} exceeds the {len(train_set)} training samples")
         log.info("training %s (%s): %d samples, %d batches/epoch, config %s", cfg.variant, cfg.model,
                  len(train_set), n_batches, cfg.to_dict())
+        if cfg.init and run.step == 0:
+            # Fine-tuning: the starting weights are a candidate too, so best.pt is never worse than them.
+            _validate_and_save(run, val)
         bar = tqdm(total=cfg.epochs * n_batches, initial=run.step, desc=f"train {cfg.variant}", disable=not progress)
         stopped = _epochs(run, (x_tr, lm_tr, gt_tr), val, n_batches, bar)
         bar.close()
@@ -226,14 +269,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> T
         handler.close()
 
 
-def _load_val(cfg: TrainConfig, model_cfg):
+def _load_val(cfg: TrainConfig, model_cfg, device: torch.device):
     if not cfg.val:
         return None
     arrays = read_pairs(cfg.val)
     n = cfg.val_samples or len(arrays)
     partial, labelmap = model_inputs(arrays, model_cfg, cfg.val)
-    complete = arrays.complete - frame_shift(arrays, model_cfg)[:, None]
-    return (partial[:n], None if labelmap is None else labelmap[:n], torch.from_numpy(complete[:n]))
+    complete = torch.from_numpy(arrays.complete - frame_shift(arrays, model_cfg)[:, None])
+    return (partial[:n].to(device), None if labelmap is None else labelmap[:n].to(device), complete[:n].to(device))
 
 
 def _validate_and_save(run: _Run, val) -> None:
@@ -255,7 +298,7 @@ def _epochs(run: _Run, train_tensors, val, n_batches: int, bar) -> bool:
     while run.epoch < cfg.epochs:
         order = _batch_order(len(x_tr), cfg, run.epoch)
         while run.step_in_epoch < n_batches:
-            idx = torch.from_numpy(order[run.step_in_epoch * cfg.batch_size:(run.step_in_epoch + 1) * cfg.batch_size])
+            idx = torch.from_numpy(order[run.step_in_epoch * cfg.batch_size:(run.step_in_epoch + 1) * cfg.batch_size]).to(run.device)
             parts = run.train_step(x_tr[idx], None if lm_tr is None else lm_tr[idx], gt_tr[idx])
             run.seconds = base + time.perf_counter() - start
             bar.update(1)

@@ -1,0 +1,104 @@
+"""Batch augmentation: one rigid motion per sample, shared by every cloud, reproducible, optional."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from usx_stream.train.augment import augment_batch, random_rotations
+from usx_stream.train.config import TrainConfig, load_train_config
+from usx_stream.train.loop import _Run, resolve_device
+
+
+def clouds(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(4, n, 3, generator=g) * 2 - 1 for n in (64, 16, 32)]
+
+
+def test_rotations_are_proper_and_bounded():
+    rot = random_rotations(500, 10.0, torch.Generator().manual_seed(1), "cpu")
+    torch.testing.assert_close(rot @ rot.transpose(1, 2), torch.eye(3).expand(500, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(rot), torch.ones(500), atol=1e-5, rtol=0)
+    angle = torch.acos(((rot.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1))
+    assert angle.max() <= math.radians(10.0) + 1e-4 and angle.max() > math.radians(8.0)
+
+
+def test_every_cloud_of_a_sample_moves_rigidly_together():
+    before = clouds()
+    after = augment_batch(before, rotate_deg=15.0, shift=0.1, mirror=True, generator=torch.Generator().manual_seed(2))
+    for s in range(4):
+        # Distances between points of different clouds of one sample are kept: one isometry per sample.
+        joint_before = torch.cat([c[s] for c in before])
+        joint_after = torch.cat([c[s] for c in after])
+        def dist(x):
+            return (x[:, None] - x[None]).norm(dim=-1)
+        torch.testing.assert_close(dist(joint_after), dist(joint_before), atol=1e-5, rtol=0)
+    assert not torch.allclose(after[0], before[0])
+
+
+def test_mirroring_flips_about_half_and_none_is_identity():
+    g = torch.Generator().manual_seed(3)
+    big = [torch.rand(400, 8, 3) * 2 - 1]
+    out = augment_batch(big, rotate_deg=0.0, shift=0.0, mirror=True, generator=g)[0]
+    mirrored = torch.isclose(out[..., 0], -big[0][..., 0]).all(dim=1)
+    torch.testing.assert_close(out[..., 1:], big[0][..., 1:])
+    assert 150 < int(mirrored.sum()) < 250
+    same = clouds()
+    assert augment_batch(same, rotate_deg=0, shift=0, mirror=False, generator=g) is same
+
+
+def test_none_labelmap_passes_through_and_draws_are_reproducible():
+    a = augment_batch([clouds()[0], None], rotate_deg=5, shift=0.05, mirror=True,
+                      generator=torch.Generator().manual_seed(4))
+    b = augment_batch([clouds()[0], None], rotate_deg=5, shift=0.05, mirror=True,
+                      generator=torch.Generator().manual_seed(4))
+    assert a[1] is None and torch.equal(a[0], b[0])
+
+
+def test_config_fields_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="augment_rotate_deg"):
+        TrainConfig(data="x.h5", augment_rotate_deg=-1.0).validate()
+    with pytest.raises(ValueError, match="train.device.*'gpu'"):
+        TrainConfig(data="x.h5", device="gpu").validate()
+    cfg = load_train_config(None, data="x.h5", augment_mirror=True, device="cuda:1")
+    assert cfg.augment_mirror is True and cfg.device == "cuda:1"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="train.device.*no CUDA"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_augmented_training_step_runs_and_learns(tiny_pairs, tmp_path):
+    from usx_stream.train.data import read_pairs
+    from usx_stream.train.loop import model_inputs
+
+    cfg = TrainConfig(data=str(tiny_pairs), out=str(tmp_path), lr=1e-3, seed=0, augment_rotate_deg=5.0,
+                      augment_shift_mm=2.0, augment_mirror=True).validate()
+    run = _Run(cfg, resume=False)
+    arrays = read_pairs(tiny_pairs)
+    partial, labelmap = model_inputs(arrays, run.model_cfg, "tiny")
+    batch = (partial[:2], labelmap[:2], torch.from_numpy(arrays.complete[:2]))
+    losses = [run.train_step(*batch)["total"] for _ in range(4)]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+
+def test_init_starts_from_given_weights_and_checks_the_variant(tiny_pairs, tmp_path):
+    from usx_stream.completion.checkpoint import save_checkpoint
+
+    first = _Run(TrainConfig(data=str(tiny_pairs), out=str(tmp_path / "a"), seed=1).validate(), resume=False)
+    save_checkpoint(tmp_path / "w.pt", first.net, first.model_cfg)
+    again = _Run(TrainConfig(data=str(tiny_pairs), out=str(tmp_path / "b"), seed=2,
+                             init=str(tmp_path / "w.pt")).validate(), resume=False)
+    for (k, a), b in zip(first.net.state_dict().items(), again.net.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="train.init.*different model configuration"):
+        _Run(TrainConfig(data=str(tiny_pairs), out=str(tmp_path / "c"), variant="us_only",
+                         init=str(tmp_path / "w.pt")).validate(), resume=False)
+    with pytest.raises(ValueError, match="train.init: checkpoint not found"):
+        _Run(TrainConfig(data=str(tiny_pairs), out=str(tmp_path / "d"), init=str(tmp_path / "nope.pt")).validate(),
+             resume=False)

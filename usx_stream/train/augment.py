@@ -1,0 +1,60 @@
+"""Rigid augmentation of training batches: small rotations, shifts and left-right mirroring.
+
+At inference the node estimates each vertebra's canonical frame from the ultrasound bone points and the
+X-ray, so the network meets inputs a few degrees and millimetres off the frame it was trained in, which the
+dataset's exact frames never show it. The same rigid motion is applied to the partial cloud, the labelmap and
+the ground truth of a sample, so the target stays consistent with the inputs. Mirroring x (left-right)
+gives another plausible vertebra; it is a reflection, so it changes handedness, which the network must not
+rely on anyway. Furthest-point orders are preserved by any isometry, so prefixes stay valid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def random_rotations(n: int, max_deg: float, generator: torch.Generator, device) -> torch.Tensor:
+    """(n, 3, 3) rotations about uniformly random axes by angles uniform in [0, max_deg] degrees."""
+    axis = torch.randn(n, 3, generator=generator)
+    axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    angle = torch.rand(n, generator=generator) * math.radians(max_deg)
+    k = torch.zeros(n, 3, 3)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(1, 2)
+    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
+    rot = torch.eye(3).expand(n, 3, 3) + s * k + (1 - c) * (k @ k)  # Rodrigues
+    return rot.to(device)
+
+
+def augment_batch(clouds: list[torch.Tensor | None], *, rotate_deg: float, shift: float, mirror: bool,
+                  generator: torch.Generator) -> list[torch.Tensor | None]:
+    """The same random rigid motion (and optional x mirror) per sample applied to every cloud of the batch.
+
+    Parameters
+    ----------
+    clouds : list of (B, N_i, 3) tensors or None
+        Partial, labelmap (None for US-only) and ground truth, in the model's unit frame.
+    rotate_deg : float
+        Largest rotation angle, degrees (0 = none).
+    shift : float
+        Largest translation per axis, model units (uniform in [-shift, shift]).
+    mirror : bool
+        Flip x for a random half of the samples.
+    generator : torch.Generator
+        CPU generator (reproducible runs whatever the device).
+    """
+    present = [c for c in clouds if c is not None]
+    if not present or (rotate_deg <= 0 and shift <= 0 and not mirror):
+        return clouds
+    b, device, dtype = present[0].shape[0], present[0].device, present[0].dtype
+    m = torch.eye(3).expand(b, 3, 3).clone()
+    if rotate_deg > 0:
+        m = random_rotations(b, rotate_deg, generator, "cpu")
+    if mirror:
+        flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+        m = m * torch.stack([flip, torch.ones(b), torch.ones(b)], dim=1)[:, None, :]  # x' = -x, then rotate
+    t = (torch.rand(b, 1, 3, generator=generator) * 2 - 1) * shift
+    m, t = m.to(device=device, dtype=dtype), t.to(device=device, dtype=dtype)
+    return [None if c is None else c @ m.transpose(1, 2) + t for c in clouds]
