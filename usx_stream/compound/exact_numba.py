@@ -13,6 +13,7 @@ from collections import namedtuple
 import numba as nb
 import numpy as np
 
+from .exact_spans import MAX_STEP, rows_linear_mean, rows_nn_mean
 from .paste_exact import FLOAT_UNIT, KEY_FRAME_SHIFT, KEY_WEIGHT_SHIFT, LINEAR_UNIT
 
 MODE_CODES = {"MEAN": 0, "MAXIMUM": 1, "LATEST": 2}
@@ -108,117 +109,28 @@ def _rows_linear(image, segments, m, j0, j1, dims, sums, weights, values, keys, 
     return pasted
 
 
-@nb.njit(nogil=True)
-def _rows_nn_mean(image, segments, m, j0, j1, dims, sums, weights, q):
-    """MEAN fast path: consecutive pixels of a row that share a voxel are summed before the store."""
-    nx, ny, nz = dims
-    pasted = 0
-    for j in range(j0, j1):
-        bx = m[0, 3] + j * m[0, 1]
-        by = m[1, 3] + j * m[1, 1]
-        bz = m[2, 3] + j * m[2, 1]
-        for s in range(2):
-            current = -1
-            run_sum = 0
-            run_count = 0
-            for i in range(segments[j, 2 * s], segments[j, 2 * s + 1] + 1):
-                if q.reject and image[j, i] < q.threshold:
-                    continue
-                x = np.int64(math.floor(bx + i * m[0, 0] + 0.5))
-                y = np.int64(math.floor(by + i * m[1, 0] + 0.5))
-                z = np.int64(math.floor(bz + i * m[2, 0] + 0.5))
-                if x < 0 or y < 0 or z < 0 or x >= nx or y >= ny or z >= nz:
-                    continue
-                idx = (z * ny + y) * nx + x
-                if idx != current:
-                    if current >= 0:
-                        sums[current] += run_sum
-                        weights[current] += run_count
-                    current, run_sum, run_count = idx, 0, 0
-                run_sum += _quantize(image[j, i], q.is_int)
-                run_count += 1
-                pasted += 1
-            if current >= 0:
-                sums[current] += run_sum
-                weights[current] += run_count
-    return pasted
-
-
-@nb.njit(inline="always")
-def _flush_cell(sums, weights, run_s, run_w, x0, y0, z0, dims):
-    nx, ny, nz = dims
-    for c in range(8):
-        if run_w[c] > 0:
-            x, y, z = x0 + ((c >> 2) & 1), y0 + ((c >> 1) & 1), z0 + (c & 1)
-            if 0 <= x < nx and 0 <= y < ny and 0 <= z < nz:
-                idx = (z * ny + y) * nx + x
-                sums[idx] += run_s[c]
-                weights[idx] += run_w[c]
-        run_s[c] = 0
-        run_w[c] = 0
-
-
-@nb.njit(nogil=True)
-def _rows_linear_mean(image, segments, m, j0, j1, dims, sums, weights, q):
-    """MEAN fast path: the 8 corner sums of consecutive pixels in one cell are kept in registers."""
-    nx, ny, nz = dims
-    run_s = np.zeros(8, np.int64)
-    run_w = np.zeros(8, np.int64)
-    pasted = 0
-    for j in range(j0, j1):
-        bx = m[0, 3] + j * m[0, 1]
-        by = m[1, 3] + j * m[1, 1]
-        bz = m[2, 3] + j * m[2, 1]
-        for s in range(2):
-            cx, cy, cz = np.int64(-(1 << 40)), np.int64(0), np.int64(0)
-            inside = False
-            for i in range(segments[j, 2 * s], segments[j, 2 * s + 1] + 1):
-                if q.reject and image[j, i] < q.threshold:
-                    continue
-                px, py, pz = bx + i * m[0, 0], by + i * m[1, 0], bz + i * m[2, 0]
-                fx0, fy0, fz0 = math.floor(px), math.floor(py), math.floor(pz)
-                x0, y0, z0 = np.int64(fx0), np.int64(fy0), np.int64(fz0)
-                if x0 != cx or y0 != cy or z0 != cz:
-                    _flush_cell(sums, weights, run_s, run_w, cx, cy, cz, dims)
-                    cx, cy, cz = x0, y0, z0
-                    inside = 0 <= x0 and x0 + 1 < nx and 0 <= y0 and y0 + 1 < ny and 0 <= z0 and z0 + 1 < nz
-                if x0 < -1 or y0 < -1 or z0 < -1 or x0 >= nx or y0 >= ny or z0 >= nz:
-                    continue  # no corner inside
-                v = _quantize(image[j, i], q.is_int)
-                fx, fy, fz = px - fx0, py - fy0, pz - fz0
-                hit = inside
-                for c in range(8):
-                    wx = fx if (c >> 2) & 1 else 1.0 - fx
-                    wy = fy if (c >> 1) & 1 else 1.0 - fy
-                    wz = fz if c & 1 else 1.0 - fz
-                    wq = np.int64((wx * wy) * wz * LINEAR_UNIT + 0.5)  # >= 0: truncation is floor
-                    run_s[c] += wq * v
-                    run_w[c] += wq
-                    if not hit and wq > 0:
-                        x, y, z = x0 + ((c >> 2) & 1), y0 + ((c >> 1) & 1), z0 + (c & 1)
-                        hit = 0 <= x < nx and 0 <= y < ny and 0 <= z < nz
-                pasted += hit
-            _flush_cell(sums, weights, run_s, run_w, cx, cy, cz, dims)
-    return pasted
-
-
 @nb.njit(cache=True, nogil=True)
-def paste_exact_rows(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, linear,
-                     frame_number, q):
-    """Paste rows ``j0 <= j < j1`` of ``image`` (H, W); ``q`` = (is_int, reject, threshold).
-
-    ``sums``/``weights``/``values``/``keys`` are flat int64 volumes (unused ones may be size 1).
-    Releases the GIL. Returns the number of pixels that reached the volume.
-    """
+def _paste_pixelwise(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, linear, frame_number, q):
     frame_key = np.int64(frame_number) << KEY_FRAME_SHIFT
     width = image.shape[1]
-    if mode == 0 and linear:
-        return _rows_linear_mean(image, segments, m, j0, j1, dims, sums, weights, q)
-    if mode == 0:
-        return _rows_nn_mean(image, segments, m, j0, j1, dims, sums, weights, q)
     if linear:
         return _rows_linear(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, frame_key, width, q)
     return _rows_nn(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, frame_key, width, q)
+
+
+def paste_exact_rows(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, linear,
+                     frame_number, q) -> int:
+    """Paste rows ``j0 <= j < j1`` of ``image`` (H, W); ``q`` = (is_int, reject, threshold).
+
+    ``sums``/``weights``/``values``/``keys`` are flat int64 volumes (unused ones may be size 1).
+    The kernels release the GIL. Returns the number of pixels that reached the volume.
+    """
+    # dispatched here, not in a jitted function: numba's cache of a caller is not invalidated when a
+    # kernel it calls from another module changes
+    if mode == 0 and np.abs(m[:, 0]).max() < MAX_STEP:
+        kernel = rows_linear_mean if linear else rows_nn_mean
+        return kernel(image, segments, m, j0, j1, dims, sums, weights, q)
+    return _paste_pixelwise(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, linear, frame_number, q)
 
 
 PixelOptions = namedtuple("PixelOptions", ["is_int", "reject", "threshold"])

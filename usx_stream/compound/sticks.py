@@ -18,93 +18,76 @@ import numpy as np
 from .holes_common import STICKS, cast_value
 
 
-@nb.njit(nogil=True)
-def _walk_line(hit, vol, start, stride, n_steps, limit, weights, ranks, is_int, best, count, sum_vw):
-    """One line of ``n_steps`` voxels from flat index ``start``, ``stride`` apart (all flat arrays).
-
-    ``weights[gap]`` is PLUS's stick weight for hits ``gap`` apart, ``ranks[gap]`` its rank among all
-    stick weights (equal doubles, equal ranks): a voxel keeps the best rank, how many sticks reached it
-    and the sum of their weighted values in stick order.
-    """
-    prev_t = -1
-    prev_val = 0.0
-    idx = start
-    for t in range(n_steps):
-        if hit[idx]:
-            val = np.float64(vol[idx])
-            gap = t - prev_t
-            if prev_t >= 0 and 2 <= gap <= limit - 1:
-                total = np.float64(gap + 1)
-                weight = weights[gap]
-                rank = ranks[gap]
-                h = idx - gap * stride
-                for u in range(1, gap):
-                    # hole u steps after the previous hit: rvs = u, fwd = gap - u
-                    h += stride
-                    w_fwd = (u + 1) / total
-                    value = cast_value((1.0 - w_fwd) * prev_val + w_fwd * val, is_int)
-                    if rank > best[h]:
-                        best[h] = rank
-                        count[h] = 1
-                        sum_vw[h] = value * weight
-                    elif rank == best[h]:
-                        count[h] += 1
-                        sum_vw[h] += value * weight
-            prev_t = t
-            prev_val = val
-        idx += stride
-
-
 @nb.njit(inline="always")
-def _steps(c, d, n):
-    if d > 0:
-        return n - c
-    if d < 0:
-        return c + 1
-    return 1 << 40
-
-
-@nb.njit(nogil=True)
-def _start(hit, vol, x, y, z, d, shape, limit, weights, ranks, is_int, best, count, sum_vw):
-    nz, ny, nx = shape
-    n = min(_steps(x, d[0], nx), _steps(y, d[1], ny), _steps(z, d[2], nz))
-    _walk_line(hit, vol, (z * ny + y) * nx + x, (d[2] * ny + d[1]) * nx + d[0], n, limit, weights, ranks, is_int,
-               best, count, sum_vw)
-
-
-@nb.njit(inline="always")
-def _chunk(n, part, parts):
-    return n * part // parts, n * (part + 1) // parts
+def _close_gap(vol, idx, gap, stride, prev_val, limit, weights, ranks, blend, is_int, best, count, sum_vw):
+    """A hit at flat ``idx`` whose previous hit on its line lies ``gap`` steps back: the holes between
+    get this direction's stick if it beats (or ties) what they have."""
+    if gap < 2 or gap > limit - 1:
+        return
+    val = np.float64(vol[idx])
+    weight = weights[gap]
+    rank = ranks[gap]
+    h = idx - gap * stride
+    for u in range(1, gap):
+        # hole u steps after the previous hit: rvs = u, fwd = gap - u
+        h += stride
+        if rank < best[h]:
+            continue  # most sticks lose: their value is not needed
+        w_fwd = blend[gap, u]
+        value = cast_value((1.0 - w_fwd) * prev_val + w_fwd * val, is_int)
+        if rank > best[h]:
+            best[h] = rank
+            count[h] = 1
+            sum_vw[h] = value * weight
+        else:
+            count[h] += 1
+            sum_vw[h] += value * weight
 
 
 @nb.njit(cache=True, nogil=True)
-def _walk_direction(hit, vol, d, shape, limit, weights, ranks, is_int, best, count, sum_vw, part, parts):
-    """Every line along ``d`` once (lines of chunk ``part`` of ``parts``): each starts on the face its
-    backward neighbour leaves. Lines are disjoint, so chunks can run at the same time."""
+def _walk_direction(hit, vol, d, shape, limit, weights, ranks, blend, is_int, best, count, sum_vw, part, parts):
+    """Every line along ``d``, visited in memory order (z, y, x) rather than line by line: a strided
+    walk along each line touched a new cache line at every step. Each line keeps, in a slot named by
+    where it enters the volume, the step and value of its last hit; the leading axis of ``d`` (z, else
+    y, else x) is walked in the sign of ``d`` so each line is still seen in its own order.
+
+    Lines of a ``d`` without z stay in their z-slice: ``parts`` threads then take a share of the
+    slices each (``part``); otherwise part 0 walks everything and the others return at once."""
     nz, ny, nx = shape
-    fz = 0 if d[2] > 0 else nz - 1
-    fy = 0 if d[1] > 0 else ny - 1
-    fx = 0 if d[0] > 0 else nx - 1
-    if d[2] != 0:
-        y0, y1 = _chunk(ny, part, parts)
-        for y in range(y0, y1):
+    dx, dy, dz = d[0], d[1], d[2]
+    lead = 2 if dz != 0 else (1 if dy != 0 else 0)
+    pad = nz if lead == 2 else (ny if lead == 1 else 0)
+    slot_w = nx + 2 * pad
+    last_t = np.empty((ny + 2 * pad) * slot_w, np.int64)
+    last_val = np.empty(last_t.shape[0], np.float64)
+    stride = (dz * ny + dy) * nx + dx
+    last_t[:] = -(1 << 40)
+    z0, z1 = (0, nz if part == 0 else 0) if lead == 2 else (nz * part // parts, nz * (part + 1) // parts)
+    for zz in range(z0, z1):
+        z = zz if dz >= 0 else nz - 1 - zz
+        if lead < 2:
+            last_t[:] = -(1 << 40)  # lines stay in their z-slice
+        for yy in range(ny):
+            y = yy if (lead != 1 or dy > 0) else ny - 1 - yy
+            if lead == 0:
+                last_t[0] = -(1 << 40)  # the row is the line
+            row = (z * ny + y) * nx
             for x in range(nx):
-                _start(hit, vol, x, y, fz, d, shape, limit, weights, ranks, is_int, best, count, sum_vw)
-    z0, z1 = _chunk(nz, part, parts)
-    if d[1] != 0:
-        for z in range(z0, z1):
-            if d[2] != 0 and z == fz:
-                continue
-            for x in range(nx):
-                _start(hit, vol, x, fy, z, d, shape, limit, weights, ranks, is_int, best, count, sum_vw)
-    if d[0] != 0:
-        for z in range(z0, z1):
-            if d[2] != 0 and z == fz:
-                continue
-            for y in range(ny):
-                if d[1] != 0 and y == fy:
+                if not hit[row + x]:
                     continue
-                _start(hit, vol, fx, y, z, d, shape, limit, weights, ranks, is_int, best, count, sum_vw)
+                if lead == 2:
+                    t = zz
+                    slot = (y - dy * t + pad) * slot_w + x - dx * t + pad
+                elif lead == 1:
+                    t = yy
+                    slot = x - dx * t + pad
+                else:
+                    t = x
+                    slot = 0
+                _close_gap(vol, row + x, t - last_t[slot], stride, last_val[slot], limit, weights, ranks, blend,
+                           is_int, best, count, sum_vw)
+                last_t[slot] = t
+                last_val[slot] = np.float64(vol[row + x])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -135,26 +118,35 @@ def stick_tables(limit: int):
     return weights, ranks, np.concatenate([[0.0], unique])
 
 
+def blend_table(limit: int) -> np.ndarray:
+    """``blend[gap, u] = (u + 1) / (gap + 1)``: PLUS's weight of the forward end for the hole ``u`` steps
+    past the previous hit (the same double division, done once per limit instead of once per stick)."""
+    gap = np.arange(limit, dtype=np.float64)[:, None]
+    u = np.arange(limit, dtype=np.float64)[None, :]
+    return (u + 1.0) / (gap + 1.0)
+
+
 def stick_fill_single(hit: np.ndarray, vol: np.ndarray, limit: int, is_int: bool, *, threads: int = 2):
     """STICK with one stick per hole: ``(ok (Z, Y, X) bool, value (Z, Y, X) float64)``.
 
     ``hit`` (uint8) is non-zero where the paste reached; ``value`` is already cast as PLUS casts
-    (truncation for integer volumes). ``threads`` share the lines of each direction.
+    (truncation for integer volumes). ``threads`` share the slices of the directions without z.
     """
     shape = hit.shape
     flat_hit, flat_vol = hit.reshape(-1), np.ascontiguousarray(vol).reshape(-1)
     n = flat_hit.shape[0]
     best, count, sum_vw = np.zeros(n, np.uint16), np.zeros(n, np.uint8), np.zeros(n, np.float64)
     weights, ranks, rank_weight = stick_tables(int(limit))
+    blend = blend_table(int(limit))
 
     def walk(s: int, part: int) -> None:
-        _walk_direction(flat_hit, flat_vol, STICKS[s], shape, int(limit), weights[s], ranks[s], bool(is_int),
-                        best, count, sum_vw, part, threads)
+        _walk_direction(flat_hit, flat_vol, STICKS[s], shape, int(limit), weights[s], ranks[s], blend,
+                        bool(is_int), best, count, sum_vw, part, threads)
 
     with ThreadPoolExecutor(max_workers=max(threads - 1, 1)) as pool:
         # directions one after another: ties are summed in PLUS's stick order
         for s in range(STICKS.shape[0]):
-            others = [pool.submit(walk, s, part) for part in range(1, threads)]
+            others = [pool.submit(walk, s, part) for part in range(1, threads)] if STICKS[s, 2] == 0 else []
             walk(s, 0)
             for f in others:
                 f.result()
