@@ -161,3 +161,15 @@ def test_gpu_backend_matches_eager_for_one_and_five(tiny_model, backend, tmp_pat
     if backend == "tensorrt":  # a second engine with the same key loads the cached one
         again = CompletionEngine(tiny_model, device="cuda", backend=backend, max_batch=5, cache_dir=tmp_path)
         assert "loaded cached engine" in again.describe()
+
+
+def test_eager_cpu_engine_with_tree_knn_matches_the_plain_network(tiny_model):
+    # The eager CPU engine runs kNN on a k-d tree; the completions must be those of the network as
+    # exported (topk over distance matrices), up to equal-distance neighbours swapping.
+    engine = CompletionEngine(tiny_model, device="cpu", backend="eager", precision="fp32", max_batch=5)
+    partial, labelmap = tiny_inputs(tiny_model.cfg, 5, seed=9)
+    with torch.inference_mode():
+        ref = InferenceModule(tiny_model)(partial, labelmap)
+    got = engine.run_device(partial, labelmap)
+    err = (got - ref).norm(dim=-1)
+    assert err.mean().item() < 1e-3 and (err > 1e-2).float().mean().item() < 0.01

@@ -62,6 +62,28 @@ def test_knn_matches_brute_force(chunk):
     assert (idx.numpy() == order).mean() > 0.99
 
 
+@pytest.mark.parametrize("k", [1, 3, 16])
+def test_tree_knn_matches_the_distance_matrix(k):
+    q, r = _cloud(13, 3, 200), _cloud(14, 3, 300)
+    ref_d, ref_i = ops.knn(q, r, k)
+    with torch.inference_mode(), ops.tree_knn():
+        assert ops._use_tree(q, r)
+        got_d, got_i = ops.knn(q, r, k)
+    assert got_i.dtype == torch.int64 and got_d.dtype == q.dtype and got_d.shape == (3, 200, k)
+    assert (got_i == ref_i).float().mean() > 0.999
+    np.testing.assert_allclose(got_d.numpy(), ref_d.numpy(), rtol=1e-4, atol=1e-5)
+    assert (ops.knn_self(r, 4)[..., 0] == torch.arange(300)).all()
+
+
+def test_tree_knn_only_where_it_is_safe():
+    q = _cloud(15, 1, 20)
+    assert not ops._use_tree(q, q)                      # outside the context
+    with ops.tree_knn():
+        assert ops._use_tree(q, q)
+        assert not ops._use_tree(q.requires_grad_(), q)  # autograd needs the differentiable path
+    assert not ops._use_tree(q, q)                      # the context restores the previous state
+
+
 def test_knn_validation_and_self():
     pts = _cloud(5, 1, 30)
     assert (ops.knn_self(pts, 4)[..., 0] == torch.arange(30)).all()

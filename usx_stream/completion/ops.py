@@ -22,6 +22,9 @@ itself works channel-last (``index_points``, ``three_interpolate_rows``). Indice
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -213,6 +216,47 @@ def group_points(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return gather_points(features, idx.reshape(b, m * k)).reshape(b, features.shape[1], m, k)
 
 
+_TREE_KNN = threading.local()
+
+
+@contextlib.contextmanager
+def tree_knn():
+    """Inside this context (on this thread), :func:`knn` on CPU tensors outside autograd queries a k-d tree
+    (scipy) instead of ranking a full distance matrix with ``topk``.
+
+    The neighbours are the same (equal distances aside) in the same ascending order, with squared
+    distances computed in float64 instead of the matrix product's float32. For the network's 2048-point
+    clouds on one thread it is several times faster: ``topk`` over B x 2048 x 2048 distances is ~40 % of an
+    eager CPU inference. Eager CPU inference only: it is data-dependent Python, so traced or exported
+    graphs (TensorRT, torch.compile) never enter it.
+    """
+    previous = getattr(_TREE_KNN, "on", False)
+    _TREE_KNN.on = True
+    try:
+        yield
+    finally:
+        _TREE_KNN.on = previous
+
+
+def _use_tree(query: torch.Tensor, ref: torch.Tensor) -> bool:
+    return (getattr(_TREE_KNN, "on", False) and query.device.type == "cpu" and ref.device.type == "cpu"
+            and not (query.requires_grad or ref.requires_grad) and not torch.compiler.is_compiling())
+
+
+def _knn_tree(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from scipy.spatial import cKDTree
+
+    q = query.detach().to(torch.float64).numpy()
+    r = ref.detach().to(torch.float64).numpy()
+    b, m, _ = q.shape
+    dist2 = np.empty((b, m, k), dtype=np.float64)
+    idx = np.empty((b, m, k), dtype=np.int64)
+    for i in range(b):
+        d, j = cKDTree(r[i]).query(q[i], k=k)
+        dist2[i], idx[i] = np.square(d).reshape(m, k), j.reshape(m, k)
+    return torch.from_numpy(dist2).to(query.dtype), torch.from_numpy(idx)
+
+
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int, *,
         chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest neighbours of each query point among the reference points.
@@ -243,6 +287,8 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int, *,
         chunk = max(1, _KNN_BLOCK_ELEMENTS // max(1, b * n))
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
+    if _use_tree(query, ref):
+        return _knn_tree(query, ref, k)
     if chunk >= m:  # (a full-range slice would export as an alias node)
         return torch.topk(square_distance(query, ref), k, dim=-1, largest=False, sorted=True)
     dists, idxs = [], []
