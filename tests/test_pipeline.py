@@ -13,6 +13,7 @@ from usx_stream.frames import LEVELS
 from usx_stream.pipeline import Node
 from usx_stream.sim.live import LiveSimulation
 from usx_stream.sim.session import simulate_session, write_session
+from usx_stream.update import SurfaceUpdater
 from usx_stream.sources.replay import SequenceReplay
 from usx_stream.xray.cache import XrayCache
 
@@ -82,3 +83,30 @@ def test_us_only_fallback_until_an_xray_arrives(session_files):
     assert result.fusion == "us_only" and result.centres_source == "landmarks"
     assert set(result.surfaces) == set(LEVELS)
     assert all(s.metadata["fusion"] == "us_only" for s in result.surfaces.values())
+
+
+def test_meshing_on_two_workers_gives_the_same_surfaces_as_on_one(session_files):
+    session, files = session_files
+    cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.2}, "compound": ROI,
+                        "publish": {"igtl_enabled": False},
+                        "bone": {"landmarks_mm": {lv: v.centroid_mm.tolist() for lv, v in session.spine.vertebrae.items()}}})
+    node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
+                calibration=session.calibration)
+    node.start()
+    try:
+        assert node.wait_source_done(timeout=120)
+        volume, info = node.ingest.snapshot()
+    finally:
+        node.stop()
+    results = {}
+    for workers in (1, 2):
+        surface = parse_launch({"surface": {"workers": workers}}).surface
+        updater = SurfaceUpdater(node.updater.engines, bone=cfg.bone, xray_cfg=cfg.xray, surface=surface)
+        try:
+            results[workers] = updater.update(volume, beam_direction=info["beam_direction"], xray=None)
+        finally:
+            updater.close()
+    assert list(results[1].surfaces) == list(results[2].surfaces) == list(LEVELS)
+    for lv in LEVELS:
+        np.testing.assert_array_equal(results[1].surfaces[lv].vertices_mm, results[2].surfaces[lv].vertices_mm)
+        np.testing.assert_array_equal(results[1].surfaces[lv].triangles, results[2].surfaces[lv].triangles)

@@ -150,6 +150,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "offset_mm": Key("float", 0.0, "distance-field shell half-thickness, mm (0: from the point spacing)", lo=0),
         "project_k": Key("int", 6, "distance field: neighbours of the plane each vertex is projected onto", lo=0),
         "poisson_depth": Key("int", 6, "octree depth for method = poisson", lo=4, hi=12),
+        "workers": Key("int", 1, "threads meshing the levels of one update at once (numpy, scipy and "
+                       "scikit-image release the GIL in their loops)", lo=1, hi=8),
     },
     "publish": {
         "frame": Key("str", "Reference", "coordinate frame of the published surfaces"),

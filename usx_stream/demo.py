@@ -77,8 +77,11 @@ def _finish(out: Path, node, session, received) -> dict:
     from .io.meshes import write_mesh
 
     volume, info = node.ingest.snapshot()
-    finals = {f: node.updater.update(volume, beam_direction=info["beam_direction"], xray=node.xray.snapshot(),
-                                     force_fusion=f) for f in ("multimodal", "us_only")}
+    try:
+        finals = {f: node.updater.update(volume, beam_direction=info["beam_direction"], xray=node.xray.snapshot(),
+                                         force_fusion=f) for f in ("multimodal", "us_only")}
+    finally:
+        node.updater.close()
     levels = {}
     for lv in LEVELS:
         v = session.spine.vertebrae[lv]

@@ -87,6 +87,7 @@ class Node:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=10.0)
+        self.updater.close()
         for p in self.publishers:
             (getattr(p, "stop", None) or p.close)()
         self.publishers = []

@@ -78,6 +78,7 @@ class SurfaceUpdater:
         self.telemetry = telemetry or Telemetry()
         self.seed = seed
         self.landmarks = {k: np.asarray(v, dtype=np.float64) for k, v in (bone.landmarks_mm or {}).items()}
+        self._pool, self._pool_size = None, 0
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                timestamp: float = 0.0, force_fusion: str | None = None) -> UpdateResult:
@@ -105,13 +106,12 @@ class SurfaceUpdater:
             completed = run_engine(engine, partial, labelmap)
         with t.time("mesh"):
             for cloud, unit in zip(clouds, completed):
-                pts = prep.to_reference(cloud, unit)
-                result.points_ref_mm[cloud.level] = pts
+                result.points_ref_mm[cloud.level] = prep.to_reference(cloud, unit)
                 result.partial_ref_mm[cloud.level] = per_level[cloud.level]
-                surface = self._mesh(pts, cloud.level)
-                surface.metadata.update({"fusion": fusion, "level": cloud.level, "centres": source})
+            for level, surface in self._mesh_levels(result.points_ref_mm).items():
+                surface.metadata.update({"fusion": fusion, "level": level, "centres": source})
                 surface.timestamp = timestamp
-                result.surfaces[cloud.level] = surface
+                result.surfaces[level] = surface
         result.labelmap_ref_mm = {c.level: prep.to_reference(c, c.labelmap_points) for c in clouds
                                   if c.labelmap_points is not None}
         return result
@@ -133,6 +133,27 @@ class SurfaceUpdater:
             clouds.append(prep.prepare_vertebra(lv, per_level[lv], lm, rotation=rot, num_partial=engine.cfg.num_partial,
                                                 num_labelmap=engine.cfg.num_labelmap, seed=self.seed))
         return clouds
+
+    def _mesh_levels(self, points_by_level: dict[str, np.ndarray]) -> dict[str, Surface]:
+        """Every level's mesh, on ``surface.workers`` threads (results in level order either way)."""
+        workers = min(int(getattr(self._surface, "workers", 1) or 1), len(points_by_level))
+        if workers <= 1:
+            return {lv: self._mesh(pts, lv) for lv, pts in points_by_level.items()}
+        if self._pool is None or self._pool_size != workers:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="usx-mesh")
+            self._pool_size = workers
+        futures = {lv: self._pool.submit(self._mesh, pts, lv) for lv, pts in points_by_level.items()}
+        return {lv: f.result() for lv, f in futures.items()}
+
+    def close(self) -> None:
+        """Stop the meshing threads (the updater can still run afterwards, on the calling thread)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool, self._pool_size = None, 0
 
     def _mesh(self, points_ref_mm: np.ndarray, level: str) -> Surface:
         s = self._surface
