@@ -124,14 +124,20 @@ class SurfaceUpdater:
         if xray is not None:
             lm_points = bp.backproject_levels(xray.labelmap, xray.geometry, centres_mm=centres,
                                               n_points=self._xray.points_per_level)
+        for lv in levels:
+            if xray is not None and len(lm_points.get(lv, ())) == 0:
+                raise ValueError(f"update: level {lv} has bone points and an X-ray centre but no labelmap points")
+        # One batched furthest-point sampling for all levels (one sequential loop instead of one per level).
+        partial_rs = prep.resample_levels({lv: per_level[lv] for lv in levels}, engine.cfg.num_partial, seed=self.seed)
+        lm_rs = (prep.resample_levels({lv: lm_points[lv] for lv in levels}, engine.cfg.num_labelmap, seed=self.seed)
+                 if xray is not None else {})
         clouds = []
         for lv in levels:
             rot = prep.vertebra_rotation(cranial=cranial[lv], posterior=posterior)
             lm = lm_points.get(lv) if xray is not None else None
-            if xray is not None and (lm is None or len(lm) == 0):
-                raise ValueError(f"update: level {lv} has bone points and an X-ray centre but no labelmap points")
             clouds.append(prep.prepare_vertebra(lv, per_level[lv], lm, rotation=rot, num_partial=engine.cfg.num_partial,
-                                                num_labelmap=engine.cfg.num_labelmap, seed=self.seed))
+                                                num_labelmap=engine.cfg.num_labelmap, seed=self.seed,
+                                                resampled=(partial_rs[lv], lm_rs.get(lv))))
         return clouds
 
     def _mesh_levels(self, points_by_level: dict[str, np.ndarray]) -> dict[str, Surface]:

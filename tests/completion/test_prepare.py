@@ -53,3 +53,26 @@ def test_us_only_and_empty_inputs():
     assert cloud.labelmap_points is None and cloud.partial.shape == (64, 3)
     with pytest.raises(ValueError, match="L2 has no bone points"):
         prepare_vertebra("L2", np.zeros((0, 3)), None, rotation=np.eye(3), num_partial=64, num_labelmap=32)
+
+
+def test_batched_resampling_before_the_rotation_gives_the_same_inputs():
+    from usx_stream.completion.prepare import resample_levels
+
+    rng = np.random.default_rng(3)
+    rot = vertebra_rotation(cranial=[0.1, 0.2, 1.0], posterior=[0, 1, 0.1])
+    partials = {lv: rng.normal(size=(n, 3)) * [20, 10, 15] + [0, -40, z]
+                for lv, n, z in (("L1", 900, 120), ("L2", 300, 80), ("L3", 1500, 40))}
+    labelmaps = {lv: rng.normal(size=(400, 3)) * [1, 12, 12] + [0, -70, p[:, 2].mean()] for lv, p in partials.items()}
+    p_rs, l_rs = resample_levels(partials, 512), resample_levels(labelmaps, 128)
+    assert {k: v.shape for k, v in p_rs.items()} == {"L1": (512, 3), "L2": (512, 3), "L3": (512, 3)}
+    for lv in partials:
+        one = prepare_vertebra(lv, partials[lv], labelmaps[lv], rotation=rot, num_partial=512, num_labelmap=128)
+        batched = prepare_vertebra(lv, partials[lv], labelmaps[lv], rotation=rot, num_partial=512, num_labelmap=128,
+                                   resampled=(p_rs[lv], l_rs[lv]))
+        np.testing.assert_array_equal(one.model_to_reference, batched.model_to_reference)
+        # Same furthest-point order; rounding of the rotated distances may only swap near-equal choices.
+        assert np.mean(np.all(np.abs(one.partial - batched.partial) < 1e-5, axis=1)) > 0.95
+        assert np.mean(np.all(np.abs(one.labelmap_points - batched.labelmap_points) < 1e-5, axis=1)) > 0.95
+    with pytest.raises(ValueError, match="resampled partial of L1 has 512 points, expected 256"):
+        prepare_vertebra("L1", partials["L1"], None, rotation=rot, num_partial=256, num_labelmap=128,
+                         resampled=(p_rs["L1"], None))

@@ -61,7 +61,8 @@ def vertebra_rotation(*, cranial, posterior) -> np.ndarray:
 
 
 def prepare_vertebra(level: str, partial_ref_mm: np.ndarray, labelmap_ref_mm: np.ndarray | None, *,
-                     rotation: np.ndarray, num_partial: int, num_labelmap: int, seed: int = 0) -> VertebraCloud:
+                     rotation: np.ndarray, num_partial: int, num_labelmap: int, seed: int = 0,
+                     resampled: tuple[np.ndarray, np.ndarray | None] | None = None) -> VertebraCloud:
     """One vertebra's network input.
 
     Parameters
@@ -71,6 +72,9 @@ def prepare_vertebra(level: str, partial_ref_mm: np.ndarray, labelmap_ref_mm: np
     labelmap_ref_mm : (M, 3) back-projected labelmap points, Reference, mm, or None (US-only)
     rotation : (3, 3) from :func:`vertebra_rotation`
     num_partial, num_labelmap : fixed point counts of the model (furthest-point resampled)
+    resampled : (partial, labelmap) of this level already resampled to those counts, Reference, mm
+        (:func:`resample_levels`, batched over levels); the full clouds still give the centre. Furthest-point
+        order does not depend on the frame, so it can be computed before the rotation.
 
     Returns
     -------
@@ -87,13 +91,33 @@ def prepare_vertebra(level: str, partial_ref_mm: np.ndarray, labelmap_ref_mm: np
     partial_c = partial @ rot.T
     lm_c = np.asarray(labelmap_ref_mm, dtype=np.float64).reshape(-1, 3) @ rot.T if has_lm else None
     center_c = nz.canonical_center(partial_c, lm_c)
-    unit_partial = nz.normalize(nz.resample(partial_c, num_partial, seed=seed), center_mm=center_c)
-    unit_lm = nz.normalize(nz.resample(lm_c, num_labelmap, seed=seed), center_mm=center_c) if has_lm else None
+    if resampled is not None:
+        partial_c = np.asarray(resampled[0], dtype=np.float64).reshape(-1, 3) @ rot.T
+        lm_c = np.asarray(resampled[1], dtype=np.float64).reshape(-1, 3) @ rot.T if has_lm else None
+        for name, pts, count in (("partial", partial_c, num_partial), ("labelmap", lm_c, num_labelmap)):
+            if pts is not None and len(pts) != count:
+                raise ValueError(f"completion.prepare: resampled {name} of {level} has {len(pts)} points, "
+                                 f"expected {count}")
+    else:
+        partial_c = nz.resample(partial_c, num_partial, seed=seed)
+        lm_c = nz.resample(lm_c, num_labelmap, seed=seed) if has_lm else None
+    unit_partial = nz.normalize(partial_c, center_mm=center_c)
+    unit_lm = nz.normalize(lm_c, center_mm=center_c) if has_lm else None
     model_to_ref = np.eye(4)
     # p_ref = R^T (scale * u + center_c)
     model_to_ref[:3, :3] = rot.T * nz.SCALE_MM
     model_to_ref[:3, 3] = rot.T @ center_c
     return VertebraCloud(level=level, partial=unit_partial, labelmap_points=unit_lm, model_to_reference=model_to_ref)
+
+
+def resample_levels(clouds: Mapping[str, np.ndarray], count: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each level's cloud resampled to ``count`` points in furthest-point order, in one batched sampling
+    (one sequential sampling loop for all levels instead of one per level)."""
+    levels = [lv for lv, pts in clouds.items() if pts is not None and len(pts)]
+    if not levels:
+        return {}
+    out = nz.resample_batch([clouds[lv] for lv in levels], count, seed=seed)
+    return {lv: out[i].astype(np.float64) for i, lv in enumerate(levels)}
 
 
 def to_reference(cloud: VertebraCloud, points_unit: np.ndarray) -> np.ndarray:
