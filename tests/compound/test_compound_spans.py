@@ -89,3 +89,23 @@ def test_line_walk_sticks_equal_per_hole_search(dtype):
     holes._fill_kernel(vol, acc, slow, params, ratios, kernels, dtype == np.uint8, *none)
     np.testing.assert_array_equal(fast, slow)
     assert (fast[acc == 0] != 0).mean() > 0.5
+
+
+def test_long_linear_span_of_bright_uint8_pixels():
+    # a whole 6000-pixel row in one cell: a corner's sum outgrows the 32 bits that packed weights leave
+    frame, shape_zyx = (2, 6000), (4, 4, 4)
+    cfg = ReconstructionConfig(output_spacing=(1.0, 1.0, 1.0), interpolation="LINEAR")
+    layout = make_layout(frame, row_segments(cfg, frame))
+    m = np.eye(4)
+    m[:3, 0] = (1e-5, 1e-5, 1e-5)
+    m[:3, 1] = (0.0, 0.01, 0.01)
+    m[:3, 3] = (1.02, 1.01, 1.03)  # near a corner: most of each pixel's weight on it
+    image = np.full(frame, 255, np.uint8)
+    kw = dict(interpolation="LINEAR", mode="MEAN", pixel_rejection_threshold=None)
+    chans = [ExactChannel(shape_zyx, np.uint8, backend=b, **kw) for b in ("numpy", "numba")]
+    assert chans[0].paste(image, layout, m, 0) == chans[1].paste(image, layout, m, 0) == image.size
+    sums = chans[1].state["sum"]
+    assert sums.max() > 2 ** 33  # two rows: one row's span alone passes 2**32
+    np.testing.assert_array_equal(sums, chans[0].state["sum"])
+    for a, b in zip(chans[0].result(), chans[1].result()):
+        np.testing.assert_array_equal(a, b)

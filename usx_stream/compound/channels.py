@@ -75,9 +75,9 @@ class PlusChannel:
 class ExactChannel:
     """Exact-semantics state (int64 accumulators), pasted with numba or numpy.
 
-    With ``threads > 1`` (numba) each frame's rows are cut into ``threads`` bands pasted at once, each
-    band into accumulators of its own (merged when a result is read): memory is ``threads`` times
-    one state, still independent of the number of frames.
+    With ``threads > 1`` (numba) each frame's rows are cut into bands far enough apart that no voxel
+    is reached from two of them (:func:`usx_stream.compound.exact_numba.row_bands`), pasted at once
+    into the one state; the rows between the bands follow. Memory is one state whatever ``threads``.
     """
 
     def __init__(self, shape_zyx, dtype, *, interpolation: str, mode: str,
@@ -91,15 +91,17 @@ class ExactChannel:
         self.dtype = np.dtype(dtype)
         self.interpolation, self.mode, self.backend = interpolation, mode, backend
         self.threshold = pixel_rejection_threshold
-        n_states = int(threads) if backend == "numba" else 1
-        self.states = [paste_exact.new_state(int(np.prod(self.shape)), self.dims, mode) for _ in range(n_states)]
-        self._dummy = np.zeros(1, np.int64)
+        self.threads = int(threads) if backend == "numba" else 1
+        # the numba span kernels update a voxel's sum and weight side by side
+        self.state = paste_exact.new_state(int(np.prod(self.shape)), self.dims, mode, interleaved=backend == "numba")
         if backend == "numba":
             from . import exact_numba
 
             self._kernels = exact_numba
             self._options = exact_numba.pixel_options(self.dtype, pixel_rejection_threshold)
-        self._pool = ThreadPoolExecutor(max_workers=n_states - 1) if n_states > 1 else None
+            self._mode_code = exact_numba.MODE_CODES[mode]
+        self._pool = ThreadPoolExecutor(max_workers=self.threads - 1) if self.threads > 1 else None
+        self._cum_pixels: tuple[PixelLayout, np.ndarray] | None = None
 
     def paste(self, image: np.ndarray, layout: PixelLayout, image_to_index: np.ndarray, frame_number: int) -> int:
         if self.backend == "numpy":
@@ -107,41 +109,40 @@ class ExactChannel:
             keep = values >= self.threshold if self.threshold is not None else slice(None)
             return paste_exact.paste_exact_numpy(
                 paste_exact.quantize_values(values[keep]), layout.jj[keep], layout.ii[keep], image_to_index,
-                self.states[0], interpolation=self.interpolation, mode=self.mode, frame_number=frame_number,
+                self.state, interpolation=self.interpolation, mode=self.mode, frame_number=frame_number,
                 pixel_index=layout.pixel_index[keep])
         m = np.ascontiguousarray(np.asarray(image_to_index, dtype=np.float64)[:3])
-        bounds = np.linspace(0, image.shape[0], len(self.states) + 1).astype(int)
+        linear = self.interpolation == "LINEAR"
 
-        def band(t: int) -> int:
-            s = self.states[t]
-            return int(self._kernels.paste_exact_rows(
-                image, layout.exact_segments, m, bounds[t], bounds[t + 1], self.dims, s.get("sum", self._dummy),
-                s["weight"], s.get("value", self._dummy), s.get("key", self._dummy),
-                self._kernels.MODE_CODES[self.mode], self.interpolation == "LINEAR", frame_number, self._options))
+        def rows(j0: int, j1: int) -> int:
+            return int(self._kernels.paste_exact_rows(image, layout.exact_segments, m, j0, j1, self.state,
+                                                      self._mode_code, linear, frame_number, self._options))
 
         if self._pool is None:
-            return band(0)
-        futures = [self._pool.submit(band, t) for t in range(1, len(self.states))]
-        return band(0) + sum(f.result() for f in futures)
+            return rows(0, image.shape[0])
+        bands, gaps = self._kernels.row_bands(self._cumulative_pixels(layout),
+                                              self._kernels.conflict_gap(m, linear), self.threads)
+        return self._run_at_once(rows, bands) + self._run_at_once(rows, gaps)
 
-    def merged_state(self) -> dict:
-        """One state equal to the bands' states combined (a copy)."""
-        first = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.states[0].items()}
-        for other in self.states[1:]:
-            first["weight"] += other["weight"]
-            if self.mode == "MEAN":
-                first["sum"] += other["sum"]
-            elif self.mode == "MAXIMUM":
-                np.maximum(first["value"], other["value"], out=first["value"])
-            else:
-                newer = other["key"] > first["key"]
-                first["key"][newer] = other["key"][newer]
-                first["value"][newer] = other["value"][newer]
-        return first
+    def _run_at_once(self, rows, ranges) -> int:
+        """``rows(j0, j1)`` for every range, the first on this thread, the others on the pool."""
+        if not ranges:
+            return 0
+        futures = [self._pool.submit(rows, j0, j1) for j0, j1 in ranges[1:]]
+        return rows(*ranges[0]) + sum(f.result() for f in futures)
+
+    def _cumulative_pixels(self, layout: PixelLayout) -> np.ndarray:
+        """Pasted pixels of the rows before each row (cached per layout: the bands are balanced by it)."""
+        if self._cum_pixels is None or self._cum_pixels[0] is not layout:
+            segs = layout.exact_segments
+            per_row = np.maximum(segs[:, 1] - segs[:, 0] + 1, 0) + np.maximum(segs[:, 3] - segs[:, 2] + 1, 0)
+            self._cum_pixels = (layout, np.concatenate([[0], np.cumsum(per_row)]))
+        return self._cum_pixels[1]
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(values, weights float32 in whole pixels, raw integer weights)``."""
-        state = self.merged_state()
+        # contiguous copies: pasting may go on while the result is used
+        state = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.state.items() if k != "pair"}
         values = paste_exact.finalize_values(state, self.mode, self.dtype).reshape(self.shape)
         unit = paste_exact.LINEAR_UNIT if self.interpolation == "LINEAR" else 1
         raw = state["weight"].reshape(self.shape)
@@ -149,7 +150,8 @@ class ExactChannel:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for s in self.states for a in s.values() if isinstance(a, np.ndarray))
+        # views (the interleaved sum and weight) are counted in the array they view
+        return sum(a.nbytes for a in self.state.values() if isinstance(a, np.ndarray) and a.base is None)
 
 
 def make_layout(shape, plus_segments: np.ndarray) -> PixelLayout:

@@ -1,8 +1,8 @@
 """``exact`` semantics (see :mod:`usx_stream.compound.paste_exact`) as numba kernels.
 
 The accumulators are integers, so any pixel order gives the same volume. The kernels release the GIL:
-several threads can paste bands of rows at once, each into its own accumulators (merged when a
-result is read), so no two threads ever write the same memory and no barrier is needed.
+several threads can paste bands of a frame's rows into the same accumulators at once when the bands
+lie far enough apart that no voxel is reached from two of them (:func:`row_bands`).
 """
 
 from __future__ import annotations
@@ -118,25 +118,73 @@ def _paste_pixelwise(image, segments, m, j0, j1, dims, sums, weights, values, ke
     return _rows_nn(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, frame_key, width, q)
 
 
-def paste_exact_rows(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, linear,
-                     frame_number, q) -> int:
-    """Paste rows ``j0 <= j < j1`` of ``image`` (H, W); ``q`` = (is_int, reject, threshold).
+# stands in for the arrays a mode does not keep
+_UNUSED = np.zeros(1, np.int64)
 
-    ``sums``/``weights``/``values``/``keys`` are flat int64 volumes (unused ones may be size 1).
+
+def paste_exact_rows(image, segments, m, j0, j1, state, mode, linear, frame_number, q) -> int:
+    """Paste rows ``j0 <= j < j1`` of ``image`` (H, W) into ``state``; ``q`` is :func:`pixel_options`.
+
+    ``state`` is :func:`usx_stream.compound.paste_exact.new_state` (MEAN with ``interleaved=True``).
     The kernels release the GIL. Returns the number of pixels that reached the volume.
     """
+    dims = state["dims"]
     # dispatched here, not in a jitted function: numba's cache of a caller is not invalidated when a
     # kernel it calls from another module changes
     if mode == 0 and np.abs(m[:, 0]).max() < MAX_STEP:
         kernel = rows_linear_mean if linear else rows_nn_mean
-        return kernel(image, segments, m, j0, j1, dims, sums, weights, q)
-    return _paste_pixelwise(image, segments, m, j0, j1, dims, sums, weights, values, keys, mode, linear, frame_number, q)
+        return kernel(image, segments, m, j0, j1, dims, state["pair"], q)
+    return _paste_pixelwise(image, segments, m, j0, j1, dims, state.get("sum", _UNUSED), state["weight"],
+                            state.get("value", _UNUSED), state.get("key", _UNUSED), mode, linear, frame_number, q)
 
 
-PixelOptions = namedtuple("PixelOptions", ["is_int", "reject", "threshold"])
+def conflict_gap(m, linear: bool) -> int | None:
+    """Rows at least this many apart never reach a common voxel (None: no such distance).
+
+    Two pixels reach a common voxel only when every coordinate differs by less than 1 (NEAREST_NEIGHBOR:
+    one voxel each) or 2 (LINEAR: the two corners either side), so when they are less than ``sqrt(3)``
+    or ``2 sqrt(3)`` voxels apart. Rows ``dj`` apart are at least ``dj`` times the distance of the row
+    step ``m[:, 1]`` from the column direction ``m[:, 0]`` apart; one row of margin covers rounding.
+    """
+    c0, c1 = np.asarray(m[:3, 0], np.float64), np.asarray(m[:3, 1], np.float64)
+    n0 = float(c0 @ c0)
+    off = c1 - (float(c1 @ c0) / n0) * c0 if n0 > 0 else c1
+    perp = math.sqrt(float(off @ off))
+    reach = (2.0 if linear else 1.0) * math.sqrt(3.0)
+    if not (perp > 0 and math.isfinite(perp)) or reach / perp > 1e9:
+        return None
+    return int(math.ceil(reach / perp)) + 1
+
+
+def row_bands(cum_pixels: np.ndarray, gap: int | None, threads: int) -> tuple[list, list]:
+    """Split rows ``0 <= j < H`` into ``(bands, gaps)``, lists of ``(j0, j1)`` ranges.
+
+    ``cum_pixels`` (H + 1,) counts the pasted pixels of rows before ``j``. The bands hold about equal
+    numbers of pixels and are ``gap`` rows apart, so they can be pasted at once into the same
+    accumulators; then the gaps (``gap`` rows each, separated by bands at least that wide) likewise.
+    Fewer bands when the rows are too few; one band, no gap, when ``gap`` is None.
+    """
+    height = cum_pixels.shape[0] - 1
+    total = int(cum_pixels[-1])
+    for t in range(int(threads), 1, -1):
+        if gap is None or total == 0:
+            break
+        cuts = np.searchsorted(cum_pixels, [total * k / t for k in range(1, t)])
+        starts = [int(c) - gap // 2 for c in cuts]
+        edges = [0] + [e for g0 in starts for e in (g0, g0 + gap)] + [height]
+        bands = [(edges[2 * k], edges[2 * k + 1]) for k in range(t)]
+        if all(j1 - j0 >= gap for j0, j1 in bands):
+            return bands, [(g0, g0 + gap) for g0 in starts]
+    return [(0, height)], []
+
+
+PixelOptions = namedtuple("PixelOptions", ["is_int", "reject", "threshold", "small"])
 
 
 def pixel_options(dtype, threshold: float | None) -> PixelOptions:
-    """Kernel pixel options for ``dtype`` images and an optional rejection threshold."""
-    return PixelOptions(bool(np.issubdtype(np.dtype(dtype), np.integer)), threshold is not None,
-                        float(threshold) if threshold is not None else 0.0)
+    """Kernel pixel options for ``dtype`` images and an optional rejection threshold (``small``:
+    every quantised value is below 2**8, see :data:`usx_stream.compound.exact_spans.SMALL_SPAN`)."""
+    dtype = np.dtype(dtype)
+    is_int = bool(np.issubdtype(dtype, np.integer))
+    small = is_int and dtype.itemsize == 1 and not np.issubdtype(dtype, np.signedinteger)
+    return PixelOptions(is_int, threshold is not None, float(threshold) if threshold is not None else 0.0, small)

@@ -85,25 +85,28 @@ def axis_steps(b, s, h, i0, stop, cols):
 
 
 @nb.njit(inline="always")
-def _prefix(image, j, i0, stop, q, pre, cnt):
-    """``pre[n]``/``cnt[n]``: sum of quantised values / number of kept pixels among columns
-    ``i0 <= i < i0 + n`` (integer sums: any grouping gives the same total)."""
+def _span_sum(image, j, i, end, q):
+    """Sum of the quantised values and number of kept pixels among columns ``i <= k < end``.
+
+    Summed per span rather than from running sums of the row: the spans are a few pixels long, and
+    writing two running sums per pixel cost more than reading the span's pixels again."""
     total = np.int64(0)
+    if not q.reject:
+        for k in range(i, end):
+            total += _value(image, j, k, q.is_int)
+        return total, np.int64(end - i)
     kept = np.int64(0)
-    pre[0] = cnt[0] = 0
-    for i in range(i0, stop):
-        if not (q.reject and image[j, i] < q.threshold):
-            total += _value(image, j, i, q.is_int)
+    for k in range(i, end):
+        if not image[j, k] < q.threshold:
+            total += _value(image, j, k, q.is_int)
             kept += 1
-        pre[i - i0 + 1] = total
-        cnt[i - i0 + 1] = kept
+    return total, kept
 
 
 @nb.njit(inline="always")
-def _nn_segment(image, j, i0, stop, b, sv, dims, sums, weights, q, cols, pre, cnt):
+def _nn_segment(image, j, i0, stop, b, sv, dims, acc, q, cols):
     """One row segment: spans between consecutive steps of any axis, one store per span."""
     nx, ny, nz = dims
-    _prefix(image, j, i0, stop, q, pre, cnt)
     x, dx, _ = axis_steps(b[0], sv[0], 0.5, i0, stop, cols[0])
     y, dy, _ = axis_steps(b[1], sv[1], 0.5, i0, stop, cols[1])
     z, dz, _ = axis_steps(b[2], sv[2], 0.5, i0, stop, cols[2])
@@ -113,11 +116,11 @@ def _nn_segment(image, j, i0, stop, b, sv, dims, sums, weights, q, cols, pre, cn
     while i < stop:
         end = min(cols[0, ax], cols[1, ay], cols[2, az])
         if end > i and 0 <= x < nx and 0 <= y < ny and 0 <= z < nz:
-            count = cnt[end - i0] - cnt[i - i0]
+            total, count = _span_sum(image, j, i, end, q)
             if count > 0:
-                idx = (z * ny + y) * nx + x
-                sums[idx] += pre[end - i0] - pre[i - i0]
-                weights[idx] += count
+                idx = 2 * ((z * ny + y) * nx + x)
+                acc[idx] += total
+                acc[idx + 1] += count
                 pasted += count
         i = end
         if cols[0, ax] == end:
@@ -133,12 +136,13 @@ def _nn_segment(image, j, i0, stop, b, sv, dims, sums, weights, q, cols, pre, cn
 
 
 @nb.njit(cache=True, nogil=True)
-def rows_nn_mean(image, segments, m, j0, j1, dims, sums, weights, q):
-    """NEAREST_NEIGHBOR/MEAN for rows ``j0 <= j < j1`` (row moves below :data:`MAX_STEP` voxel per column)."""
+def rows_nn_mean(image, segments, m, j0, j1, dims, acc, q):
+    """NEAREST_NEIGHBOR/MEAN for rows ``j0 <= j < j1`` (row moves below :data:`MAX_STEP` voxel per column).
+
+    ``acc`` holds each voxel's sum and weight side by side (``acc[2v]``, ``acc[2v + 1]``): a span's
+    two updates then fall in one cache line."""
     width = image.shape[1]
     cols = np.empty((3, width + 2), np.int64)
-    pre = np.empty(width + 1, np.int64)
-    cnt = np.empty(width + 1, np.int64)
     sv = (m[0, 0], m[1, 0], m[2, 0])
     pasted = 0
     for j in range(j0, j1):
@@ -146,66 +150,80 @@ def rows_nn_mean(image, segments, m, j0, j1, dims, sums, weights, q):
         for s in range(2):
             i0, stop = segments[j, 2 * s], segments[j, 2 * s + 1] + 1
             if i0 < stop:
-                pasted += _nn_segment(image, j, i0, stop, b, sv, dims, sums, weights, q, cols, pre, cnt)
+                pasted += _nn_segment(image, j, i0, stop, b, sv, dims, acc, q, cols)
     return pasted
 
 
+# Packed corner sums (:func:`_cell_inside`): values below 2**8 times weights up to 2**12 stay below
+# 2**32 over spans up to this many pixels.
+SMALL_SPAN = 1 << 12
+_HALF = np.int64(1) << 32
+_LOW = _HALF - 1
+
+
 @nb.njit(inline="always")
-def _cell_inside(image, j, i0, i1, b, sv, k, dims, sums, weights, q):
+def _corner_weights(b, sv, i, f0):
+    """Quantised trilinear weights of column ``i``'s 8 corners, corner ``c`` at offsets
+    ``(c >> 2 & 1, c >> 1 & 1, c & 1)``, with the reference's operations (the span fixes
+    ``floor(p) = f0``)."""
+    fx = (b[0] + i * sv[0]) - f0[0]
+    fy = (b[1] + i * sv[1]) - f0[1]
+    fz = (b[2] + i * sv[2]) - f0[2]
+    rx, ry = 1.0 - fx, 1.0 - fy
+    # (wx * wy) * wz * 4096 == (wx * wy) * (wz * 4096) exactly: 4096 is a power of two
+    zr, zf = (1.0 - fz) * LINEAR_UNIT, fz * LINEAR_UNIT
+    a00, a01, a10, a11 = rx * ry, rx * fy, fx * ry, fx * fy
+    return (np.int64(a00 * zr + 0.5), np.int64(a00 * zf + 0.5), np.int64(a01 * zr + 0.5),
+            np.int64(a01 * zf + 0.5), np.int64(a10 * zr + 0.5), np.int64(a10 * zf + 0.5),
+            np.int64(a11 * zr + 0.5), np.int64(a11 * zf + 0.5))
+
+
+@nb.njit(inline="always")
+def _unpack(s):
+    return s & _LOW, s >> 32
+
+
+@nb.njit(inline="always")
+def _cell_inside(image, j, i0, i1, b, sv, k, dims, acc, q):
     """Pixels ``i0 <= i < i1`` of row ``j`` whose cell ``k`` has all 8 corners inside: the corner sums
     stay in registers for the span and are stored once. Returns the pixels pasted."""
     nx, ny, _ = dims
-    fx0, fy0, fz0 = np.float64(k[0]), np.float64(k[1]), np.float64(k[2])
+    f0 = (np.float64(k[0]), np.float64(k[1]), np.float64(k[2]))
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.int64(0)
     w0 = w1 = w2 = w3 = w4 = w5 = w6 = w7 = np.int64(0)
+    # small values: each corner's weight rides in the high half of its sum (q * (v + 2**32)), one
+    # multiply-add per corner instead of a multiply and two adds; split when stored
+    packed = q.small and i1 - i0 <= SMALL_SPAN
     count = 0
     for i in range(i0, i1):
         if q.reject and image[j, i] < q.threshold:
             continue
         v = _value(image, j, i, q.is_int)
-        # fractions as the reference computes them (the span fixes floor(p) = k)
-        fx = (b[0] + i * sv[0]) - fx0
-        fy = (b[1] + i * sv[1]) - fy0
-        fz = (b[2] + i * sv[2]) - fz0
-        rx, ry = 1.0 - fx, 1.0 - fy
-        # (wx * wy) * wz * 4096 == (wx * wy) * (wz * 4096) exactly: 4096 is a power of two
-        zr, zf = (1.0 - fz) * LINEAR_UNIT, fz * LINEAR_UNIT
-        a00, a01, a10, a11 = rx * ry, rx * fy, fx * ry, fx * fy
-        q0, q1 = np.int64(a00 * zr + 0.5), np.int64(a00 * zf + 0.5)
-        q2, q3 = np.int64(a01 * zr + 0.5), np.int64(a01 * zf + 0.5)
-        q4, q5 = np.int64(a10 * zr + 0.5), np.int64(a10 * zf + 0.5)
-        q6, q7 = np.int64(a11 * zr + 0.5), np.int64(a11 * zf + 0.5)
-        s0 += q0 * v
-        s1 += q1 * v
-        s2 += q2 * v
-        s3 += q3 * v
-        s4 += q4 * v
-        s5 += q5 * v
-        s6 += q6 * v
-        s7 += q7 * v
-        w0 += q0
-        w1 += q1
-        w2 += q2
-        w3 += q3
-        w4 += q4
-        w5 += q5
-        w6 += q6
-        w7 += q7
+        q0, q1, q2, q3, q4, q5, q6, q7 = _corner_weights(b, sv, i, f0)
+        if packed:
+            v += _HALF
+        else:
+            w0, w1, w2, w3, w4, w5, w6, w7 = w0 + q0, w1 + q1, w2 + q2, w3 + q3, w4 + q4, w5 + q5, w6 + q6, w7 + q7
+        s0, s1, s2, s3 = s0 + q0 * v, s1 + q1 * v, s2 + q2 * v, s3 + q3 * v
+        s4, s5, s6, s7 = s4 + q4 * v, s5 + q5 * v, s6 + q6 * v, s7 + q7 * v
         count += 1
     if count == 0:
         return 0
+    if packed:
+        (s0, w0), (s1, w1), (s2, w2), (s3, w3) = _unpack(s0), _unpack(s1), _unpack(s2), _unpack(s3)
+        (s4, w4), (s5, w5), (s6, w6), (s7, w7) = _unpack(s4), _unpack(s5), _unpack(s6), _unpack(s7)
     # corner c = (x + c >> 2 & 1, y + c >> 1 & 1, z + c & 1)
     base, dy, dz = (k[2] * ny + k[1]) * nx + k[0], nx, nx * ny
     for idx, s, w in ((base, s0, w0), (base + dz, s1, w1), (base + dy, s2, w2), (base + dy + dz, s3, w3),
                       (base + 1, s4, w4), (base + 1 + dz, s5, w5), (base + 1 + dy, s6, w6),
                       (base + 1 + dy + dz, s7, w7)):
-        sums[idx] += s
-        weights[idx] += w
+        acc[2 * idx] += s
+        acc[2 * idx + 1] += w
     return count
 
 
 @nb.njit(nogil=True)
-def _cell_edge(image, j, i0, i1, b, sv, k, dims, sums, weights, q):
+def _cell_edge(image, j, i0, i1, b, sv, k, dims, acc, q):
     """Pixels of a cell with only some corners inside: corner by corner, as the reference drops them.
     (Not inlined: rare, and inlined it slowed the common path.)"""
     nx, ny, nz = dims
@@ -230,14 +248,14 @@ def _cell_edge(image, j, i0, i1, b, sv, k, dims, sums, weights, q):
                 continue
             hit = True
             idx = (z * ny + y) * nx + x
-            sums[idx] += wq * v
-            weights[idx] += wq
+            acc[2 * idx] += wq * v
+            acc[2 * idx + 1] += wq
         pasted += hit
     return pasted
 
 
 @nb.njit(inline="always")
-def _linear_segment(image, j, i0, stop, b, sv, dims, sums, weights, q, cols):
+def _linear_segment(image, j, i0, stop, b, sv, dims, acc, q, cols):
     """One row segment, span by span of pixels in one cell."""
     nx, ny, nz = dims
     x, dx, _ = axis_steps(b[0], sv[0], 0.0, i0, stop, cols[0])
@@ -250,9 +268,9 @@ def _linear_segment(image, j, i0, stop, b, sv, dims, sums, weights, q, cols):
         end = min(cols[0, ax], cols[1, ay], cols[2, az])
         if end > i:
             if 0 <= x and x + 1 < nx and 0 <= y and y + 1 < ny and 0 <= z and z + 1 < nz:
-                pasted += _cell_inside(image, j, i, end, b, sv, (x, y, z), dims, sums, weights, q)
+                pasted += _cell_inside(image, j, i, end, b, sv, (x, y, z), dims, acc, q)
             elif -1 <= x < nx and -1 <= y < ny and -1 <= z < nz:
-                pasted += _cell_edge(image, j, i, end, b, sv, (x, y, z), dims, sums, weights, q)
+                pasted += _cell_edge(image, j, i, end, b, sv, (x, y, z), dims, acc, q)
         i = end
         if cols[0, ax] == end:
             x += dx
@@ -267,8 +285,9 @@ def _linear_segment(image, j, i0, stop, b, sv, dims, sums, weights, q, cols):
 
 
 @nb.njit(cache=True, nogil=True)
-def rows_linear_mean(image, segments, m, j0, j1, dims, sums, weights, q):
-    """LINEAR/MEAN for rows ``j0 <= j < j1`` (row moves below :data:`MAX_STEP` voxel per column)."""
+def rows_linear_mean(image, segments, m, j0, j1, dims, acc, q):
+    """LINEAR/MEAN for rows ``j0 <= j < j1`` (row moves below :data:`MAX_STEP` voxel per column);
+    ``acc`` as in :func:`rows_nn_mean`."""
     cols = np.empty((3, image.shape[1] + 2), np.int64)
     sv = (m[0, 0], m[1, 0], m[2, 0])
     pasted = 0
@@ -277,5 +296,5 @@ def rows_linear_mean(image, segments, m, j0, j1, dims, sums, weights, q):
         for s in range(2):
             i0, stop = segments[j, 2 * s], segments[j, 2 * s + 1] + 1
             if i0 < stop:
-                pasted += _linear_segment(image, j, i0, stop, b, sv, dims, sums, weights, q, cols)
+                pasted += _linear_segment(image, j, i0, stop, b, sv, dims, acc, q, cols)
     return pasted

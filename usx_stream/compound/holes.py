@@ -27,7 +27,7 @@ import numpy as np
 
 from .config import HoleFillingElement
 from .holes_common import STICKS, cast_value
-from .sticks import stick_fill_single
+from .sticks import stick_fill_into, stick_fill_single
 
 TYPE_CODES = {"STICK": 0, "GAUSSIAN": 1, "GAUSSIAN_ACCUMULATION": 2, "NEAREST_NEIGHBOR": 3,
               "DISTANCE_WEIGHT_INVERSE": 4}
@@ -247,17 +247,25 @@ def fill_holes(volume: np.ndarray, accumulation: np.ndarray, elements: Sequence[
                          "must be the same 3-D shape")
     if not elements:
         return volume.copy()
-    params, ratios, kernels = pack_elements(elements)
-    out = np.empty_like(volume)
     is_int = bool(np.issubdtype(volume.dtype, np.integer))
     acc = np.ascontiguousarray(accumulation)
     vol = np.ascontiguousarray(volume)
+    if all(e.type == "STICK" and e.number_of_sticks_to_use == 1 for e in elements):
+        return _fill_single_sticks(vol, acc, elements, is_int)
+    params, ratios, kernels = pack_elements(elements)
+    out = np.empty_like(volume)
     stick_ok, stick_value = _precompute_sticks(vol, acc, elements, params, is_int)
-    if np.all(params[:, 4] > 0):
-        # only one-stick STICK elements: the first success wins, 0 when all fail (as PLUS)
-        filled = np.zeros(vol.shape, np.float64)
-        for slot in range(stick_ok.shape[0] - 1, -1, -1):
-            filled = np.where(stick_ok[slot], stick_value[slot], filled)
-        return np.where(acc != 0, vol, filled.astype(vol.dtype))
     _fill_kernel(vol, acc, out, params, ratios, kernels, is_int, stick_ok, stick_value)
+    return out
+
+
+def _fill_single_sticks(vol, acc, elements, is_int: bool) -> np.ndarray:
+    """Only one-stick STICK elements: each fills the holes the earlier ones left, in place in a copy of
+    ``vol``; holes no element fills get 0 (as PLUS)."""
+    hit = (acc != 0).view(np.uint8)
+    out = vol.copy()
+    pending = (hit ^ 1).reshape(-1)
+    for k, e in enumerate(elements):
+        stick_fill_into(hit, vol, e.stick_length_limit, is_int, out.reshape(-1), pending,
+                        last=k == len(elements) - 1)
     return out

@@ -145,9 +145,18 @@ def paste_exact_numpy(values_q: np.ndarray, jj: np.ndarray, ii: np.ndarray, m: n
     return pasted
 
 
-def new_state(n_voxels: int, dims_xyz, mode: str) -> dict:
-    """Zeroed exact-semantics accumulators for a volume of ``n_voxels`` (flat arrays)."""
-    state = {"dims": tuple(int(d) for d in dims_xyz), "weight": np.zeros(n_voxels, np.int64)}
+def new_state(n_voxels: int, dims_xyz, mode: str, *, interleaved: bool = False) -> dict:
+    """Zeroed exact-semantics accumulators for a volume of ``n_voxels`` (flat arrays).
+
+    ``interleaved`` (MEAN): ``"sum"`` and ``"weight"`` are views of one array ``"pair"`` holding each
+    voxel's sum and weight side by side, the layout of the numba span kernels.
+    """
+    state = {"dims": tuple(int(d) for d in dims_xyz)}
+    if mode == "MEAN" and interleaved:
+        state["pair"] = np.zeros(2 * n_voxels, np.int64)
+        state["sum"], state["weight"] = state["pair"][0::2], state["pair"][1::2]
+        return state
+    state["weight"] = np.zeros(n_voxels, np.int64)
     if mode == "MEAN":
         state["sum"] = np.zeros(n_voxels, np.int64)
     else:

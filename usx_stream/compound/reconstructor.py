@@ -61,7 +61,8 @@ class Reconstructor:
     device : str, optional
         Torch device for ``backend="torch"`` (default: CUDA when available).
     threads : int
-        ``exact``/``numba``: threads pasting bands of each frame (each keeps its own accumulators).
+        ``exact``/``numba``: threads pasting bands of each frame's rows at once (bands that reach no
+        common voxel, into one set of accumulators).
     """
 
     def __init__(self, config: ReconstructionConfig, geometry: OutputGeometry, *, semantics: str = "plus",

@@ -45,14 +45,15 @@ def _close_gap(vol, idx, gap, stride, prev_val, limit, weights, ranks, blend, is
 
 
 @nb.njit(cache=True, nogil=True)
-def _walk_direction(hit, vol, d, shape, limit, weights, ranks, blend, is_int, best, count, sum_vw, part, parts):
+def _walk_direction(hit, vol, d, shape, limit, weights, ranks, blend, is_int, best, count, sum_vw, lo, hi):
     """Every line along ``d``, visited in memory order (z, y, x) rather than line by line: a strided
     walk along each line touched a new cache line at every step. Each line keeps, in a slot named by
     where it enters the volume, the step and value of its last hit; the leading axis of ``d`` (z, else
     y, else x) is walked in the sign of ``d`` so each line is still seen in its own order.
 
-    Lines of a ``d`` without z stay in their z-slice: ``parts`` threads then take a share of the
-    slices each (``part``); otherwise part 0 walks everything and the others return at once."""
+    Only the lines of one share are walked, so that threads can walk shares at once: z-slices
+    ``lo <= z < hi`` for a ``d`` without z (its lines stay in their slice), else the lines entering at
+    columns ``lo <= x - dx * t < hi`` (``t`` the step along z: constant along a line)."""
     nz, ny, nx = shape
     dx, dy, dz = d[0], d[1], d[2]
     lead = 2 if dz != 0 else (1 if dy != 0 else 0)
@@ -62,9 +63,10 @@ def _walk_direction(hit, vol, d, shape, limit, weights, ranks, blend, is_int, be
     last_val = np.empty(last_t.shape[0], np.float64)
     stride = (dz * ny + dy) * nx + dx
     last_t[:] = -(1 << 40)
-    z0, z1 = (0, nz if part == 0 else 0) if lead == 2 else (nz * part // parts, nz * (part + 1) // parts)
+    z0, z1 = (0, nz) if lead == 2 else (lo, hi)
     for zz in range(z0, z1):
         z = zz if dz >= 0 else nz - 1 - zz
+        x0, x1 = (max(lo + dx * zz, 0), min(hi + dx * zz, nx)) if lead == 2 else (0, nx)
         if lead < 2:
             last_t[:] = -(1 << 40)  # lines stay in their z-slice
         for yy in range(ny):
@@ -72,7 +74,7 @@ def _walk_direction(hit, vol, d, shape, limit, weights, ranks, blend, is_int, be
             if lead == 0:
                 last_t[0] = -(1 << 40)  # the row is the line
             row = (z * ny + y) * nx
-            for x in range(nx):
+            for x in range(x0, x1):
                 if not hit[row + x]:
                     continue
                 if lead == 2:
@@ -90,18 +92,50 @@ def _walk_direction(hit, vol, d, shape, limit, weights, ranks, blend, is_int, be
                 last_val[slot] = np.float64(vol[row + x])
 
 
+def shares(d, shape, parts: int) -> list[tuple[int, int]]:
+    """``parts`` ranges ``(lo, hi)`` for :func:`_walk_direction` covering every line of ``d`` once,
+    each with about the same number of voxels."""
+    nz, ny, nx = shape
+    if d[2] == 0:
+        return [(nz * k // parts, nz * (k + 1) // parts) for k in range(parts)]
+    # entry columns x - dx * t of every (t, x): a y-row of each share has the same number of them
+    entry = np.sort((np.arange(nx)[None, :] - int(d[0]) * np.arange(nz)[:, None]).ravel())
+    cuts = [int(entry[0])] + [int(entry[len(entry) * k // parts]) for k in range(1, parts)] + [int(entry[-1]) + 1]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+@nb.njit(inline="always")
+def _stick_value(k, best, count, sum_vw, rank_weight, is_int):
+    w = rank_weight[best[k]]
+    sum_w = 0.0
+    for _ in range(count[k]):  # PLUS adds the tied weights one by one
+        sum_w += w
+    return cast_value(sum_vw[k] / sum_w, is_int)
+
+
 @nb.njit(cache=True, nogil=True)
 def _finish(best, count, sum_vw, rank_weight, is_int):
     ok = count > 0
     value = np.zeros(count.shape[0], np.float64)
     for k in range(ok.shape[0]):
         if ok[k]:
-            w = rank_weight[best[k]]
-            sum_w = 0.0
-            for _ in range(count[k]):  # PLUS adds the tied weights one by one
-                sum_w += w
-            value[k] = cast_value(sum_vw[k] / sum_w, is_int)
+            value[k] = _stick_value(k, best, count, sum_vw, rank_weight, is_int)
     return ok, value
+
+
+@nb.njit(cache=True, nogil=True)
+def _finish_into(best, count, sum_vw, rank_weight, is_int, out, pending, last):
+    """Holes still ``pending`` that have a stick get its value in ``out`` (cast to ``out``'s type as
+    ``astype`` does) and leave ``pending``; with ``last``, the others get 0 (PLUS: no element
+    succeeded). Written in place: assembling the volume with ``np.where`` took ~10 ms a volume."""
+    for k in range(out.shape[0]):
+        if not pending[k]:
+            continue
+        if count[k] > 0:
+            out[k] = _stick_value(k, best, count, sum_vw, rank_weight, is_int)
+            pending[k] = 0
+        elif last:
+            out[k] = 0
 
 
 def stick_tables(limit: int):
@@ -126,12 +160,9 @@ def blend_table(limit: int) -> np.ndarray:
     return (u + 1.0) / (gap + 1.0)
 
 
-def stick_fill_single(hit: np.ndarray, vol: np.ndarray, limit: int, is_int: bool, *, threads: int = 2):
-    """STICK with one stick per hole: ``(ok (Z, Y, X) bool, value (Z, Y, X) float64)``.
-
-    ``hit`` (uint8) is non-zero where the paste reached; ``value`` is already cast as PLUS casts
-    (truncation for integer volumes). ``threads`` share the slices of the directions without z.
-    """
+def _walk_all(hit: np.ndarray, vol: np.ndarray, limit: int, is_int: bool, threads: int):
+    """Every direction's sticks: per voxel the best rank, the number of sticks with it and their
+    weighted value sum (flat arrays), plus the table mapping ranks to weights."""
     shape = hit.shape
     flat_hit, flat_vol = hit.reshape(-1), np.ascontiguousarray(vol).reshape(-1)
     n = flat_hit.shape[0]
@@ -139,16 +170,35 @@ def stick_fill_single(hit: np.ndarray, vol: np.ndarray, limit: int, is_int: bool
     weights, ranks, rank_weight = stick_tables(int(limit))
     blend = blend_table(int(limit))
 
-    def walk(s: int, part: int) -> None:
+    def walk(s: int, lo: int, hi: int) -> None:
         _walk_direction(flat_hit, flat_vol, STICKS[s], shape, int(limit), weights[s], ranks[s], blend,
-                        bool(is_int), best, count, sum_vw, part, threads)
+                        bool(is_int), best, count, sum_vw, lo, hi)
 
     with ThreadPoolExecutor(max_workers=max(threads - 1, 1)) as pool:
         # directions one after another: ties are summed in PLUS's stick order
         for s in range(STICKS.shape[0]):
-            others = [pool.submit(walk, s, part) for part in range(1, threads)] if STICKS[s, 2] == 0 else []
-            walk(s, 0)
+            mine, *rest = shares(STICKS[s], shape, threads)
+            others = [pool.submit(walk, s, lo, hi) for lo, hi in rest]
+            walk(s, *mine)
             for f in others:
                 f.result()
+    return best, count, sum_vw, rank_weight
+
+
+def stick_fill_single(hit: np.ndarray, vol: np.ndarray, limit: int, is_int: bool, *, threads: int = 2):
+    """STICK with one stick per hole: ``(ok (Z, Y, X) bool, value (Z, Y, X) float64)``.
+
+    ``hit`` (uint8) is non-zero where the paste reached; ``value`` is already cast as PLUS casts
+    (truncation for integer volumes). ``threads`` share the lines of each direction.
+    """
+    best, count, sum_vw, rank_weight = _walk_all(hit, vol, limit, is_int, threads)
     ok, value = _finish(best, count, sum_vw, rank_weight, bool(is_int))
-    return ok.reshape(shape), value.reshape(shape)
+    return ok.reshape(hit.shape), value.reshape(hit.shape)
+
+
+def stick_fill_into(hit: np.ndarray, vol: np.ndarray, limit: int, is_int: bool, out: np.ndarray,
+                    pending: np.ndarray, *, last: bool, threads: int = 2) -> None:
+    """:func:`stick_fill_single` written into ``out`` (flat, ``vol``'s type) at the holes still
+    ``pending`` (flat uint8, cleared where filled); ``last`` zeroes the holes left."""
+    best, count, sum_vw, rank_weight = _walk_all(hit, vol, limit, is_int, threads)
+    _finish_into(best, count, sum_vw, rank_weight, bool(is_int), out, pending, bool(last))
