@@ -103,6 +103,21 @@ def test_second_channel_with_its_own_mode(frames, semantics):
         recon.channel_volume("speed")
 
 
+@pytest.mark.parametrize("semantics", ["plus", "exact"])
+def test_channel_volume_of_a_mean_channel_is_the_snapshot_and_stays_put(frames, semantics):
+    recon = Reconstructor.from_frames(config(), frames, semantics=semantics, channels={"bone": "MEAN"})
+    rng = np.random.default_rng(4)
+    bones = [rng.random(f.pixels.shape).astype(np.float32) for f in frames]
+    for f, b in zip(frames[:-1], bones):
+        recon.add(f, channels={"bone": b})
+    only = recon.channel_volume("bone")
+    np.testing.assert_array_equal(only.channels["bone"], recon.snapshot(fill_holes=False).channels["bone"])
+    kept = only.channels["bone"].copy()
+    recon.add(frames[-1], channels={"bone": bones[-1]})   # pasting goes on: the returned map must not change
+    np.testing.assert_array_equal(only.channels["bone"], kept)
+    assert not np.array_equal(recon.channel_volume("bone").channels["bone"], kept)
+
+
 def test_memory_is_bounded_by_volume_size():
     cfg = config(interpolation="LINEAR")
     frames = sweep_frames(4, shape=(32, 40))

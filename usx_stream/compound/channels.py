@@ -67,6 +67,10 @@ class PlusChannel:
         """
         return self.values.copy(), self.acc.astype(np.float32) / 256.0, self.acc.copy()
 
+    def current_values(self) -> np.ndarray:
+        """The compounded values alone (a copy); call with pasting stopped (the reconstructor's lock)."""
+        return self.values.copy()
+
     @property
     def nbytes(self) -> int:
         return self.values.nbytes + self.acc.nbytes
@@ -147,6 +151,12 @@ class ExactChannel:
         unit = paste_exact.LINEAR_UNIT if self.interpolation == "LINEAR" else 1
         raw = state["weight"].reshape(self.shape)
         return values, (raw.astype(np.float64) / unit).astype(np.float32), raw
+
+    def current_values(self) -> np.ndarray:
+        """The compounded values alone, finalised straight from the live state (no copy of the
+        accumulators); call with pasting stopped (the reconstructor's lock)."""
+        state = {k: v for k, v in self.state.items() if k != "pair"}
+        return paste_exact.finalize_values(state, self.mode, self.dtype).reshape(self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -214,7 +214,7 @@ class Reconstructor:
             raise ValueError(f"Reconstructor.channel_volume: no channel {name!r} (has {sorted(self.channel_modes)})")
         with self._lock:
             chan = self._channels.get(name)
-            values = chan.result()[0] if chan is not None else np.zeros(self.geometry.shape_zyx, np.float32)
+            values = chan.current_values() if chan is not None else np.zeros(self.geometry.shape_zyx, np.float32)
         return Volume(data=values, origin_mm=self.geometry.origin_mm, spacing_mm=self.geometry.spacing_mm,
                       channels={name: values}, frame=self.config.reference_coordinate_frame)
 

@@ -114,6 +114,10 @@ class TorchExactChannel:
         raw = host["weight"].reshape(self.shape)
         return values, (raw.astype(np.float64) / unit).astype(np.float32), raw
 
+    def current_values(self) -> np.ndarray:
+        """The compounded values alone, on the host."""
+        return self.result()[0]
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.state.values())
