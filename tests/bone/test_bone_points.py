@@ -91,3 +91,17 @@ def test_mean_beam_direction():
     assert np.allclose(d, np.array([0, 1 + 0.5 ** 0.5, 0.5 ** 0.5]) / np.linalg.norm([0, 1 + 0.5 ** 0.5, 0.5 ** 0.5]))
     with pytest.raises(ValueError, match="no frames"):
         mean_beam_direction(np.zeros((0, 4, 4)))
+
+
+def test_voxel_downsample_matches_a_per_cell_reference_in_row_order():
+    rng = np.random.default_rng(5)
+    pts = rng.normal(size=(3000, 3)) * [30, 5, 60] - [10, 200, -50]   # negative and positive cells
+    w = rng.random(3000)
+    out = voxel_downsample(pts, voxel_mm=2.0, weights=w)
+    cells = np.floor(pts / 2.0).astype(np.int64)
+    uniq = sorted({tuple(c) for c in cells})                          # lexicographic (x, y, z)
+    ref = []
+    for c in uniq:
+        sel = np.all(cells == c, axis=1)
+        ref.append((w[sel, None] * pts[sel]).sum(0) / w[sel].sum())
+    np.testing.assert_allclose(out, np.array(ref), rtol=1e-12, atol=1e-9)

@@ -62,7 +62,8 @@ def extract_bone_points(volume: Volume, *, threshold: float = 0.5, beam_directio
     mask = prob >= threshold
     if volume.weights is not None:
         mask &= np.asarray(volume.weights) > 0
-    kji = np.argwhere(mask)
+    # flatnonzero + unravel_index: same rows as np.argwhere, several times faster on a large mask
+    kji = np.stack(np.unravel_index(np.flatnonzero(mask), mask.shape), axis=1)
     if len(kji) == 0:
         return np.zeros((0, 3))
     direction = _beam_in_voxels(prob, kji, volume.spacing_mm, beam_direction)
@@ -153,7 +154,14 @@ def voxel_downsample(points: np.ndarray, *, voxel_mm: float, weights: np.ndarray
         raise ValueError(f"voxel_downsample.weights: expected {len(pts)} values, got {len(w)}")
     w = np.maximum(w, 1e-12)
     cells = np.floor(pts / voxel_mm).astype(np.int64)
-    _, inverse = np.unique(cells, axis=0, return_inverse=True)
+    # One int64 key per cell, ordered as the rows (x, then y, then z): np.unique on it is ~10x faster
+    # than np.unique(axis=0) on the rows, with the same cells in the same order.
+    cells -= cells.min(axis=0)
+    dims = cells.max(axis=0) + 1
+    if float(np.prod(dims.astype(np.float64))) >= 2.0 ** 62:
+        raise ValueError(f"voxel_downsample: {dims.tolist()} cells of {voxel_mm} mm overflow a cell key")
+    key = (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
+    _, inverse = np.unique(key, return_inverse=True)
     inverse = inverse.reshape(-1)
     n = inverse.max() + 1
     total = np.bincount(inverse, weights=w, minlength=n)
