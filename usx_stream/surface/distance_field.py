@@ -87,9 +87,11 @@ def _offset_field(points_mm, tree, origin, shape, grid_mm, offset_mm) -> np.ndar
     occ[tuple(idx.T)] = True
     field = ndimage.distance_transform_edt(~occ, sampling=grid_mm).astype(np.float32)
     field -= offset_mm
-    near = np.argwhere(np.abs(field) < 2.0 * grid_mm)
-    exact, _ = tree.query(origin + near * grid_mm, k=1)
-    field[tuple(near.T)] = exact - offset_mm
+    # flat indices (flatnonzero) rather than argwhere rows: several times faster on the whole grid
+    near = np.flatnonzero(np.abs(field) < 2.0 * grid_mm)
+    ijk = np.stack(np.unravel_index(near, field.shape), axis=1)
+    exact, _ = tree.query(origin + ijk * grid_mm, k=1)
+    field.reshape(-1)[near] = exact - offset_mm
     return field
 
 
