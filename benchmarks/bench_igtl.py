@@ -6,6 +6,10 @@ two receivers in the same run, each in its own process:
 - ours: :class:`~usx_stream.igtl.endpoints.Client`, consumer reads with ``get()``;
 - baseline: pyigtl's ``OpenIGTLinkClient`` with ``wait_for_message`` (its documented use).
 
+They connect in ``--receivers`` order. A broadcast hands every connection but the last to its writer
+thread and may write to the last one from the sending thread, so by default ours goes through a writer
+thread (the slower path) and pyigtl gets the direct write.
+
 Each frame carries its sequence number in its first 8 pixels and its send time in the header timestamp.
 Reported per receiver: frames received / lost / out of order, and transport latency (consumer receive
 time minus send time, same clock) p50 / p95 / p99 / max in ms, plus the ratio baseline / ours.
@@ -105,13 +109,29 @@ def summarize(name: str, indices: list[int], latencies: list[float], n_sent: int
     }
 
 
+def print_table(rows: dict, args, crc_backend: str, server_stats: dict) -> None:
+    print(f"OpenIGTLink ingest: {WIDTH}x{HEIGHT} uint8 at {args.fps:g} fps for {args.duration:g} s, loopback, "
+          f"CRC64 backend {crc_backend}; sender dropped {server_stats.get('dropped_outbound', 0)} messages")
+    print(f"{'receiver':12s} {'sent':>6s} {'recv':>6s} {'lost':>6s} {'ooo':>4s} {'p50 ms':>8s} {'p95 ms':>8s} "
+          f"{'p99 ms':>8s} {'max ms':>8s}")
+    for r in rows.values():
+        lat = r["latency_ms"]
+        print(f"{r['receiver']:12s} {r['sent']:6d} {r['received']:6d} {r['lost']:6d} {r['out_of_order']:4d} "
+              + " ".join(f"{lat[q]:8.2f}" if lat[q] is not None else f"{'-':>8s}" for q in ("p50", "p95", "p99", "max")))
+    ours, base = (rows[n]["latency_ms"] if n in rows else {} for n in ("usx_stream", "pyigtl"))
+    if ours.get("p50") and base.get("p50"):
+        print(f"ratio pyigtl / usx_stream: p50 {base['p50'] / ours['p50']:.1f}x, p99 {base['p99'] / ours['p99']:.1f}x")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of streaming (default: 60)")
     parser.add_argument("--fps", type=float, default=60.0, help="frames per second (default: 60)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--receivers", default="usx_stream,pyigtl",
-                        help="comma-separated receivers to run (default: %(default)s)")
+                        help="comma-separated receivers to run, in connection order (default: %(default)s; "
+                             "the last one may be written to from the sending thread, the others by writer "
+                             "threads)")
     args = parser.parse_args(argv)
 
     from usx_stream.igtl.endpoints import Server
@@ -120,20 +140,20 @@ def main(argv=None) -> int:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     server = Server(port=0).start()
-    procs, readies = [], []
+    procs = []
     names = [n.strip() for n in args.receivers.split(",") if n.strip()]
     targets = {"usx_stream": run_ours, "pyigtl": run_pyigtl}
     unknown = set(names) - set(targets)
     if unknown or not names:
         parser.error(f"--receivers: expected some of {sorted(targets)}, got {args.receivers!r}")
-    for target in (targets[n] for n in names):
+    for k, name in enumerate(names, start=1):
+        # One at a time, so that the server's connection order is the --receivers order: a broadcast may
+        # write to its last connection from the sending thread and hands the others to writer threads.
         ready = ctx.Event()
-        p = ctx.Process(target=target, args=(server.port, results, ready), daemon=True)
+        p = ctx.Process(target=targets[name], args=(server.port, results, ready), daemon=True)
         p.start()
         procs.append(p)
-        readies.append(ready)
-    assert all(r.wait(60) for r in readies), "receivers did not connect"
-    assert server.wait_for_clients(len(procs), 30)
+        assert ready.wait(60) and server.wait_for_clients(k, 30), f"receiver {name} did not connect"
     n_sent = send(server, fps=args.fps, duration_s=args.duration)
     from usx_stream.igtl import Message
 
@@ -148,17 +168,7 @@ def main(argv=None) -> int:
     server_stats = server.stats.snapshot()
     server.stop()
 
-    print(f"OpenIGTLink ingest: {WIDTH}x{HEIGHT} uint8 at {args.fps:g} fps for {args.duration:g} s, loopback, "
-          f"CRC64 backend {BACKEND}; sender dropped {server_stats.get('dropped_outbound', 0)} messages")
-    print(f"{'receiver':12s} {'sent':>6s} {'recv':>6s} {'lost':>6s} {'ooo':>4s} {'p50 ms':>8s} {'p95 ms':>8s} "
-          f"{'p99 ms':>8s} {'max ms':>8s}")
-    for r in rows.values():
-        lat = r["latency_ms"]
-        print(f"{r['receiver']:12s} {r['sent']:6d} {r['received']:6d} {r['lost']:6d} {r['out_of_order']:4d} "
-              + " ".join(f"{lat[q]:8.2f}" if lat[q] is not None else f"{'-':>8s}" for q in ("p50", "p95", "p99", "max")))
-    ours, base = (rows[n]["latency_ms"] if n in rows else {} for n in ("usx_stream", "pyigtl"))
-    if ours.get("p50") and base.get("p50"):
-        print(f"ratio pyigtl / usx_stream: p50 {base['p50'] / ours['p50']:.1f}x, p99 {base['p99'] / ours['p99']:.1f}x")
+    print_table(rows, args, BACKEND, server_stats)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": rows,

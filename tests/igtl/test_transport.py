@@ -11,6 +11,7 @@ import pytest
 from usx_stream.igtl import ImageContent, Message
 from usx_stream.igtl.codec import encode_bytes
 from usx_stream.igtl.endpoints import Client, Server
+from usx_stream.igtl.framing import StreamParser
 from usx_stream.igtl.transport import TransportOptions
 
 FAST = TransportOptions(keepalive_interval_s=0.05, peer_timeout_s=0.5)
@@ -209,3 +210,48 @@ def test_closing_a_full_queue_releases_a_blocked_sender():
     assert not t.is_alive() and result["ok"] is False
     assert q.get(timeout=0) == "a" and q.get(timeout=0) is None
     assert stats.snapshot().get("dropped", 0) == 0
+
+
+def test_direct_and_queued_writes_keep_the_send_order():
+    """Messages too big for the socket buffers are written partly from the sender's thread and finished by
+    the writer thread; small ones sent meanwhile (from two threads) must still follow them on the wire."""
+    import threading
+
+    rng = np.random.default_rng(3)
+    # 8 MiB each: more than the largest send buffer (4 MiB) plus what an unread receive buffer takes
+    frames = [rng.integers(0, 255, (2048, 4096), dtype=np.uint8) for _ in range(2)]
+    with Server(port=0) as server:
+        peer = socket.create_connection(("127.0.0.1", server.port))  # reads only once everything is sent
+        assert server.wait_for_clients(1, 10)
+        (conn,) = server.connections
+        sent = []
+
+        def sender(tag: str) -> None:
+            for i in range(40):
+                if tag == "a" and i % 20 == 0:
+                    msg = Message("IMAGE", f"a{i}", ImageContent.from_2d(frames[i // 20]), 1.0)
+                else:
+                    msg = Message("STRING", f"{tag}{i}", f"{tag} {i}", 1.0)
+                assert conn.send(msg)
+                sent.append(msg.device_name)
+
+        threads = [threading.Thread(target=sender, args=(t,)) for t in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        parser, got = StreamParser(), []
+        peer.settimeout(30)  # a damaged stream would lose messages: fail rather than wait forever
+        while len(got) < 80:
+            view = parser.writable()
+            n = peer.recv_into(view)
+            assert n > 0, f"connection closed after {len(got)} messages"
+            parser.commit(n)
+            got += [h.device_name for h, _ in parser.frames()]
+        peer.close()
+        stats = server.stats.snapshot()
+    for tag in "ab":
+        assert [g for g in got if g[0] == tag] == [f"{tag}{i}" for i in range(40)]
+    assert sorted(got) == sorted(sent)
+    assert stats.get("dropped_outbound", 0) == 0
+    assert stats["direct_partial"] >= 1  # the first frame did not fit: its rest went through the writer

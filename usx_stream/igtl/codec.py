@@ -127,18 +127,28 @@ def timestamp_to_wire(ts: float) -> tuple[int, int]:
     return sec, frac
 
 
+def _frac_byte_tables() -> list[list[int]]:
+    """Per byte of the fraction (most significant first): nanoseconds its bits add, as igtl_frac_to_nanosec
+    sums them; four look-ups replace a 32-step loop on every received header."""
+    tables = []
+    for pos in range(4):
+        bases = _NANO_BASES[8 * pos:8 * pos + 8]
+        tables.append([sum(b for bit, b in enumerate(bases) if value & (0x80 >> bit)) for value in range(256)])
+    return tables
+
+
+_FRAC_NS = _frac_byte_tables()
+
+
 def timestamp_from_wire(sec: int, frac: int) -> float:
-    nanosec, mask = 0, 0x80000000
-    for base in _NANO_BASES:
-        if frac & mask:
-            nanosec += base
-        mask >>= 1
+    t0, t1, t2, t3 = _FRAC_NS
+    nanosec = t0[frac >> 24] + t1[(frac >> 16) & 0xFF] + t2[(frac >> 8) & 0xFF] + t3[frac & 0xFF]
     return sec + nanosec * 1e-9
 
 
 def _fixed_ascii(text: str, size: int, *, field_name: str) -> bytes:
     """Printable ASCII, cut to ``size`` bytes and NUL-padded (what :func:`parse_header` accepts)."""
-    if not all(0x20 <= ord(c) <= 0x7E for c in text):
+    if not (text.isascii() and text.isprintable()):  # for ASCII: exactly 0x20..0x7E
         raise ValueError(f"{field_name}: must be printable ASCII, got {text!r}")
     return text.encode("ascii")[:size].ljust(size, b"\0")
 
@@ -160,9 +170,10 @@ def parse_header(raw: bytes | memoryview) -> Header:
 def _padded_text(raw: bytes) -> str | None:
     """Printable ASCII followed only by NUL padding, or None when the field is malformed."""
     text, _, pad = raw.partition(b"\0")
-    if pad.strip(b"\0") or any(c < 0x20 or c > 0x7E for c in text):
+    if pad.strip(b"\0") or not text.isascii():
         return None
-    return text.decode("ascii")
+    text = text.decode("ascii")
+    return text if text.isprintable() else None  # for ASCII: exactly 0x20..0x7E
 
 
 def _pack_metadata(metadata: dict[str, str]) -> tuple[bytes, bytes]:

@@ -12,6 +12,7 @@ position of the image *centre* (voxel ``(size - 1) / 2``), as the C library, PLU
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ IMAGE_HEADER = struct.Struct(">HBBBB3H12f3H3H")
 SCALAR_TYPES = {2: np.int8, 3: np.uint8, 4: np.int16, 5: np.uint16, 6: np.int32, 7: np.uint32,
                 10: np.float32, 11: np.float64}
 _TYPE_CODES = {np.dtype(v): k for k, v in SCALAR_TYPES.items()}
+_WIRE_DTYPES = {(code, endian): np.dtype(t).newbyteorder(">" if endian == 1 else "<")
+                for code, t in SCALAR_TYPES.items() for endian in (1, 2)}
 _COORDS = {"RAS": 1, "LPS": 2}
 
 
@@ -81,6 +84,8 @@ def _size_ijk(voxels: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def encode_image(content: ImageContent) -> list:
+    # Scalar Python arithmetic below, not numpy: for a 3-vector a numpy call costs more than the maths, and
+    # this runs once per frame on the latency path.
     voxels = np.asarray(content.voxels)
     native = voxels.dtype.newbyteorder("=")
     if native not in _TYPE_CODES:
@@ -91,10 +96,12 @@ def encode_image(content: ImageContent) -> list:
     i, j, k, c = _size_ijk(voxels)
     voxels = np.ascontiguousarray(voxels, dtype=native)
     m = np.asarray(content.ijk_to_world, dtype=np.float64)
-    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+    rows = m.tolist()
+    if m.shape != (4, 4) or not all(math.isfinite(x) for row in rows for x in row):
         raise ValueError(f"ImageContent.ijk_to_world: expected a finite 4x4 matrix, got {m!r}")
-    centre = m @ np.array([(i - 1) / 2.0, (j - 1) / 2.0, (k - 1) / 2.0, 1.0])
-    matrix = [*m[:3, 0], *m[:3, 1], *m[:3, 2], *centre[:3]]
+    half = ((i - 1) / 2.0, (j - 1) / 2.0, (k - 1) / 2.0)
+    centre = [r[0] * half[0] + r[1] * half[1] + r[2] * half[2] + r[3] for r in rows[:3]]
+    matrix = [rows[r][col] for col in range(3) for r in range(3)] + centre
     endian = 2 if np.little_endian else 1
     head = IMAGE_HEADER.pack(1, c, _TYPE_CODES[native], endian, _COORDS[content.coordinate_system],
                              i, j, k, *matrix, 0, 0, 0, i, j, k)
@@ -102,34 +109,37 @@ def encode_image(content: ImageContent) -> list:
 
 
 def decode_image(view: memoryview) -> ImageContent:
+    """Decode IMAGE content; the voxels are a zero-copy view of ``view`` unless a byte swap or subvolume
+    needs a new array."""
     if len(view) < IMAGE_HEADER.size:
         raise codec.DecodeError("bad_content", f"IMAGE content of {len(view)} bytes < {IMAGE_HEADER.size}")
     v = IMAGE_HEADER.unpack_from(view)
     c, stype, endian, coord = v[1], v[2], v[3], v[4]
-    size = np.array(v[5:8])
-    matrix, offset, sub = v[8:20], np.array(v[20:23]), np.array(v[23:26])
+    size, matrix, offset, sub = v[5:8], v[8:20], v[20:23], v[23:26]
     if stype not in SCALAR_TYPES or endian not in (1, 2) or coord not in (1, 2) or c < 1:
         raise codec.DecodeError("bad_content",
                                 f"IMAGE scalar_type={stype} endian={endian} coord={coord} components={c}")
-    if np.any(offset + sub > size):
-        raise codec.DecodeError("bad_content",
-                                f"IMAGE subvolume {offset.tolist()}+{sub.tolist()} > size {size.tolist()}")
-    dtype = np.dtype(SCALAR_TYPES[stype]).newbyteorder(">" if endian == 1 else "<")
-    n_bytes = int(np.prod(sub)) * c * dtype.itemsize
+    if any(o + n > s for o, n, s in zip(offset, sub, size)):
+        raise codec.DecodeError("bad_content", f"IMAGE subvolume {list(offset)}+{list(sub)} > size {list(size)}")
+    dtype = _WIRE_DTYPES[stype, endian]
+    n_bytes = sub[0] * sub[1] * sub[2] * c * dtype.itemsize
     got = len(view) - IMAGE_HEADER.size
     if got != n_bytes:
-        raise codec.DecodeError("bad_content", f"IMAGE {sub.tolist()}x{c} {dtype} needs {n_bytes} voxel bytes, got {got}")
-    data = np.frombuffer(view, dtype=dtype, offset=IMAGE_HEADER.size).astype(dtype.newbyteorder("="), copy=False)
-    shape = (sub[2], sub[1], sub[0]) + ((c,) if c > 1 else ())
-    data = data.reshape(shape)
-    if np.any(sub != size):  # subvolume: place it into a zero-filled full image
-        full = np.zeros((size[2], size[1], size[0]) + ((c,) if c > 1 else ()), dtype=data.dtype)
+        raise codec.DecodeError("bad_content", f"IMAGE {list(sub)}x{c} {dtype} needs {n_bytes} voxel bytes, got {got}")
+    data = np.frombuffer(view, dtype=dtype, offset=IMAGE_HEADER.size)
+    if not dtype.isnative:
+        data = data.astype(dtype.newbyteorder("="))
+    comps = (c,) if c > 1 else ()
+    data = data.reshape((sub[2], sub[1], sub[0]) + comps)
+    if sub != size:  # subvolume: place it into a zero-filled full image
+        full = np.zeros((size[2], size[1], size[0]) + comps, dtype=data.dtype)
         full[offset[2]:offset[2] + sub[2], offset[1]:offset[1] + sub[1], offset[0]:offset[0] + sub[0]] = data
         data = full
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2] = matrix[0:3], matrix[3:6], matrix[6:9]
-    m[:3, 3] = matrix[9:12]
-    m[:3, 3] = (m @ np.array([-(size[0] - 1) / 2.0, -(size[1] - 1) / 2.0, -(size[2] - 1) / 2.0, 1.0]))[:3]
+    t, s, n, p = matrix[0:3], matrix[3:6], matrix[6:9], matrix[9:12]
+    half = ((size[0] - 1) / 2.0, (size[1] - 1) / 2.0, (size[2] - 1) / 2.0)
+    origin = [p[r] - (t[r] * half[0] + s[r] * half[1] + n[r] * half[2]) for r in range(3)]
+    m = np.array([[t[0], s[0], n[0], origin[0]], [t[1], s[1], n[1], origin[1]], [t[2], s[2], n[2], origin[2]],
+                  [0.0, 0.0, 0.0, 1.0]])
     return ImageContent(data, m, "RAS" if coord == 1 else "LPS")
 
 

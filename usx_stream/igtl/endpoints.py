@@ -218,17 +218,20 @@ class Server(_Endpoint):
 
         A client whose outbound queue is full gets up to ``block_s`` seconds to make room (back-pressure
         for file replay); after that the message is dropped for that client and counted.
+
+        Every client but the last is handed to its writer thread first, so that all of them are sent to
+        in parallel; the last one may be written from this thread (see :meth:`Connection.send_encoded`).
         """
         with self._cond:
             conns = list(self.connections)
         encoded: dict[int, list] = {}
         sent = 0
-        for conn in conns:
+        for i, conn in enumerate(conns):
             version = min(msg.header_version, conn.peer_header_version) if self.match_peer_version else msg.header_version
             if version not in encoded:
                 encoded[version] = codec.encode(Message(msg.type, msg.device_name, msg.content, msg.timestamp,
                                                         msg.metadata, version, msg.message_id))
-            sent += conn.send_encoded(encoded[version], block_s=block_s)
+            sent += conn.send_encoded(encoded[version], block_s=block_s, direct=i == len(conns) - 1)
         return sent
 
     def _accept_loop(self) -> None:

@@ -12,6 +12,11 @@ exactly one :class:`Rejection` is reported per error, so a stream where bad and 
 reports one rejection per bad message and delivers every good one. A header that declares a size within
 the limit but larger than what follows is only resolved when more bytes (or the end of the stream)
 arrive: valid messages behind it are then found by the rescan and delivered late, not lost.
+
+Large bodies (at least 64 KiB) are received straight into a buffer of their own, which the message then
+keeps: no copy of the pixels after the kernel's, and the CRC of the bytes already there is computed while
+the rest is still arriving. Should such a message turn out bad, its bytes go back into the common buffer
+and the usual resynchronisation runs on them, so results never depend on how the stream was read.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from .codec import HEADER, HEADER_SIZE, DecodeError, parse_header
 from .crc import crc64
 
 _INITIAL_CAPACITY = 1 << 20  # 1 MiB: one 820x616 uint8 frame plus headroom
-_RECV_CHUNK = 1 << 18
+# Largest read while the next message's size is unknown: a big message's header arrives with at most this
+# much of its body (copied once into the body's own buffer), the rest is read into that buffer directly.
+_RECV_CHUNK = 1 << 16
+_DIRECT_MIN = 1 << 16  # bodies at least this large get their own buffer
 
 
 @dataclass
@@ -57,24 +65,41 @@ class StreamParser:
         self._offset = 0  # stream position of _buf[0]
         self._resync = False  # an error was reported; skip silently until the next good message
         self._eof = False
+        # Direct mode: the header of the message at _start is the last thing in _buf; its body goes here.
+        self._body: bytearray | None = None
+        self._body_len = 0  # bytes of _body received
+        self._crc_len = 0  # bytes of _body covered by _body_crc
+        self._body_crc = 0
         self.bytes_skipped = 0
         self.peak_capacity = len(self._buf)  # largest buffer ever held (bytes): bounded by the size limit
 
     # -- feeding -------------------------------------------------------------------------------
     def writable(self) -> memoryview:
         """A writable view for ``socket.recv_into``; large enough for the message being read."""
+        if self._body is not None:
+            if self._body_len < len(self._body):
+                return memoryview(self._body)[self._body_len:]
+            self._end_body()  # complete but not parsed yet (feed() of several messages): back to _buf
         need = _RECV_CHUNK
-        if self._end - self._start >= HEADER_SIZE:
-            size = HEADER.unpack_from(self._buf, self._start)[5]
-            if size <= self.max_body_bytes:
-                need = max(need, HEADER_SIZE + size - (self._end - self._start))
+        pending = self._end - self._start
+        if pending >= HEADER_SIZE:
+            fields = HEADER.unpack_from(self._buf, self._start)
+            version, size = fields[0], fields[5]
+            if version in (1, 2) and size <= self.max_body_bytes:
+                missing = HEADER_SIZE + size - pending
+                if missing > 0 and size >= _DIRECT_MIN:
+                    return self._begin_body(size)
+                need = max(need, missing)
         if len(self._buf) - self._end < need:
             self._compact(need)
-        return memoryview(self._buf)[self._end:]
+        return memoryview(self._buf)[self._end:self._end + need]
 
     def commit(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`writable` view."""
-        self._end += n
+        if self._body is not None:
+            self._body_len += n
+        else:
+            self._end += n
 
     def feed(self, data: bytes) -> None:
         """Append ``data`` (for callers that already hold bytes)."""
@@ -85,6 +110,26 @@ class StreamParser:
             view[:n] = data[pos:pos + n]
             self.commit(n)
             pos += n
+
+    def _begin_body(self, size: int) -> memoryview:
+        """Enter direct mode for the header at ``_start``: move the body bytes already read into its buffer."""
+        body = bytearray(size)
+        s = self._start + HEADER_SIZE
+        have = self._end - s
+        body[:have] = memoryview(self._buf)[s:self._end]
+        self._end = s
+        self._body, self._body_len, self._crc_len, self._body_crc = body, have, 0, 0
+        self.peak_capacity = max(self.peak_capacity, len(self._buf) + size)
+        return memoryview(body)[have:]
+
+    def _end_body(self) -> None:
+        """Leave direct mode, putting the body bytes back behind their header (for the generic path)."""
+        body, have = self._body, self._body_len
+        self._body = None
+        if len(self._buf) - self._end < have:
+            self._compact(have)
+        self._buf[self._end:self._end + have] = memoryview(body)[:have]
+        self._end += have
 
     def _compact(self, need: int) -> None:
         pending = self._end - self._start
@@ -103,7 +148,7 @@ class StreamParser:
     @property
     def pending_bytes(self) -> int:
         """Bytes received but not yet parsed (bounded by the size limit plus one read)."""
-        return self._end - self._start
+        return self._end - self._start + (self._body_len if self._body is not None else 0)
 
     # -- parsing -------------------------------------------------------------------------------
     def frames(self):
@@ -126,6 +171,8 @@ class StreamParser:
 
     def _next(self):
         """One step: an item, True (progress without an item), or None (need more bytes)."""
+        if self._body is not None:
+            return self._next_direct()
         s, avail = self._start, self._end - self._start
         if avail < HEADER_SIZE:
             if self._eof and avail:
@@ -153,6 +200,30 @@ class StreamParser:
             # message can read NUL padding as "size 0, CRC 0", and the good message starts inside it.
             return self._fail(e.reason, str(e))
         self._start = body_start + size
+        self._resync = False
+        return header, body
+
+    def _next_direct(self):
+        """:meth:`_next` in direct mode; anything but a complete good message goes back to the generic path."""
+        body, have = self._body, self._body_len
+        if self.check_crc and self._crc_len < have:  # overlaps the CRC with the arrival of the rest
+            self._body_crc = crc64(memoryview(body)[self._crc_len:have], self._body_crc)
+            self._crc_len = have
+        if have < len(body) and not self._eof:
+            return None
+        s = self._start
+        header = None
+        if have == len(body) and (not self.check_crc or self._body_crc == HEADER.unpack_from(self._buf, s)[6]):
+            try:
+                header = parse_header(self._buf[s:s + HEADER_SIZE])
+            except DecodeError:
+                pass
+        if header is None:  # truncated, CRC mismatch or bad header: report and resynchronise as usual
+            self._end_body()
+            return True
+        self._body = None
+        self._start = s + HEADER_SIZE
+        self._offset += len(body)  # the body's stream bytes never passed through _buf
         self._resync = False
         return header, body
 

@@ -6,6 +6,11 @@ Threads. A connection runs a *reader* thread (``recv_into`` -> :class:`~.framing
 ``recv`` returns as soon as bytes arrive, the socket timeout only bounds how long a silent peer goes
 unnoticed. Callers never block on the network; they enqueue and read from queues.
 
+Direct writes. When nothing is queued or being written, ``send`` writes the message from the caller's
+thread with one non-blocking ``writev`` instead of waking the writer thread (a thread hand-off costs about
+as much as encoding a frame). Whatever the kernel does not take at once goes to the writer, ahead of any
+later message, so the wire order is the send order either way.
+
 Guarantees. Messages from one connection reach the inbound queue in wire order. Queues are bounded;
 when one is full the newest message is dropped and counted (``dropped_inbound`` / ``dropped_outbound``),
 never silently. Every rejected byte range is counted by reason (:class:`TransportStats`). A peer that
@@ -15,8 +20,8 @@ is declared dead and the connection closes with that reason.
 
 from __future__ import annotations
 
-import collections
 import logging
+import os
 import socket
 import threading
 import time
@@ -26,6 +31,7 @@ from . import codec
 from .codec import DecodeError, Message
 from .codec_basic import StatusContent
 from .framing import Rejection, StreamParser
+from .queues import MessageQueue, TransportStats
 
 logger = logging.getLogger(__name__)
 
@@ -63,92 +69,6 @@ class TransportOptions:
                 raise ValueError(f"TransportOptions.{name}: must be >= 1, got {getattr(self, name)!r}")
 
 
-class TransportStats:
-    """Thread-safe counters shared by the connections of one endpoint. ``snapshot()`` copies them."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._n: collections.Counter = collections.Counter()
-        self._rejected: collections.Counter = collections.Counter()
-        self._closed: collections.Counter = collections.Counter()
-
-    def add(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._n[key] += n
-
-    def peak(self, key: str, value: int) -> None:
-        """Keep the largest ``value`` seen under ``key``."""
-        with self._lock:
-            self._n[key] = max(self._n[key], value)
-
-    def reject(self, reason: str) -> None:
-        with self._lock:
-            self._rejected[reason] += 1
-
-    def closed(self, reason: str) -> None:
-        with self._lock:
-            self._closed[reason] += 1
-
-    def snapshot(self) -> dict:
-        """``{counter: int, ..., "rejected": {reason: n}, "closed": {reason: n}}``."""
-        with self._lock:
-            out = dict(self._n)
-            out["rejected"] = dict(self._rejected)
-            out["closed"] = dict(self._closed)
-        return out
-
-
-class MessageQueue:
-    """Bounded FIFO between I/O threads and a consumer; ``put`` never blocks (drops are counted)."""
-
-    def __init__(self, maxsize: int, stats: TransportStats, drop_counter: str):
-        if maxsize < 1:
-            raise ValueError(f"maxsize: must be >= 1, got {maxsize}")
-        self._items: collections.deque = collections.deque()
-        self._cond = threading.Condition()
-        self._maxsize = maxsize
-        self._stats = stats
-        self._drop_counter = drop_counter
-        self._closed = False
-
-    def close(self) -> None:
-        """Refuse further items and wake every waiter (items already queued can still be read)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def put(self, item, timeout: float = 0.0) -> bool:
-        """Append ``item``; when full wait up to ``timeout`` s for space, then drop it (counted).
-
-        Returns False without counting a drop when the queue is closed.
-        """
-        with self._cond:
-            if len(self._items) >= self._maxsize and timeout > 0:
-                self._cond.wait_for(lambda: len(self._items) < self._maxsize or self._closed, timeout)
-            if self._closed:
-                return False
-            if len(self._items) >= self._maxsize:
-                self._stats.add(self._drop_counter)
-                return False
-            self._items.append(item)
-            self._cond.notify_all()
-        return True
-
-    def get(self, timeout: float | None = None):
-        """Oldest item, or None after ``timeout`` seconds (None = wait forever) or once closed and empty."""
-        with self._cond:
-            if not self._items and not self._cond.wait_for(lambda: self._items or self._closed, timeout):
-                return None
-            if not self._items:
-                return None
-            item = self._items.popleft()
-            self._cond.notify_all()  # a producer may wait for space
-            return item
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class Connection:
     """One connected socket with its reader and writer threads.
 
@@ -179,7 +99,10 @@ class Connection:
         self._on_closed = on_closed
         self._close_lock = threading.Lock()
         self._flush_cond = threading.Condition()  # guards _queued/_written (caller vs writer thread)
-        self._queued = self._written = 0
+        self._queued = self._written = 0  # messages handed to this connection / fully given to the kernel
+        self._send_lock = threading.Lock()  # senders, one at a time: decide direct write vs queue, then do it
+        self._io_lock = threading.Lock()  # held by whoever writes to the socket (never two at once)
+        self._last_send = time.monotonic()  # for keep-alives: direct writes bypass the writer thread
         poll = min(t for t in (options.keepalive_interval_s, options.peer_timeout_s, 0.5) if t > 0)
         sock.settimeout(poll)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -196,18 +119,53 @@ class Connection:
         """Queue ``msg`` (encoded now, in the caller's thread); False when closed or the queue is full."""
         return self.send_encoded(codec.encode(msg))
 
-    def send_encoded(self, parts: list, *, block_s: float = 0.0) -> bool:
+    def send_encoded(self, parts: list, *, block_s: float = 0.0, direct: bool = True) -> bool:
         """Queue pre-encoded parts (see :func:`codec.encode`); lets a broadcast encode once.
 
-        When the outbound queue is full, wait up to ``block_s`` seconds for space before dropping.
+        When the outbound queue is full, wait up to ``block_s`` seconds for space before dropping. With
+        ``direct`` and an idle writer the message is written from this thread (see the module docstring).
         """
         if self.closed.is_set():
             return False
-        if not self._outbound.put(parts, timeout=block_s):
-            return False
+        with self._send_lock:
+            if direct and self._queued == self._written and self._io_lock.acquire(blocking=False):
+                try:
+                    parts = self._write_now(parts)
+                finally:
+                    self._io_lock.release()
+                if parts is None:
+                    return True
+                # The kernel took only part of it: the writer sends the rest first (the queue is empty,
+                # and later senders wait for _send_lock), so this put cannot be refused for space.
+            if not self._outbound.put(parts, timeout=block_s):
+                return False
+            with self._flush_cond:
+                self._queued += 1
+        return True
+
+    def _write_now(self, parts: list) -> list | None:
+        """One non-blocking ``writev`` of ``parts`` (caller holds _io_lock); None when all of it went,
+        else what is left. The socket is non-blocking at the OS level (it has a timeout), so this never waits."""
+        views = [memoryview(p).cast("B") for p in parts]
+        try:
+            n = os.writev(self.sock.fileno(), views)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            return parts  # closed or broken: the writer thread meets the error and closes the connection
+        self._last_send = time.monotonic()
+        if n:
+            self.stats.add("bytes_sent", n)
+        rest = _advance(views, n)
+        if rest:
+            self.stats.add("direct_partial")
+            return rest
+        self.stats.add_each("messages_sent", "direct_sent")
         with self._flush_cond:
             self._queued += 1
-        return True
+            self._written += 1
+            self._flush_cond.notify_all()
+        return None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far has been handed to the kernel; False on timeout/close."""
@@ -288,15 +246,18 @@ class Connection:
                 continue
             msg.peer = self.peer
             msg.received_at = time.time()
-            self.peer_header_version = max(self.peer_header_version, header.version)
-            self.first_message.set()
-            self.stats.add("messages_received")
+            if header.version > self.peer_header_version:
+                self.peer_header_version = header.version
+            if not self.first_message.is_set():
+                self.first_message.set()
             if (msg.type == "STATUS" and msg.device_name == KEEPALIVE_DEVICE
                     and not self.options.deliver_keepalives):
-                self.stats.add("keepalives_received")
+                self.stats.add_each("messages_received", "keepalives_received")
                 continue
             if self._inbound.put(msg):
-                self.stats.add("delivered")
+                self.stats.add_each("messages_received", "delivered")
+            else:
+                self.stats.add("messages_received")  # the drop itself is counted by the queue
 
     def _reject(self, reason: str, detail: str) -> None:
         self.stats.reject(reason)
@@ -304,17 +265,23 @@ class Connection:
 
     # -- writer thread ----------------------------------------------------------------------------
     def _write_loop(self) -> None:
-        interval = self.options.keepalive_interval_s or None
+        interval = self.options.keepalive_interval_s
         reason = None
         try:
             while not self.closed.is_set():
-                parts = self._outbound.get(timeout=interval)
+                wait = max(0.0, self._last_send + interval - time.monotonic()) if interval else None
+                parts = self._outbound.get(timeout=wait)
                 if self.closed.is_set():
                     return
-                keepalive = parts is None  # nothing to send for a keep-alive interval
+                keepalive = parts is None
                 if keepalive:
+                    if time.monotonic() - self._last_send < interval:
+                        continue  # direct writes kept the link busy
                     parts = codec.encode(Message("STATUS", KEEPALIVE_DEVICE, StatusContent(), time.time()))
-                if not self._send_all(parts):
+                with self._io_lock:
+                    sent = self._send_all(parts)
+                    self._last_send = time.monotonic()
+                if not sent:
                     reason = f"peer accepted nothing for {self.options.send_timeout_s} s"
                     break
                 if keepalive:
@@ -341,10 +308,17 @@ class Connection:
                 continue
             self.stats.add("bytes_sent", n)
             last_progress = time.monotonic()
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
+            views = _advance(views, n)
         return True
 
+
+def _advance(views: list, n: int) -> list:
+    """``views`` (byte memoryviews) without their first ``n`` bytes."""
+    i = 0
+    while i < len(views) and n >= len(views[i]):
+        n -= len(views[i])
+        i += 1
+    rest = views[i:]
+    if rest and n:
+        rest[0] = rest[0][n:]
+    return rest
