@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/bench_igtl.py                 # 60 s
     python benchmarks/bench_igtl.py --duration 20 --json bench_out/igtl.json
+    python benchmarks/bench_igtl.py --pin 0,1,0     # sender on CPU 0, ours on 1, pyigtl on 0
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ def _frame_index(pixels: np.ndarray) -> int:
     return int(np.frombuffer(np.ascontiguousarray(pixels).reshape(-1)[:8].tobytes(), "<u8")[0])
 
 
-def run_ours(port: int, results, ready) -> None:
+def _pin(cpu: int | None) -> None:
+    """Keep this process (threads started from now on) on one CPU; None leaves scheduling alone."""
+    if cpu is not None:
+        import os
+
+        os.sched_setaffinity(0, {cpu})
+
+
+def run_ours(port: int, results, ready, cpu: int | None = None) -> None:
+    _pin(cpu)
     from usx_stream.igtl.endpoints import Client
 
     client = Client("127.0.0.1", port).start()
@@ -59,7 +69,8 @@ def run_ours(port: int, results, ready) -> None:
     results.put(("usx_stream", indices, latencies, stats))
 
 
-def run_pyigtl(port: int, results, ready) -> None:
+def run_pyigtl(port: int, results, ready, cpu: int | None = None) -> None:
+    _pin(cpu)
     import pyigtl
 
     client = pyigtl.OpenIGTLinkClient("127.0.0.1", port, start_now=True)
@@ -132,7 +143,18 @@ def main(argv=None) -> int:
                         help="comma-separated receivers to run, in connection order (default: %(default)s; "
                              "the last one may be written to from the sending thread, the others by writer "
                              "threads)")
+    parser.add_argument("--pin", default=None, metavar="SENDER_CPU,RECEIVER_CPU[,...]",
+                        help="pin the sender, then each receiver (in --receivers order; the last CPU serves the "
+                             "rest) to CPUs, e.g. 0,1: models a sender on another machine, as PlusServer "
+                             "usually is, instead of processes the scheduler moves onto one CPU (default: none)")
     args = parser.parse_args(argv)
+    try:
+        cpus = [] if args.pin is None else [int(c) for c in args.pin.split(",")]
+        if args.pin is not None and len(cpus) < 2:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--pin: expected SENDER_CPU,RECEIVER_CPU[,...], got {args.pin!r}")
+    _pin(cpus[0] if cpus else None)  # before the server starts its threads, which inherit the affinity
 
     from usx_stream.igtl.endpoints import Server
     from usx_stream.igtl.crc import BACKEND
@@ -150,7 +172,8 @@ def main(argv=None) -> int:
         # One at a time, so that the server's connection order is the --receivers order: a broadcast may
         # write to its last connection from the sending thread and hands the others to writer threads.
         ready = ctx.Event()
-        p = ctx.Process(target=targets[name], args=(server.port, results, ready), daemon=True)
+        cpu = cpus[min(k, len(cpus) - 1)] if cpus else None
+        p = ctx.Process(target=targets[name], args=(server.port, results, ready, cpu), daemon=True)
         p.start()
         procs.append(p)
         assert ready.wait(60) and server.wait_for_clients(k, 30), f"receiver {name} did not connect"
