@@ -49,6 +49,8 @@ METHODS = [
     ("distance field 2.5 mm", dict(method="distance_field", grid_mm=2.5, triangle_budget=10**7)),
     ("distance field 2.5, no proj.", dict(method="distance_field", grid_mm=2.5, project_k=0,
                                           triangle_budget=10**7)),
+    ("distance field 3.0 mm", dict(method="distance_field", grid_mm=3.0, triangle_budget=10**7)),
+    ("distance field 3.5 mm", dict(method="distance_field", grid_mm=3.5, triangle_budget=10**7)),
     ("distance field (default)", dict(method="distance_field")),
     ("template fit (other subject)", dict(method="template")),
 ]
