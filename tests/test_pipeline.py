@@ -66,13 +66,18 @@ def test_node_streams_all_five_completed_surfaces_to_a_socket_client(session_fil
     assert "inputs_0000.igs.mha" in recorded and "surfaces" in recorded
 
 
-def test_us_only_fallback_until_an_xray_arrives(session_files):
+def _landmark_node(session_files):
+    """A node without X-ray or OpenIGTLink output, levels from the true centroids as landmarks."""
     session, files = session_files
     cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.2}, "compound": ROI,
                         "publish": {"igtl_enabled": False},
                         "bone": {"landmarks_mm": {lv: v.centroid_mm.tolist() for lv, v in session.spine.vertebrae.items()}}})
-    node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
+    return Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
                 calibration=session.calibration)
+
+
+def test_us_only_fallback_until_an_xray_arrives(session_files):
+    node = _landmark_node(session_files)
     node.start()
     try:
         assert node.wait_source_done(timeout=120)
@@ -86,12 +91,7 @@ def test_us_only_fallback_until_an_xray_arrives(session_files):
 
 
 def test_meshing_on_two_workers_gives_the_same_surfaces_as_on_one(session_files):
-    session, files = session_files
-    cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.2}, "compound": ROI,
-                        "publish": {"igtl_enabled": False},
-                        "bone": {"landmarks_mm": {lv: v.centroid_mm.tolist() for lv, v in session.spine.vertebrae.items()}}})
-    node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
-                calibration=session.calibration)
+    node = _landmark_node(session_files)
     node.start()
     try:
         assert node.wait_source_done(timeout=120)
@@ -101,7 +101,7 @@ def test_meshing_on_two_workers_gives_the_same_surfaces_as_on_one(session_files)
     results = {}
     for workers in (1, 2):
         surface = parse_launch({"surface": {"workers": workers}}).surface
-        updater = SurfaceUpdater(node.updater.engines, bone=cfg.bone, xray_cfg=cfg.xray, surface=surface)
+        updater = SurfaceUpdater(node.updater.engines, bone=node.cfg.bone, xray_cfg=node.cfg.xray, surface=surface)
         try:
             results[workers] = updater.update(volume, beam_direction=info["beam_direction"], xray=None)
         finally:
