@@ -184,7 +184,8 @@ def run_conformance() -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=42, help="frames timed per variant (default: %(default)s)")
-    parser.add_argument("--out", default=str(ROOT / "bench_out" / "bench_compound.json"))
+    parser.add_argument("--json", "--out", dest="out", default=str(ROOT / "bench_out" / "bench_compound.json"),
+                        help="write the results here (--json, as the other benchmarks; --out kept)")
     parser.add_argument("--torch-device", default=None,
                         help="also time the torch backend on this device (default: cuda when available)")
     args = parser.parse_args(argv)
