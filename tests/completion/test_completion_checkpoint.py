@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config, tiny_inputs
+from tiny_models import tiny_config, tiny_inputs
 from torch import nn
 
 from usx_stream.completion import checkpoint

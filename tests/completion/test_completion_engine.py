@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, tiny_inputs
+from tiny_models import tiny_config, tiny_inputs
 
 from usx_stream.completion import normalize
 from usx_stream.completion.checkpoint import state_dict_hash

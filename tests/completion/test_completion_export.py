@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from tiny_models import tiny_config
 
 from usx_stream.completion import export
 from usx_stream.completion.nets import build_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_inputs
+from tiny_models import tiny_config, tiny_inputs
 
 from usx_stream.completion.nets import (
     CompletionNet, InferenceModule, ModelConfig, build_model, point_uncertainty)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from tiny_models import tiny_config
 
 from usx_stream import cli
 from usx_stream.completion.checkpoint import save_checkpoint
