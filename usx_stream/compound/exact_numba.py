@@ -13,7 +13,7 @@ from collections import namedtuple
 import numba as nb
 import numpy as np
 
-from .exact_spans import MAX_STEP, rows_linear_mean, rows_nn_mean
+from .exact_spans import MAX_STEP, corner_weight, rows_linear_mean, rows_nn_mean
 from .paste_exact import FLOAT_UNIT, KEY_FRAME_SHIFT, KEY_WEIGHT_SHIFT, LINEAR_UNIT
 
 MODE_CODES = {"MEAN": 0, "MAXIMUM": 1, "LATEST": 2}
@@ -82,11 +82,7 @@ def _rows_linear(image, segments, m, j0, j1, dims, sums, weights, values, keys, 
                 x0, y0, z0 = np.int64(fx0), np.int64(fy0), np.int64(fz0)
                 hit = False
                 for c in range(8):
-                    ox, oy, oz = (c >> 2) & 1, (c >> 1) & 1, c & 1
-                    wx = fx if ox else 1.0 - fx
-                    wy = fy if oy else 1.0 - fy
-                    wz = fz if oz else 1.0 - fz
-                    wq = np.int64((wx * wy) * wz * LINEAR_UNIT + 0.5)  # >= 0: truncation is floor
+                    ox, oy, oz, wq = corner_weight(fx, fy, fz, c)
                     x, y, z = x0 + ox, y0 + oy, z0 + oz
                     if wq <= 0 or x < 0 or y < 0 or z < 0 or x >= nx or y >= ny or z >= nz:
                         continue

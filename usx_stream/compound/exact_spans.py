@@ -28,6 +28,18 @@ def _value(image, j, i, is_int):
 
 
 @nb.njit(inline="always")
+def corner_weight(fx, fy, fz, c):
+    """Offsets (0/1 per axis) and integer trilinear weight of corner ``c`` (0..7) of a cell, for the
+    fractional position ``(fx, fy, fz)`` in it: the rule of :mod:`usx_stream.compound.paste_exact`, shared
+    by the per-pixel and the span kernels so that both stay identical to it."""
+    ox, oy, oz = (c >> 2) & 1, (c >> 1) & 1, c & 1
+    wx = fx if ox else 1.0 - fx
+    wy = fy if oy else 1.0 - fy
+    wz = fz if oz else 1.0 - fz
+    return ox, oy, oz, np.int64((wx * wy) * wz * LINEAR_UNIT + 0.5)  # >= 0: truncation is floor
+
+
+@nb.njit(inline="always")
 def _coord(b, s, i, h):
     """The voxel coordinate of column ``i``: the reference expression, same operations, same order."""
     return np.int64(math.floor(b + i * s + h))
@@ -238,11 +250,7 @@ def _cell_edge(image, j, i0, i1, b, sv, k, dims, acc, q):
         fz = (b[2] + i * sv[2]) - fz0
         hit = False
         for c in range(8):
-            ox, oy, oz = (c >> 2) & 1, (c >> 1) & 1, c & 1
-            wx = fx if ox else 1.0 - fx
-            wy = fy if oy else 1.0 - fy
-            wz = fz if oz else 1.0 - fz
-            wq = np.int64((wx * wy) * wz * LINEAR_UNIT + 0.5)  # >= 0: truncation is floor
+            ox, oy, oz, wq = corner_weight(fx, fy, fz, c)
             x, y, z = k[0] + ox, k[1] + oy, k[2] + oz
             if wq <= 0 or x < 0 or y < 0 or z < 0 or x >= nx or y >= ny or z >= nz:
                 continue
