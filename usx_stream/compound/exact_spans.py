@@ -97,41 +97,49 @@ def axis_steps(b, s, h, i0, stop, cols):
 
 
 @nb.njit(inline="always")
-def _span_sum(image, j, i, end, q):
-    """Sum of the quantised values and number of kept pixels among columns ``i <= k < end``.
+def _row_prefix(image, j, i0, stop, q, total, kept):
+    """Running sums over columns ``i0 <= i < stop`` of row ``j``: ``total[i + 1] - total[k]`` is the sum
+    of the quantised kept values of columns ``k <= c <= i`` (``kept`` likewise counts them; filled only
+    with a rejection threshold, otherwise a span's count is its length).
 
-    Summed per span rather than from running sums of the row: the spans are a few pixels long, and
-    writing two running sums per pixel cost more than reading the span's pixels again."""
-    total = np.int64(0)
+    One pass of adds per row, then each span costs two reads whatever its length: a loop over the span's
+    pixels ended in a mispredicted branch per span (spans are 5-7 pixels at 0.5 mm), 21-31 % of the
+    kernel's time (820x616 frames, same process, alternating)."""
+    run = np.int64(0)
+    total[i0] = 0
     if not q.reject:
-        for k in range(i, end):
-            total += _value(image, j, k, q.is_int)
-        return total, np.int64(end - i)
-    kept = np.int64(0)
-    for k in range(i, end):
-        if not image[j, k] < q.threshold:
-            total += _value(image, j, k, q.is_int)
-            kept += 1
-    return total, kept
+        for i in range(i0, stop):
+            run += _value(image, j, i, q.is_int)
+            total[i + 1] = run
+        return
+    count = np.int64(0)
+    kept[i0] = 0
+    for i in range(i0, stop):
+        if not image[j, i] < q.threshold:
+            run += _value(image, j, i, q.is_int)
+            count += 1
+        total[i + 1] = run
+        kept[i + 1] = count
 
 
 @nb.njit(inline="always")
-def _nn_segment(image, j, i0, stop, b, sv, dims, acc, q, cols):
+def _nn_segment(image, j, i0, stop, b, sv, dims, acc, q, cols, total, kept):
     """One row segment: spans between consecutive steps of any axis, one store per span."""
     nx, ny, nz = dims
     x, dx, _ = axis_steps(b[0], sv[0], 0.5, i0, stop, cols[0])
     y, dy, _ = axis_steps(b[1], sv[1], 0.5, i0, stop, cols[1])
     z, dz, _ = axis_steps(b[2], sv[2], 0.5, i0, stop, cols[2])
+    _row_prefix(image, j, i0, stop, q, total, kept)
     ax = ay = az = 1
     i = i0
     pasted = 0
     while i < stop:
         end = min(cols[0, ax], cols[1, ay], cols[2, az])
-        if end > i and 0 <= x < nx and 0 <= y < ny and 0 <= z < nz:
-            total, count = _span_sum(image, j, i, end, q)
+        if 0 <= x < nx and 0 <= y < ny and 0 <= z < nz:
+            count = kept[end] - kept[i] if q.reject else end - i
             if count > 0:
                 idx = 2 * ((z * ny + y) * nx + x)
-                acc[idx] += total
+                acc[idx] += total[end] - total[i]
                 acc[idx + 1] += count
                 pasted += count
         i = end
@@ -155,6 +163,8 @@ def rows_nn_mean(image, segments, m, j0, j1, dims, acc, q):
     two updates then fall in one cache line."""
     width = image.shape[1]
     cols = np.empty((3, width + 2), np.int64)
+    total = np.empty(width + 1, np.int64)
+    kept = np.empty(width + 1, np.int64)
     sv = (m[0, 0], m[1, 0], m[2, 0])
     pasted = 0
     for j in range(j0, j1):
@@ -162,7 +172,7 @@ def rows_nn_mean(image, segments, m, j0, j1, dims, acc, q):
         for s in range(2):
             i0, stop = segments[j, 2 * s], segments[j, 2 * s + 1] + 1
             if i0 < stop:
-                pasted += _nn_segment(image, j, i0, stop, b, sv, dims, acc, q, cols)
+                pasted += _nn_segment(image, j, i0, stop, b, sv, dims, acc, q, cols, total, kept)
     return pasted
 
 
