@@ -44,6 +44,17 @@ class UpdateResult:
     centres_source: str = "none"
 
 
+@dataclass
+class UpdateInputs:
+    """Steps 1-3 of an update: the fusion used, where the level centres came from, the bone points of
+    each level (Reference, mm) and the prepared network input of each visible level."""
+
+    fusion: str
+    centres_source: str
+    per_level: dict[str, np.ndarray]
+    clouds: list
+
+
 def xray_level_centres(xray: XraySnapshot, bone_ref_mm: np.ndarray, lateral_hint=None) -> dict[str, np.ndarray]:
     """Level centres (Reference, mm) from the labelmap on the spine's mid-sagittal plane."""
     if not (xray.ready and len(bone_ref_mm)):
@@ -80,9 +91,10 @@ class SurfaceUpdater:
         self.landmarks = {k: np.asarray(v, dtype=np.float64) for k, v in (bone.landmarks_mm or {}).items()}
         self._pool, self._pool_size = None, 0
 
-    def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
-               timestamp: float = 0.0, force_fusion: str | None = None) -> UpdateResult:
-        """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray."""
+    def inputs(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
+               force_fusion: str | None = None) -> UpdateInputs:
+        """Steps 1-3: the network inputs of every visible level, exactly as :meth:`update` feeds them
+        (also what ``usx-stream dataset --node-sessions`` trains on)."""
         t = self.telemetry
         with t.time("bone_points"):
             bone = extract_bone_points(volume, threshold=self._bone.probability_threshold,
@@ -93,12 +105,23 @@ class SurfaceUpdater:
                 xray_centres=xray_level_centres(xray, bone) if use_xray else None, landmarks=self.landmarks or None)
             per_level = split_levels(bone, centres, max_radius_mm=self._bone.split_max_radius_mm) if centres else {}
         fusion = force_fusion or ("multimodal" if use_xray else "us_only")
-        result = UpdateResult(fusion=fusion, centres_source=source)
         levels = [lv for lv, pts in per_level.items() if len(pts) >= max(self._bone.min_points, 1)]
-        if not levels:
+        clouds = []
+        if levels:
+            with t.time("prepare"):
+                clouds = self._prepare(levels, per_level, centres, beam_direction,
+                                       xray if fusion == "multimodal" else None)
+        return UpdateInputs(fusion, source, per_level, clouds)
+
+    def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
+               timestamp: float = 0.0, force_fusion: str | None = None) -> UpdateResult:
+        """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray."""
+        t = self.telemetry
+        inputs = self.inputs(volume, beam_direction=beam_direction, xray=xray, force_fusion=force_fusion)
+        fusion, per_level, clouds = inputs.fusion, inputs.per_level, inputs.clouds
+        result = UpdateResult(fusion=fusion, centres_source=inputs.centres_source)
+        if not clouds:
             return result
-        with t.time("prepare"):
-            clouds = self._prepare(levels, per_level, centres, beam_direction, xray if fusion == "multimodal" else None)
         engine = self.engines[fusion]
         with t.time("complete"):
             partial = np.stack([c.partial for c in clouds])
@@ -109,7 +132,7 @@ class SurfaceUpdater:
                 result.points_ref_mm[cloud.level] = prep.to_reference(cloud, unit)
                 result.partial_ref_mm[cloud.level] = per_level[cloud.level]
             for level, surface in self._mesh_levels(result.points_ref_mm).items():
-                surface.metadata.update({"fusion": fusion, "level": level, "centres": source})
+                surface.metadata.update({"fusion": fusion, "level": level, "centres": inputs.centres_source})
                 surface.timestamp = timestamp
                 result.surfaces[level] = surface
         result.labelmap_ref_mm = {c.level: prep.to_reference(c, c.labelmap_points) for c in clouds

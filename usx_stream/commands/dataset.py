@@ -12,6 +12,7 @@ Examples:
   usx-stream dataset --out verse.h5 --meshes ../shared/data/vertebrae/verse_L1 --frame LPS --repeats 4
   usx-stream dataset --out vh.h5 --meshes ../shared/data/vertebrae/visible_human_male_L1-L5 --scale 1000
   usx-stream dataset --out ct.h5 --labelmaps segmentations/     # VerSe-style label volumes
+  usx-stream dataset --out node.h5 --node-sessions 100 --seed 11  # the node's own inputs (sim.node_dataset)
 
 CT segmentations: one integer label per vertebra (VerSe: 20..24 = L1..L5), NIfTI (RAS world) or NRRD /
 MetaImage (LPS); each label is meshed in place, so the vertebrae occlude each other as in the patient.
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output HDF5 file")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--procedural", type=int, metavar="N", help="number of procedural spines (5 vertebrae each)")
+    src.add_argument("--node-sessions", type=int, metavar="N", dest="node_sessions",
+                     help="number of simulated sessions run through the node's own ingest and update inputs "
+                          "(5 vertebrae each, ~30 s CPU per session; see --launch)")
     src.add_argument("--meshes", metavar="DIR", help="folder of vertebra meshes (level in the file name)")
     src.add_argument("--labelmaps", metavar="DIR",
                      help="folder of multi-label CT segmentations (.nii/.nii.gz/.nrrd/.mha; 20..24 = L1..L5)")
@@ -57,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variation", type=float, default=1.0, help="procedural shape variation (1 = published)")
     parser.add_argument("--mesh-spacing", type=float, default=1.5, dest="mesh_spacing",
                         help="grid spacing of the procedural meshes, mm (coarser is faster)")
+    parser.add_argument("--launch", default=None,
+                        help="--node-sessions: the launch file whose compounding, bone and X-ray settings "
+                             "the node uses (default launch/demo.toml)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from ..sim.dataset import PairConfig, generate
     from ..sim.visibility import SweepConfig
 
+    if args.node_sessions is not None:
+        return _run_node(args)
     try:
         cfg = PairConfig(sweep=SweepConfig(**_sweep_options(args)), variation=args.variation,
                          mesh_spacing_mm=args.mesh_spacing)
@@ -91,6 +100,24 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         log.error("dataset: %s", e)
         return 2
+    return _print_report(report)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from ..assemble import default_launch_dir
+    from ..sim.node_dataset import generate_node
+
+    try:
+        report = generate_node(args.out, sessions=args.node_sessions, seed=args.seed,
+                               launch=args.launch or default_launch_dir() / "demo.toml", workers=args.workers,
+                               command="usx-stream " + shlex.join(sys.argv[1:]), progress=not args.no_progress)
+    except ValueError as e:
+        log.error("dataset: %s", e)
+        return 2
+    return _print_report(report)
+
+
+def _print_report(report) -> int:
     levels = ", ".join(f"{k} {v}" for k, v in report.number_per_level.items())
     print(f"wrote {report.path}: {report.samples} samples ({levels}); skipped {len(report.skipped)}")
     for reason in report.skipped:

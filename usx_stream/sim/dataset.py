@@ -284,12 +284,7 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
 
         fn = functools.partial(labelmap_pairs, seed=seed, cfg=cfg)
         items, source = _files(Path(labelmaps), LABELMAP_SUFFIXES, "labelmaps"), f"labelmaps:{Path(labelmaps).name}"
-    samples, skipped = [], []
-    for s, k in _run(fn, items, workers=workers, progress=progress):
-        samples += s
-        skipped += k
-    for reason in skipped:
-        log.warning("skipped %s", reason)
+    samples, skipped = collect_pairs(fn, items, workers=workers, progress=progress)
     attrs = {"seed": int(seed), "source": source, "command": command, "skipped": skipped,
              "config": _config_dict(cfg), "frame": frame or "registered", "scale": float(scale)}
     path = write_pairs(out, samples, attrs=attrs, mm_per_unit=SCALE_MM)
@@ -301,6 +296,18 @@ def _config_dict(cfg: PairConfig) -> dict:
     import dataclasses
 
     return dataclasses.asdict(cfg)
+
+
+def collect_pairs(fn, items: list, *, workers: int, progress: bool) -> tuple[list, list[str]]:
+    """``fn(item) -> (samples, skipped)`` over every item, in order, in ``workers`` processes; the
+    samples and skip reasons (each also logged) of all of them."""
+    samples, skipped = [], []
+    for s, k in _run(fn, items, workers=workers, progress=progress):
+        samples += s
+        skipped += k
+    for reason in skipped:
+        log.warning("skipped %s", reason)
+    return samples, skipped
 
 
 def _run(fn, items: list, *, workers: int, progress: bool):

@@ -128,6 +128,33 @@ def read_pairs(path: str | Path) -> PairedArrays:
     return PairedArrays(partial, labelmap, complete, labels, names, mm, centers, attrs)
 
 
+def read_pairs_many(spec: str | Path) -> PairedArrays:
+    """:func:`read_pairs` of one file, or of several given as ``"a.h5,b.h5"``, concatenated in that order
+    (e.g. ray-cast pairs and pairs made on the node's own path, ``usx-stream dataset --node-sessions``).
+    All files must use the same units and point counts."""
+    paths = [p for p in str(spec).split(",") if p.strip()]
+    if not paths:
+        raise ValueError(f"data files: none given in {spec!r}")
+    parts = [read_pairs(p.strip()) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for path, part in zip(paths[1:], parts[1:]):
+        if part.mm_per_unit != first.mm_per_unit:
+            raise ValueError(f"data file {path}: mm_per_unit {part.mm_per_unit} differs from {paths[0]}'s "
+                             f"{first.mm_per_unit}")
+        for name in ("partial", "labelmap", "complete"):
+            if getattr(part, name).shape[1:] != getattr(first, name).shape[1:]:
+                raise ValueError(f"data file {path}: {name} points {getattr(part, name).shape[1:]} differ from "
+                                 f"{paths[0]}'s {getattr(first, name).shape[1:]}")
+    centers = (np.concatenate([p.centers_mm for p in parts]) if all(p.centers_mm is not None for p in parts)
+               else None)
+    return PairedArrays(np.concatenate([p.partial for p in parts]), np.concatenate([p.labelmap for p in parts]),
+                        np.concatenate([p.complete for p in parts]), np.concatenate([p.labels for p in parts]),
+                        [n for p in parts for n in p.names], first.mm_per_unit, centers,
+                        {"files": [str(p) for p in paths]})
+
+
 def torch_dataset(arrays: PairedArrays):
     """A ``torch.utils.data.TensorDataset`` of (partial, labelmap, complete, label) tensors."""
     import torch

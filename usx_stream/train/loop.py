@@ -24,7 +24,7 @@ import torch
 from ..metrics import calc_cd
 from .config import TrainConfig
 from .augment import augment_batch
-from .data import PairedArrays, read_pairs
+from .data import PairedArrays, read_pairs, read_pairs_many
 from .losses import alpha_for_epoch, completion_loss
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> T
     handler = _attach_log(out)
     try:
         run = _Run(cfg, resume=resume)
-        train_set = read_pairs(cfg.data)
+        train_set = read_pairs_many(cfg.data)
         run.mm_per_unit = train_set.mm_per_unit
         x_tr, lm_tr = model_inputs(train_set, run.model_cfg, cfg.data)
         shift = frame_shift(train_set, run.model_cfg)[:, None]
