@@ -132,10 +132,10 @@ def read_pairs_many(spec: str | Path) -> PairedArrays:
     """:func:`read_pairs` of one file, or of several given as ``"a.h5,b.h5"``, concatenated in that order
     (e.g. ray-cast pairs and pairs made on the node's own path, ``usx-stream dataset --node-sessions``).
     All files must use the same units and point counts."""
-    paths = [p for p in str(spec).split(",") if p.strip()]
+    paths = [p.strip() for p in str(spec).split(",") if p.strip()]
     if not paths:
         raise ValueError(f"data files: none given in {spec!r}")
-    parts = [read_pairs(p.strip()) for p in paths]
+    parts = [read_pairs(p) for p in paths]
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
