@@ -9,7 +9,7 @@ import torch
 from usx_stream.completion.engine import CompletionEngine
 from usx_stream.completion.nets import ModelConfig, build_model
 from usx_stream.config import parse_launch
-from usx_stream.frames import LEVELS
+from usx_stream.frames import LEVELS, XrayImage
 from usx_stream.pipeline import Node
 from usx_stream.sim.live import LiveSimulation
 from usx_stream.sim.session import simulate_session, write_session
@@ -66,13 +66,13 @@ def test_node_streams_all_five_completed_surfaces_to_a_socket_client(session_fil
     assert "inputs_0000.igs.mha" in recorded and "surfaces" in recorded
 
 
-def _landmark_node(session_files):
+def _landmark_node(session_files, source_class=SequenceReplay):
     """A node without X-ray or OpenIGTLink output, levels from the true centroids as landmarks."""
     session, files = session_files
     cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.2}, "compound": ROI,
                         "publish": {"igtl_enabled": False},
                         "bone": {"landmarks_mm": {lv: v.centroid_mm.tolist() for lv, v in session.spine.vertebrae.items()}}})
-    return Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
+    return Node(cfg, source=source_class(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
                 calibration=session.calibration)
 
 
@@ -110,3 +110,29 @@ def test_meshing_on_two_workers_gives_the_same_surfaces_as_on_one(session_files)
     for lv in LEVELS:
         np.testing.assert_array_equal(results[1].surfaces[lv].vertices_mm, results[2].surfaces[lv].vertices_mm)
         np.testing.assert_array_equal(results[1].surfaces[lv].triangles, results[2].surfaces[lv].triangles)
+
+
+class _BadXrayFirst(SequenceReplay):
+    """The recording, preceded by an X-ray labelmap that no cache can accept (a label outside 1..5)."""
+
+    def _run(self) -> None:
+        labels = np.zeros((8, 8), np.uint8)
+        labels[2:4, 2:4] = 9
+        self._emit(XrayImage(None, labels, np.array([0.3, 0.3]), 1.0))
+        super()._run()
+
+
+def test_a_bad_xray_is_counted_and_the_node_keeps_every_frame(session_files):
+    session, _ = session_files
+    node = _landmark_node(session_files, _BadXrayFirst)
+    node.start()
+    try:
+        assert node.wait_source_done(timeout=120)
+        result = node.run_update()
+    finally:
+        node.stop()
+    assert node.error is None
+    assert node.ingest.frames_received == len(session.frames)
+    assert node.telemetry.report()["counters"]["xray_rejected"] == 1
+    assert node.xray.rejected == 1 and "label 9" in node.xray.last_error
+    assert result.fusion == "us_only" and set(result.surfaces) == set(LEVELS)

@@ -121,12 +121,16 @@ class Volume:
 
 @dataclass
 class XrayImage:
-    """A cached intraoperative X-ray and its vertebral-body labelmap.
+    """An intraoperative X-ray and/or its vertebral-body labelmap.
+
+    Over OpenIGTLink the two arrive as separate messages, so an item may hold either part alone;
+    :class:`~usx_stream.xray.cache.XrayCache` merges them.
 
     Attributes
     ----------
-    pixels : (H, W) ndarray
-        Projection image (attenuation line integrals or display intensities).
+    pixels : (H, W) ndarray or None
+        Projection image (attenuation line integrals or display intensities); None when the item
+        carries only a labelmap.
     labelmap : (H, W) uint8 ndarray or None
         Vertebral-body labels, 0 = background, 1..5 = L1..L5.
     pixel_spacing_mm : (2,) float ndarray
@@ -136,7 +140,7 @@ class XrayImage:
         C-arm geometry (intrinsics and XrayToReference) from ``usx_stream.xray``.
     """
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     labelmap: np.ndarray | None
     pixel_spacing_mm: np.ndarray
     timestamp: float = 0.0

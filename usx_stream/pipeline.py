@@ -129,9 +129,14 @@ class Node:
                 continue
             arrival = time.monotonic()
             if isinstance(item, XrayImage):
-                self.xray.update_from_xray_image(item)
-                if self.recorder is not None:
+                if self.recorder is not None:  # the input as received, accepted or not
                     self.recorder.add_xray(item)
+                try:
+                    self.xray.update_from_xray_image(item)
+                except ValueError:
+                    # a bad X-ray from the network must not stop the node: the cache keeps its last good
+                    # state, counts the rejection and logs the reason (field and value)
+                    self.telemetry.count("xray_rejected")
             elif isinstance(item, TrackedFrame):
                 self.ingest.add(item, arrival_s=arrival)
                 if self.recorder is not None:

@@ -4,7 +4,7 @@ Layout under ``record.dir``::
 
     inputs_0000.igs.mha, inputs_0001.igs.mha, ...   tracked frames, PLUS sequence files of ``chunk_frames``
                                                     frames each (memory stays bounded in long sessions)
-    xray_0000.npz, ...                              each X-ray received: pixels, labelmap, spacing, timestamp
+    xray_0000.npz, ...                              each X-ray item received: pixels and/or labelmap, spacing, timestamp
     surfaces/NNNNNN_L3_Completed.ply                every published surface, numbered by update
     surfaces/index.jsonl                            one line per surface: update, name, timestamp, metadata
 
@@ -51,10 +51,10 @@ class SessionRecorder:
         if not self.inputs:
             return
         path = self.dir / f"xray_{self._xrays:04d}.npz"
-        arrays = {"pixels": xray.pixels, "pixel_spacing_mm": np.asarray(xray.pixel_spacing_mm),
-                  "timestamp": np.float64(xray.timestamp)}
-        if xray.labelmap is not None:
-            arrays["labelmap"] = xray.labelmap
+        arrays = {"pixel_spacing_mm": np.asarray(xray.pixel_spacing_mm), "timestamp": np.float64(xray.timestamp)}
+        for name in ("pixels", "labelmap"):  # an item may carry either part alone
+            if getattr(xray, name) is not None:
+                arrays[name] = getattr(xray, name)
         np.savez_compressed(path, **arrays)
         self._xrays += 1
 

@@ -9,6 +9,7 @@ from usx_stream.igtl import ImageContent, Message
 from usx_stream.igtl.codec import HEADER_SIZE, decode_body, encode_bytes, parse_header
 from usx_stream.igtl.receiver import PlusReceiver, ReceiverConfig
 from usx_stream.transforms import rotation, translation
+from usx_stream.xray.cache import XrayCache
 
 IMAGE_TO_REF = np.array([[0.0, -0.1, 0.0, 5.0], [0.1, 0.0, 0.0, 6.0], [0.0, 0.0, 0.1, 7.0], [0, 0, 0, 1]])
 
@@ -119,9 +120,31 @@ def test_xray_and_labelmap_under_configured_names():
     assert x1.labelmap is None
     np.testing.assert_array_equal(x1.pixels, xray)
     np.testing.assert_allclose(x1.pixel_spacing_mm, [0.3, 0.3])
-    (x2,) = r.feed(Message("IMAGE", "CArmLabels", ImageContent.from_2d(labels, spacing), 50.0), now=0)
+    (x2,) = r.feed(Message("IMAGE", "CArmLabels", ImageContent.from_2d(labels, spacing), 51.0), now=0)
     np.testing.assert_array_equal(x2.labelmap, labels)
-    np.testing.assert_array_equal(x2.pixels, xray)
+    assert x2.pixels is None and x2.timestamp == 51.0   # each item holds what its message carried
+    # the cache merges the parts, in either order of arrival
+    for items in ((x1, x2), (x2, x1)):
+        cache = XrayCache(image_device="CArm", labelmap_device="CArmLabels")
+        for item in items:
+            cache.update_from_xray_image(item)
+        snap = cache.snapshot()
+        np.testing.assert_array_equal(snap.pixels, xray)
+        np.testing.assert_array_equal(snap.labelmap, labels)
+        assert (snap.timestamp, snap.labelmap_timestamp) == (50.0, 51.0)
+
+
+def test_labelmap_before_any_image_is_not_given_an_invented_image():
+    r = PlusReceiver()
+    labels = np.zeros((5, 7), np.uint16)
+    labels[2, 3] = 300                                   # out of range: must not wrap to 44 on the way
+    (item,) = r.feed(Message("IMAGE", "XrayLabelmap", ImageContent.from_2d(labels, np.eye(4)), 5.0), now=0)
+    assert item.pixels is None
+    assert item.labelmap.max() == 300
+    cache = XrayCache()
+    with pytest.raises(ValueError, match="label 300"):
+        cache.update_from_xray_image(item)
+    assert cache.rejected == 1 and cache.snapshot().labelmap is None
 
 
 def test_config_validated():

@@ -58,7 +58,8 @@ def _frame_line(item) -> str:
     if hasattr(item, "transforms"):
         names = ", ".join(f"{k}{'' if item.transform_status.get(k, True) else '(INVALID)'}" for k in item.transforms)
         return f"frame {item.index} t={item.timestamp:.6f} {item.pixels.shape} {item.pixels.dtype} [{names}]"
-    return f"xray t={item.timestamp:.6f} {item.pixels.shape} labelmap={item.labelmap is not None}"
+    parts = [f"{name} {getattr(item, name).shape}" for name in ("pixels", "labelmap") if getattr(item, name) is not None]
+    return f"xray t={item.timestamp:.6f} {', '.join(parts)}"
 
 
 def _interrupt(signum, frame) -> None:

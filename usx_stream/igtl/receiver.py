@@ -22,8 +22,11 @@ sample after it (a tool that stopped reporting) no longer holds the image back. 
 frame before the next) or after ``max_wait_s``; a transform without a sample after the image time is
 then taken from the newest sample if it is at most ``max_gap_s`` older, and left out otherwise.
 
-X-ray. IMAGE ``xray_device`` and ``xray_labelmap_device`` (names from the launch file) become an
-:class:`~usx_stream.frames.XrayImage` holding the newest of each.
+X-ray. IMAGE ``xray_device`` and ``xray_labelmap_device`` (names from the launch file) each become an
+:class:`~usx_stream.frames.XrayImage` holding what that message carried: the image (``labelmap`` None) or
+the labelmap (``pixels`` None), with the message's own time. They are merged in one place,
+:class:`~usx_stream.xray.cache.XrayCache`, which checks that the parts fit together (a labelmap that
+arrives before any image waits there for it, rather than travelling with an invented image).
 """
 
 from __future__ import annotations
@@ -121,7 +124,6 @@ class PlusReceiver:
         self._latest_transform_t = float("-inf")  # newest tracking time seen
         self._latest_image_t = float("-inf")
         self._names_learned = bool(self.config.transform_names)  # see _ready
-        self._xray: XrayImage | None = None
         self._next_index = 0
         self.counts = {"frames": 0, "exact": 0, "interpolated": 0, "nearest": 0, "missing_transform": 0,
                        "xray": 0, "ignored": 0}
@@ -217,18 +219,11 @@ class PlusReceiver:
     def _xray_update(self, msg: Message, t: float) -> XrayImage:
         img = msg.content
         spacing = img.spacing[:2].astype(np.float64)
-        prev = self._xray
-        if msg.device_name == self.config.xray_device:
-            labelmap = prev.labelmap if prev is not None and prev.labelmap is not None \
-                and prev.labelmap.shape == img.pixels.shape else None
-            self._xray = XrayImage(img.pixels, labelmap, spacing, t)
-        else:
-            labelmap = np.asarray(img.pixels, dtype=np.uint8)
-            pixels = prev.pixels if prev is not None else np.zeros_like(labelmap, dtype=np.float32)
-            self._xray = XrayImage(pixels, labelmap, prev.pixel_spacing_mm if prev is not None else spacing,
-                                   prev.timestamp if prev is not None else t)
         self.counts["xray"] += 1
-        return self._xray
+        if msg.device_name == self.config.xray_device:
+            return XrayImage(img.pixels, None, spacing, t)
+        # values are checked (integers 0..5) by the cache, which names the bad label
+        return XrayImage(None, img.pixels, spacing, t)
 
 
 def _parse_matrix(text: str) -> np.ndarray | None:
