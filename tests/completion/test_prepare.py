@@ -22,9 +22,34 @@ def test_cranial_axes_follow_the_level_curve():
     centres = {"L1": np.array([0, 0, 80.0]), "L2": np.array([0, 5, 40.0]), "L3": np.array([0, 7, 0.0])}
     axes = cranial_axes(centres)
     assert set(axes) == {"L1", "L2", "L3"}
-    np.testing.assert_allclose(axes["L2"], np.array([0, -7, 80.0]) / np.linalg.norm([0, -7, 80.0]))
+    for lv in axes:
+        assert axes[lv] @ [0, 0, 1] > 0.98                      # cranial: towards L1
+    assert axes["L1"][1] < axes["L2"][1] < axes["L3"][1] < 0     # the curve bends: tilt grows caudally
+    two = cranial_axes({"L4": np.array([0, 0, 40.0]), "L5": np.zeros(3)})
+    np.testing.assert_allclose(two["L4"], [0, 0, 1])
+    np.testing.assert_allclose(two["L5"], [0, 0, 1])
     with pytest.raises(ValueError, match="fallback_cranial"):
         cranial_axes({"L3": np.zeros(3)})
+    np.testing.assert_allclose(cranial_axes({"L3": np.zeros(3)}, fallback_cranial=[0, 0, 2])["L3"], [0, 0, 1])
+    with pytest.raises(ValueError, match="L2 and L3 coincide"):
+        cranial_axes({"L2": np.zeros(3), "L3": np.zeros(3), "L4": np.ones(3)})
+
+
+def test_cranial_axes_are_tangent_at_the_ends_of_a_lordotic_arc():
+    # Five centres about 36 mm apart on a 200 mm-radius arc (about 40 degrees of lordosis from L1 to L5),
+    # not evenly spaced, rotated arbitrarily: the end levels' axes must be the arc's tangents, which
+    # one-sided differences miss by half a segment's angle (about 5 degrees here).
+    radius, angles = 200.0, np.radians([-21.0, -10.0, 0.0, 11.0, 20.0])
+    r = rotation([0.3, -0.2, 1.0], 0.8)[:3, :3]
+    centres = {lv: r @ [0.0, radius * (1 - np.cos(a)), radius * np.sin(a)]
+               for lv, a in zip(("L5", "L4", "L3", "L2", "L1"), angles)}
+    axes = cranial_axes(centres)
+    for lv, a in zip(("L5", "L4", "L3", "L2", "L1"), angles):
+        tangent = r @ [0.0, np.sin(a), np.cos(a)]
+        assert np.degrees(np.arccos(np.clip(axes[lv] @ tangent, -1, 1))) < 1.0, lv
+    one_sided = centres["L1"] - centres["L2"]
+    one_sided /= np.linalg.norm(one_sided)
+    assert np.degrees(np.arccos(one_sided @ (r @ [0.0, np.sin(angles[4]), np.cos(angles[4])]))) > 4.0
 
 
 def test_prepare_then_to_reference_round_trips_exactly():
