@@ -76,14 +76,19 @@ def _landmark_node(session_files, source_class=SequenceReplay):
                 calibration=session.calibration)
 
 
-def test_us_only_fallback_until_an_xray_arrives(session_files):
-    node = _landmark_node(session_files)
+def _update_after_the_last_frame(node):
+    """Run ``node`` over its whole source, then one update; the node is stopped either way."""
     node.start()
     try:
         assert node.wait_source_done(timeout=120)
-        result = node.run_update()
+        return node.run_update()
     finally:
         node.stop()
+
+
+def test_us_only_fallback_until_an_xray_arrives(session_files):
+    node = _landmark_node(session_files)
+    result = _update_after_the_last_frame(node)
     assert node.error is None
     assert result.fusion == "us_only" and result.centres_source == "landmarks"
     assert set(result.surfaces) == set(LEVELS)
@@ -113,7 +118,7 @@ def test_meshing_on_two_workers_gives_the_same_surfaces_as_on_one(session_files)
 
 
 class _BadXrayFirst(SequenceReplay):
-    """The recording, preceded by an X-ray labelmap that no cache can accept (a label outside 1..5)."""
+    """The recording, preceded by an X-ray labelmap that no cache can accept (label 9: labels are 0..5)."""
 
     def _run(self) -> None:
         labels = np.zeros((8, 8), np.uint8)
@@ -125,12 +130,7 @@ class _BadXrayFirst(SequenceReplay):
 def test_a_bad_xray_is_counted_and_the_node_keeps_every_frame(session_files):
     session, _ = session_files
     node = _landmark_node(session_files, _BadXrayFirst)
-    node.start()
-    try:
-        assert node.wait_source_done(timeout=120)
-        result = node.run_update()
-    finally:
-        node.stop()
+    result = _update_after_the_last_frame(node)
     assert node.error is None
     assert node.ingest.frames_received == len(session.frames)
     assert node.telemetry.report()["counters"]["xray_rejected"] == 1

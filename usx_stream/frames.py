@@ -131,8 +131,9 @@ class XrayImage:
     pixels : (H, W) ndarray or None
         Projection image (attenuation line integrals or display intensities); None when the item
         carries only a labelmap.
-    labelmap : (H, W) uint8 ndarray or None
-        Vertebral-body labels, 0 = background, 1..5 = L1..L5.
+    labelmap : (H, W) integer ndarray or None
+        Vertebral-body labels, 0 = background, 1..5 = L1..L5 (as received; the cache checks the values
+        and stores them as uint8).
     pixel_spacing_mm : (2,) float ndarray
         Detector pixel size (column, row), mm.
     timestamp : float
