@@ -58,9 +58,11 @@ def test_node_streams_all_five_completed_surfaces_to_a_socket_client(session_fil
         surface = live.counter.latest[f"{lv}_Completed"]
         assert len(surface.vertices_mm) >= 4 and len(surface.triangles) >= 4  # untrained net: any closed mesh
         assert surface.metadata["fusion"] == "multimodal"
+        # the X-ray body fit's outcome travels with the surface (untrained net: applied or not, with why)
+        assert "xray_body_shift_mm" in surface.metadata or "xray_body_fit" in surface.metadata
         assert np.all(np.isfinite(surface.vertices_mm))
     stages = node.telemetry.report()["stages"]
-    for stage in ("bone_detect", "compound", "bone_points", "complete", "mesh", "end_to_end"):
+    for stage in ("bone_detect", "compound", "bone_points", "complete", "body_fit", "mesh", "end_to_end"):
         assert stages[stage]["count"] > 0, stage
     recorded = sorted(p.name for p in (tmp_path / "rec").iterdir())
     assert "inputs_0000.igs.mha" in recorded and "surfaces" in recorded
@@ -93,6 +95,7 @@ def test_us_only_fallback_until_an_xray_arrives(session_files):
     assert result.fusion == "us_only" and result.centres_source == "landmarks"
     assert set(result.surfaces) == set(LEVELS)
     assert all(s.metadata["fusion"] == "us_only" for s in result.surfaces.values())
+    assert not any(k.startswith("xray_body") for s in result.surfaces.values() for k in s.metadata)
 
 
 def test_meshing_on_two_workers_gives_the_same_surfaces_as_on_one(session_files):

@@ -129,6 +129,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "labelmap_path": Key("path", "", "labelmap file for source = file"),
         "geometry": Key("path", "", "C-arm geometry file (intrinsics and XrayToReference)"),
         "points_per_level": Key("int", 1024, "labelmap points per level after back-projection", lo=16),
+        "fit_body": Key("bool", True, "fit each completed body to its X-ray silhouette along the cranial axis"),
     },
     "completion": {
         "backend": Key("str", "auto", "engine", choices=("auto", "tensorrt", "compiled", "eager")),

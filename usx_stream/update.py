@@ -10,7 +10,9 @@ never builds a queue. Steps (each timed in telemetry):
 3. ``prepare``: per level, canonical frame (``completion.prepare``) and labelmap points on the vertebra's
    mid-sagittal plane (multimodal) — US-only until an X-ray arrives, flagged in the surface metadata;
 4. ``complete``: every visible level in one batch through the completion engine;
-5. ``mesh``: completed points -> watertight mesh within the triangle budget.
+5. ``body_fit`` (multimodal, ``xray.fit_body``): each completed body fitted to its X-ray silhouette along
+   the cranial axis (``completion.body_fit``);
+6. ``mesh``: completed points -> watertight mesh within the triangle budget.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 from .bone.points import extract_bone_points
 from .bone.split import choose_level_centres, split_levels
 from .completion import prepare as prep
+from .completion.body_fit import fit_body_to_silhouette
+from .completion.normalize import SCALE_MM
 from .frames import LEVELS, Surface, Volume
 from .surface.mesh import mesh_points
 from .telemetry import Telemetry
@@ -76,6 +80,20 @@ def run_engine(engine, partial_unit: np.ndarray, labelmap_unit: np.ndarray | Non
     return out.float().cpu().numpy()
 
 
+def fit_bodies(clouds, completed_unit: np.ndarray) -> tuple[list[np.ndarray], dict[str, dict]]:
+    """Every multimodal cloud's body fitted to its X-ray silhouette; per level, the fit as surface metadata
+    (``xray_body_shift_mm`` cranial, ``xray_body_scale``; or ``xray_body_fit`` = why it was not applied)."""
+    fitted, meta = [], {}
+    for cloud, unit in zip(clouds, completed_unit):
+        out, fit = fit_body_to_silhouette(unit, cloud.labelmap_points)
+        fitted.append(out.astype(np.float32))
+        meta[cloud.level] = ({"xray_body_shift_mm": round(fit.shift * SCALE_MM, 2), "xray_body_scale": round(fit.scale, 3)}
+                             if fit.applied else {"xray_body_fit": f"not applied: {fit.reason}"})
+        if not fit.applied:
+            log.info("body fit of %s not applied: %s", cloud.level, fit.reason)
+    return fitted, meta
+
+
 class SurfaceUpdater:
     """Turns snapshots into surfaces. ``engines`` maps ``"multimodal"`` / ``"us_only"`` to
     :class:`~usx_stream.completion.engine.CompletionEngine` objects (the US-only one is the fallback used
@@ -127,12 +145,17 @@ class SurfaceUpdater:
             partial = np.stack([c.partial for c in clouds])
             labelmap = np.stack([c.labelmap_points for c in clouds]) if fusion == "multimodal" else None
             completed = run_engine(engine, partial, labelmap)
+        fit_meta = {}
+        if fusion == "multimodal" and self._xray.fit_body:
+            with t.time("body_fit"):
+                completed, fit_meta = fit_bodies(clouds, completed)
         with t.time("mesh"):
             for cloud, unit in zip(clouds, completed):
                 result.points_ref_mm[cloud.level] = prep.to_reference(cloud, unit)
                 result.partial_ref_mm[cloud.level] = per_level[cloud.level]
             for level, surface in self._mesh_levels(result.points_ref_mm).items():
-                surface.metadata.update({"fusion": fusion, "level": level, "centres": inputs.centres_source})
+                surface.metadata.update({"fusion": fusion, "level": level, "centres": inputs.centres_source,
+                                         **fit_meta.get(level, {})})
                 surface.timestamp = timestamp
                 result.surfaces[level] = surface
         result.labelmap_ref_mm = {c.level: prep.to_reference(c, c.labelmap_points) for c in clouds

@@ -73,3 +73,36 @@ def test_eval_command_writes_json_and_report(tiny_pairs, tmp_path):
     assert out_png.stat().st_size > 10_000 and out_png.read_bytes()[:4] == b"\x89PNG"
     assert main(["eval", "--data", str(tiny_pairs), "--model", str(tmp_path / "none.pt"),
                  "--json", str(out_json)]) == 2
+
+
+class _ShiftedTruth(torch.nn.Module):
+    """Stands in for a network: "completes" each sample to its ground truth moved 2 mm caudally."""
+
+    def __init__(self, complete: np.ndarray):
+        super().__init__()
+        self.clouds = torch.from_numpy(complete - np.array([0, 0, 0.04], np.float32))
+        self.next = 0
+
+    def forward(self, partial, labelmap):
+        out = self.clouds[self.next:self.next + len(partial)]
+        self.next += len(partial)
+        return {"fine": out}
+
+
+def test_fit_body_moves_misplaced_bodies_back_for_multimodal_models_only(tiny_pairs):
+    from usx_stream.completion.body_fit import fit_body_to_silhouette
+
+    arrays = read_pairs(tiny_pairs)
+    cfg = ModelConfig.small(multimodal=True)
+    plain = evaluate_model(_ShiftedTruth(arrays.complete), cfg, arrays, name="mm")
+    fitted = evaluate_model(_ShiftedTruth(arrays.complete), cfg, arrays, name="mm", fit_body=True)
+    assert fitted.name == "mm + X-ray body fit"
+    labelmap = arrays.labelmap[:, :cfg.num_labelmap]
+    expected = np.stack([fit_body_to_silhouette(p, lm)[0] for p, lm in zip(plain.predictions, labelmap)])
+    np.testing.assert_allclose(fitted.predictions, expected, atol=1e-6)
+    assert np.all(fitted.values["body"]["assd_mm"] < plain.values["body"]["assd_mm"])
+    us_cfg = ModelConfig.small(multimodal=False)
+    us = evaluate_model(_ShiftedTruth(arrays.complete), us_cfg, arrays, name="us", fit_body=True)
+    assert us.name == "us"
+    us_plain = evaluate_model(_ShiftedTruth(arrays.complete), us_cfg, arrays, name="us")
+    np.testing.assert_array_equal(us.predictions, us_plain.predictions)

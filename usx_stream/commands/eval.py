@@ -9,6 +9,7 @@ and example completions.
 Examples:
   usx-stream eval --data test.h5 --model default --compare us-only --json eval.json --report eval.png
   usx-stream eval --data verse.h5 --model runs/mm/best.pt --json verse.json
+  usx-stream eval --data node_test.h5 --model default --compare default --fit-body --json fit.json
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", help="second model: checkpoint path or 'us-only' (shipped US-only)")
     parser.add_argument("--json", required=True, dest="json_out", help="output JSON with every number")
     parser.add_argument("--report", help="output PNG report")
+    parser.add_argument("--fit-body", action="store_true",
+                        help="fit --model's completions' bodies to the X-ray silhouette, as the node does (multimodal "
+                             "only; --compare is left as it is, so '--compare' the same model measures the fit)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N samples only (0 = all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
 
@@ -52,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
             arrays = _head(arrays, args.limit)
         specs = [args.model] + ([args.compare] if args.compare else [])
         evals = []
-        for spec in specs:
+        for k, spec in enumerate(specs):
             net, cfg, name = load_model(spec)
-            evals.append(evaluate_model(net, cfg, arrays, name=name))
+            evals.append(evaluate_model(net, cfg, arrays, name=name, fit_body=args.fit_body and k == 0))
     except (ValueError, FileNotFoundError) as e:
         log.error("eval: %s", e)
         return 2

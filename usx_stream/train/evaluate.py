@@ -62,13 +62,23 @@ def load_model(spec: str):
     return net, cfg, f"{'multimodal' if cfg.multimodal else 'us_only'} ({path.name})"
 
 
-def evaluate_model(net, model_cfg, arrays: PairedArrays, *, name: str, batch_size: int = 16) -> ModelEvaluation:
-    """Complete every sample of ``arrays`` with ``net`` and compute all metrics per region."""
+def evaluate_model(net, model_cfg, arrays: PairedArrays, *, name: str, batch_size: int = 16,
+                   fit_body: bool = False) -> ModelEvaluation:
+    """Complete every sample of ``arrays`` with ``net`` and compute all metrics per region.
+
+    ``fit_body``: a multimodal model's completions go through the node's X-ray body fit
+    (:mod:`usx_stream.completion.body_fit`) with the sample's labelmap points, as the node does."""
     from .loop import frame_shift, model_inputs, predict
 
     partial, labelmap = model_inputs(arrays, model_cfg, name)
     # Back to the file's frame (a translation: the unit-frame metrics do not change).
     fine = predict(net, partial, labelmap, batch_size=batch_size).numpy() + frame_shift(arrays, model_cfg)[:, None]
+    if fit_body and model_cfg.multimodal:
+        from ..completion.body_fit import fit_body_to_silhouette
+
+        lm = labelmap.numpy()
+        fine = np.stack([fit_body_to_silhouette(f, l)[0] for f, l in zip(fine, lm)]).astype(np.float32)
+        name = f"{name} + X-ray body fit"
     values = {r: {m: np.full(len(arrays), np.nan) for m in METRICS} for r in REGIONS}
     for i in range(len(arrays)):
         res = evaluate_completion(fine[i], arrays.complete[i], mm_per_unit=arrays.mm_per_unit)
