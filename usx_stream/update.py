@@ -89,8 +89,8 @@ def fit_bodies(clouds, completed_unit: np.ndarray) -> tuple[list[np.ndarray], di
         fitted.append(out.astype(np.float32))
         meta[cloud.level] = ({"xray_body_shift_mm": round(fit.shift * SCALE_MM, 2), "xray_body_scale": round(fit.scale, 3)}
                              if fit.applied else {"xray_body_fit": f"not applied: {fit.reason}"})
-        if not fit.applied:
-            log.info("body fit of %s not applied: %s", cloud.level, fit.reason)
+        if not fit.applied:   # every update, twice a second: the surface metadata is where it shows
+            log.debug("body fit of %s not applied: %s", cloud.level, fit.reason)
     return fitted, meta
 
 
