@@ -193,9 +193,12 @@ def main(argv=None) -> int:
     import torch
 
     frames, source = load_frames()
+    from usx_stream.hostinfo import describe_host, host_line
+
+    host = describe_host()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"compounding benchmark: {source}; {os.cpu_count()} CPUs, numba {numba.config.NUMBA_NUM_THREADS} "
-          f"threads, torch device {'cuda' if torch.cuda.is_available() else 'cpu'}, load average {load:.1f}")
+    print(f"compounding benchmark: {source}; {host_line(host)}; numba {numba.config.NUMBA_NUM_THREADS} "
+          f"threads, torch device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     torch_device = args.torch_device or ("cuda" if torch.cuda.is_available() else None)
     rows = run_paste_benchmarks(frames, args.frames, torch_device)
     holes = run_hole_benchmark(frames)
@@ -203,7 +206,7 @@ def main(argv=None) -> int:
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"  load average after the timings {load_end:.1f}")
     conformance = run_conformance()
-    report = {"conformance": conformance, "source": source, "cpus": os.cpu_count(),
+    report = {"conformance": conformance, "source": source, "cpus": os.cpu_count(), "host": host,
               "numba_threads": numba.config.NUMBA_NUM_THREADS, "load_average_at_start": load,
               "load_average_after_timings": load_end, "platform": platform.platform(),
               "python": platform.python_version(),

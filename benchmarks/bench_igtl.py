@@ -120,9 +120,12 @@ def summarize(name: str, indices: list[int], latencies: list[float], n_sent: int
     }
 
 
-def print_table(rows: dict, args, crc_backend: str, server_stats: dict) -> None:
+def print_table(rows: dict, args, crc_backend: str, server_stats: dict, host: dict) -> None:
+    from usx_stream.hostinfo import host_line
+
     print(f"OpenIGTLink ingest: {WIDTH}x{HEIGHT} uint8 at {args.fps:g} fps for {args.duration:g} s, loopback, "
           f"CRC64 backend {crc_backend}; sender dropped {server_stats.get('dropped_outbound', 0)} messages")
+    print(f"host: {host_line(host)} (at the start)")
     print(f"{'receiver':12s} {'sent':>6s} {'recv':>6s} {'lost':>6s} {'ooo':>4s} {'p50 ms':>8s} {'p95 ms':>8s} "
           f"{'p99 ms':>8s} {'max ms':>8s}")
     for r in rows.values():
@@ -158,6 +161,9 @@ def main(argv=None) -> int:
 
     from usx_stream.igtl.endpoints import Server
     from usx_stream.igtl.crc import BACKEND
+    from usx_stream.hostinfo import describe_host
+
+    host = describe_host()
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -191,11 +197,11 @@ def main(argv=None) -> int:
     server_stats = server.stats.snapshot()
     server.stop()
 
-    print_table(rows, args, BACKEND, server_stats)
+    print_table(rows, args, BACKEND, server_stats, host)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": rows,
-                                         "sender": server_stats}, indent=2))
+                                         "sender": server_stats, "host": host}, indent=2))
     return 0
 
 

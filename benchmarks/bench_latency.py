@@ -69,9 +69,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from usx_stream.config import load_launch
+    from usx_stream.hostinfo import describe_host, host_line
     from usx_stream.sim.live import LiveSimulation
     from usx_stream.sim.session import simulate_session, write_session
 
+    host = describe_host()
+    print(f"host: {host_line(host)} (at the start)", flush=True)
     cfg = load_launch(args.launch)
     session = simulate_session(int(cfg.source.seed), n_frames=args.frames)
     out = Path(args.json).parent if args.json else REPO / "bench_out"
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
         "max_queue_depth": max((s["queued"] for s in samples), default=0),
         "e2e_p95_ms_quarter_vs_end": [first.get("e2e_p95_ms"), last.get("e2e_p95_ms")],
         "stages": stages, "baseline_same_run": baseline, "samples": samples,
-        "engine": live.engines["multimodal"].describe(),
+        "engine": live.engines["multimodal"].describe(), "host": host,
     }
     print(json.dumps({k: v for k, v in report.items() if k not in ("samples", "stages")}, indent=2, default=str))
     print("stage p50/p95 ms:", {k: (round(v["p50_ms"] or 0, 1), round(v["p95_ms"] or 0, 1)) for k, v in stages.items()})
