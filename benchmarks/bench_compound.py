@@ -192,11 +192,11 @@ def main(argv=None) -> int:
     import numba
     import torch
 
-    frames, source = load_frames()
     from usx_stream.hostinfo import describe_host, host_line
 
+    frames, source = load_frames()
     host = describe_host()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = host["load_average"]
     print(f"compounding benchmark: {source}; {host_line(host)}; numba {numba.config.NUMBA_NUM_THREADS} "
           f"threads, torch device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     torch_device = args.torch_device or ("cuda" if torch.cuda.is_available() else None)
