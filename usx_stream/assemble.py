@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import LaunchConfig
+from .config import ConfigError, LaunchConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,8 @@ def make_engine(variant: str, cfg: LaunchConfig, *, warmup: bool = True):
     c = cfg.completion
     path = c.weights if variant == "multimodal" else c.weights_us_only
     model, _, _ = load_checkpoint(path) if path else load_default(variant)
-    device = c.device
-    precision = None if (device == "cpu" or c.precision == "fp32") else c.precision
-    return CompletionEngine(model, backend=c.backend, device=device, precision=precision, max_batch=5,
+    precision = None if c.precision == "auto" else c.precision
+    return CompletionEngine(model, backend=c.backend, device=c.device, precision=precision, max_batch=5,
                             cache_dir=c.engine_cache or None, warmup=warmup)
 
 
@@ -66,21 +65,64 @@ def make_engines(cfg: LaunchConfig) -> dict:
     return {"multimodal": make_engine("multimodal", cfg), "us_only": make_engine("us_only", cfg)}
 
 
+CALIBRATE_HINT = ("make it with: usx-stream calibrate-xray --geometry calibration/carm_geometry.example.json "
+                  "--pairs FIDUCIALS.csv --out {path}  (see calibration/README.md), or set xray.enabled = false")
+
+
 def make_xray_cache(cfg: LaunchConfig):
     """An X-ray cache with the C-arm geometry of ``xray.geometry``; ``xray.source = "file"`` also loads
-    the image and labelmap files."""
+    the image and labelmap files. A disabled X-ray needs no geometry.
+
+    Raises
+    ------
+    ConfigError
+        The geometry or an X-ray file is missing or invalid: one line naming the file, the launch key and
+        the command that makes the geometry.
+    """
     from .xray.cache import XrayCache
 
     x = cfg.xray
-    cache = XrayCache.from_calibration(x.geometry) if x.geometry else XrayCache()
-    if x.source == "file" and x.image_path:
+    if not x.enabled:
+        return XrayCache()
+    if x.source == "sim" and not x.geometry:
+        # The X-ray (and labelmap, and C-arm) of the simulated session of source.seed: what `usx-stream demo`
+        # streams; a node started from demo.toml with `usx-stream run` fuses the same X-ray.
+        from .sim.session import simulate_session
+
+        session = simulate_session(int(cfg.source.seed), n_frames=cfg.source.n_frames)
+        cache = XrayCache(geometry=session.xray.geometry)
+        cache.update_from_xray_image(session.xray)
+        return cache
+    if not x.geometry:
+        raise ConfigError("xray.geometry: required when the X-ray is enabled (xray.source = "
+                          f"{x.source!r}); " + CALIBRATE_HINT.format(path="calibration/carm_geometry.json"))
+    try:
+        cache = XrayCache.from_calibration(x.geometry)
+    except FileNotFoundError:
+        raise ConfigError(f"xray.geometry: {x.geometry} does not exist; "
+                          + CALIBRATE_HINT.format(path=x.geometry)) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"xray.geometry: {x.geometry} is not a usable C-arm geometry ({e}); "
+                          + CALIBRATE_HINT.format(path=x.geometry)) from None
+    if x.source == "file":
         from .io.volumes import read_volume
 
-        def plane(path):
-            data = read_volume(path).data
+        def plane(key, path):
+            try:
+                data = read_volume(path).data
+            except FileNotFoundError:
+                raise ConfigError(f"xray.{key}: {path} does not exist") from None
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"xray.{key}: {path} cannot be read ({e})") from None
             return data[0] if data.ndim == 3 else data
 
-        cache.update(pixels=plane(x.image_path), labelmap=plane(x.labelmap_path) if x.labelmap_path else None)
+        try:
+            cache.update(pixels=plane("image_path", x.image_path),
+                         labelmap=plane("labelmap_path", x.labelmap_path) if x.labelmap_path else None)
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"xray.image_path / labelmap_path: {x.image_path}: rejected ({e})") from None
     return cache
 
 
@@ -91,7 +133,8 @@ def make_publishers(cfg: LaunchConfig) -> list:
     if p.igtl_enabled:
         from .igtl.publisher import SurfacePublisher
 
-        out.append(SurfacePublisher(role=p.igtl_mode, host=p.igtl_host, port=p.igtl_port).start())
+        out.append(SurfacePublisher(role=p.igtl_mode, host=p.igtl_host, port=p.igtl_port,
+                                    device_prefix=p.device_prefix).start())
         log.info("publishing POLYDATA as OpenIGTLink %s on %s:%d", p.igtl_mode, p.igtl_host, out[-1].port)
     if p.zmq_enabled:
         from .igtl.zmq_publisher import ZmqSurfacePublisher
@@ -121,8 +164,10 @@ def simulated_parts(cfg: LaunchConfig, workdir: str | Path | None = None) -> dic
 
 def build_node(cfg: LaunchConfig, *, source=None, xray=None, engines=None, publishers=None, calibration=None):
     """A node from ``cfg``; any part given explicitly replaces the one the launch file describes."""
+    from .compute import resolve_compute
     from .pipeline import Node
 
+    cfg = resolve_compute(cfg)
     if cfg.source.kind == "sim" and source is None:
         parts = simulated_parts(cfg)
         source, calibration = parts["source"], calibration or parts["calibration"]

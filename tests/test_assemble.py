@@ -1,0 +1,73 @@
+"""What a launch file turns into on this machine: ``auto`` compute choices, and the X-ray geometry a user
+must make (a missing or broken file is one ConfigError naming file, key and the command that makes it)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from conftest import REPO_ROOT
+from usx_stream.assemble import make_xray_cache
+from usx_stream.compute import choose_compute, resolve_compute
+from usx_stream.config import ConfigError, load_launch, parse_launch
+
+LAUNCH = REPO_ROOT / "launch"
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "or_live_plus.toml", "phantom_session.toml", "latency_bench.toml"])
+def test_every_launch_file_resolves_to_cpu_values_without_cuda(name):
+    choice = choose_compute(load_launch(LAUNCH / name), cuda=False)
+    assert (choice.completion_device, choice.precision, choice.compound_backend) == ("cpu", "fp32", "numba")
+
+
+def test_auto_takes_the_gpu_when_there_is_one_and_says_why(caplog):
+    with caplog.at_level(logging.INFO, logger="usx_stream.compute"):
+        cfg = resolve_compute(load_launch(LAUNCH / "or_live_plus.toml"), cuda=True)
+    assert (cfg.completion.device, cfg.completion.precision) == ("cuda", "fp16")
+    assert (cfg.compound.backend, cfg.compound.device) == ("torch", "cuda")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "CUDA device found" in lines[0] and "fp16" in lines[0]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"completion": {"precision": "fp16"}}, "completion.precision"),
+    ({"completion": {"device": "cuda"}}, "completion.device"),
+    ({"compound": {"device": "cuda"}}, "compound.device"),
+])
+def test_explicit_gpu_values_without_cuda_are_config_errors(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        choose_compute(parse_launch(overrides), cuda=False)
+
+
+def test_missing_geometry_names_file_key_and_the_command_that_makes_it(tmp_path):
+    cfg = load_launch(LAUNCH / "or_live_plus.toml")
+    with pytest.raises(ConfigError) as e:
+        make_xray_cache(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("xray.geometry:") and "carm_geometry.json" in msg and "usx-stream calibrate-xray" in msg
+    broken = tmp_path / "carm.json"
+    broken.write_text('{"source_to_detector_mm": 1000}')
+    with pytest.raises(ConfigError, match=r"xray.geometry: .*carm.json is not a usable C-arm geometry"):
+        make_xray_cache(cfg.with_overrides({"xray.geometry": str(broken)}))
+
+
+def test_a_disabled_xray_needs_no_geometry():
+    cfg = load_launch(LAUNCH / "or_live_plus.toml").with_overrides({"xray.enabled": False})
+    assert not make_xray_cache(cfg).snapshot().ready
+
+
+def test_the_example_geometry_loads_and_calibrates(tmp_path):
+    from usx_stream.cli import main
+    from usx_stream.xray.geometry import load_carm_geometry
+
+    out = tmp_path / "carm_geometry.json"
+    assert main(["calibrate-xray", "--geometry", str(REPO_ROOT / "calibration" / "carm_geometry.example.json"),
+                 "--pairs", str(REPO_ROOT / "calibration" / "fiducials.example.csv"), "--out", str(out),
+                 "--max-rms-mm", "0.5"]) == 0
+    cfg = load_launch(LAUNCH / "or_live_plus.toml").with_overrides({"xray.geometry": str(out)})
+    import numpy as np
+
+    got, want = make_xray_cache(cfg).snapshot().geometry, load_carm_geometry(out)
+    np.testing.assert_allclose(got.xray_to_reference, want.xray_to_reference)

@@ -1,0 +1,87 @@
+"""Where the node computes: ``auto`` launch values resolved against the machine, said in one log line.
+
+``auto`` means: on a machine with CUDA, completion on the GPU in fp16 and compounding with the torch
+backend on the GPU; on a CPU-only machine, completion in fp32 on the CPU and compounding with the numba
+kernels (the torch backend on a CPU costs ~55 ms a frame against ~1 ms for numba). Explicit values are
+kept, and a value the machine cannot run (``fp16`` or ``cuda`` without CUDA) is a
+:class:`~usx_stream.config.ConfigError` naming the key, raised before anything starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .config import ConfigError, LaunchConfig
+
+log = logging.getLogger(__name__)
+
+
+def cuda_available() -> bool:
+    """True when torch is importable and sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@dataclass(frozen=True)
+class ComputeChoice:
+    """The concrete values behind the launch file's ``auto`` keys, and why they were chosen."""
+
+    completion_device: str
+    precision: str
+    compound_backend: str
+    compound_device: str
+    reason: str
+
+    def overrides(self) -> dict[str, str]:
+        return {"completion.device": self.completion_device, "completion.precision": self.precision,
+                "compound.backend": self.compound_backend, "compound.device": self.compound_device}
+
+    def describe(self) -> str:
+        compound = self.compound_backend + (f" on {self.compound_device}" if self.compound_backend == "torch" else "")
+        return (f"compute: completion on {self.completion_device} in {self.precision}, compounding with {compound} "
+                f"({self.reason})")
+
+
+def choose_compute(cfg: LaunchConfig, *, cuda: bool | None = None) -> ComputeChoice:
+    """Resolve ``completion.device``/``precision`` and ``compound.backend``/``device``.
+
+    Parameters
+    ----------
+    cfg : LaunchConfig
+    cuda : bool, optional
+        Whether CUDA is present (default: ask torch).
+
+    Raises
+    ------
+    ConfigError
+        An explicit value needs CUDA and there is none.
+    """
+    cuda = cuda_available() if cuda is None else bool(cuda)
+    c, k = cfg.completion, cfg.compound
+    reason = "CUDA device found" if cuda else "no CUDA device"
+    for where, value in (("completion.device", c.device), ("compound.device", k.device)):
+        if value == "cuda" and not cuda:
+            raise ConfigError(f"{where}: 'cuda' needs a CUDA device and this machine has none; use 'auto' or 'cpu'")
+    device = c.device if c.device != "auto" else ("cuda" if cuda else "cpu")
+    precision = c.precision if c.precision != "auto" else ("fp16" if device == "cuda" else "fp32")
+    if device == "cpu" and precision != "fp32":
+        raise ConfigError(f"completion.precision: {precision!r} needs a CUDA device (completion.device = "
+                          f"{c.device!r}, {reason}); use 'auto' or 'fp32'")
+    backend = k.backend if k.backend != "auto" else ("torch" if cuda else "numba")
+    cdev = k.device if k.device != "auto" else ("cuda" if cuda and backend == "torch" else "cpu")
+    if backend == "torch" and cdev == "cpu" and k.backend == "torch":
+        log.warning("compound.backend = 'torch' on the CPU is ~50x slower than the numba kernels; "
+                    "'auto' picks numba on a CPU")
+    return ComputeChoice(device, precision, backend, cdev, reason)
+
+
+def resolve_compute(cfg: LaunchConfig, *, cuda: bool | None = None) -> LaunchConfig:
+    """``cfg`` with every ``auto`` compute key replaced by its concrete value; logs the one line that
+    says what was chosen and why."""
+    choice = choose_compute(cfg, cuda=cuda)
+    log.info("%s", choice.describe())
+    return cfg.with_overrides(choice.overrides())
