@@ -10,6 +10,7 @@ and pasted as soon as it does, so none is lost).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from .bone.detect import BoneDetectionParams, BoneDetector, pixel_size_from_imag
 from .compound.config import ReconstructionConfig
 from .compound.geometry import OutputGeometry
 from .compound.reconstructor import Reconstructor, frame_image_to_reference
+from .frame_check import FrameGate, image_reason, pose_reason
 from .frames import TrackedFrame, Volume
 from .telemetry import Telemetry
 from .transforms import TransformRepository
@@ -27,14 +29,40 @@ from .transforms import TransformRepository
 log = logging.getLogger(__name__)
 
 
+# A grid derived from the first frames never exceeds this many voxels (2 GiB of float32 accumulators at
+# the node's two channels): a tracking glitch among them must not allocate the machine away.
+MAX_AUTO_GRID_VOXELS = 256 * 1024 * 1024
+
+
+def _frame_corners(m: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
+    h, w = shape_hw
+    corners = np.array([[0, 0, 0, 1], [w - 1, 0, 0, 1], [0, h - 1, 0, 1], [w - 1, h - 1, 0, 1]], dtype=np.float64)
+    return (m @ corners.T)[:3].T
+
+
+def robust_frames(matrices: list[np.ndarray], shape_hw: tuple[int, int], *, slack_mm: float = 50.0) -> np.ndarray:
+    """Mask of the frames whose image centre lies near the others' (the first frames of a sweep stay
+    within a few centimetres of each other; a tracking glitch does not).
+
+    A frame is kept when each coordinate of its centre is within ``5 * MAD + slack_mm`` of the median
+    centre (MAD: median absolute deviation per axis, mm).
+    """
+    centres = np.array([_frame_corners(m, shape_hw).mean(axis=0) for m in matrices])
+    med = np.median(centres, axis=0)
+    mad = np.median(np.abs(centres - med), axis=0)
+    return np.all(np.abs(centres - med) <= 5.0 * mad + slack_mm, axis=1)
+
+
 def _grid_from_frames(matrices: list[np.ndarray], shape_hw: tuple[int, int], *, spacing_mm: float,
                       margin_mm: float) -> OutputGeometry:
     """Axis-aligned grid enclosing every frame's image corners plus ``margin_mm``."""
-    h, w = shape_hw
-    corners = np.array([[0, 0, 0, 1], [w - 1, 0, 0, 1], [0, h - 1, 0, 1], [w - 1, h - 1, 0, 1]], dtype=np.float64)
-    pts = np.vstack([(m @ corners.T)[:3].T for m in matrices])
+    pts = np.vstack([_frame_corners(m, shape_hw) for m in matrices])
     lo, hi = pts.min(axis=0) - margin_mm, pts.max(axis=0) + margin_mm
     dims = tuple(int(np.ceil((b - a) / spacing_mm)) + 1 for a, b in zip(lo, hi))
+    if int(np.prod(dims, dtype=np.int64)) > MAX_AUTO_GRID_VOXELS:
+        raise ValueError(f"compound: the first frames span {np.round(hi - lo).tolist()} mm, a grid of {list(dims)} "
+                         f"voxels at {spacing_mm} mm (> {MAX_AUTO_GRID_VOXELS}); set compound.origin_mm and "
+                         f"compound.extent_mm, or a larger compound.spacing_mm")
     return OutputGeometry(lo, np.full(3, spacing_mm), dims)
 
 
@@ -71,6 +99,9 @@ class IngestStage:
         self.reconstructor: Reconstructor | None = None
         self._pending: list[tuple[TrackedFrame, np.ndarray, dict]] = []
         self._detector: BoneDetector | None = None
+        self.gate = FrameGate()
+        self._failures_logged: set[str] = set()
+        self._outside_logged = False
         # Written by the ingest thread only; read by the completion thread under _lock.
         self._lock = threading.Lock()
         self._beam_sum = np.zeros(3)
@@ -83,34 +114,66 @@ class IngestStage:
 
     # ------------------------------------------------------------------ ingest thread
     def add(self, frame: TrackedFrame, *, arrival_s: float | None = None) -> bool:
-        """Detect bone in ``frame`` and paste it; returns False when the frame was invalid."""
+        """Validate ``frame`` (:mod:`usx_stream.frame_check`), detect bone in it and paste it.
+
+        Returns False when the frame was skipped: invalid (counted under ``frames_rejected:<reason>`` and
+        logged once per reason), marked invalid by PLUS (``frames_invalid``) or failed in a stage
+        (``frames_failed``, logged once per stage and error type). Never raises for the frame's content.
+        """
         arrival_s = time.monotonic() if arrival_s is None else arrival_s
         self.frames_received += 1
+        reason, detail = image_reason(frame.pixels)
+        if reason is not None:
+            return self._reject(frame, reason, detail)
+        if np.ndim(frame.pixels) == 3:  # (H, W, 1): one component, checked above
+            frame = dataclasses.replace(frame, pixels=np.asarray(frame.pixels)[:, :, 0])
         try:
             m, valid = frame_image_to_reference(frame, self.image_to_reference, self.calibration)
         except KeyError as e:
-            self.telemetry.drop("ingest")
-            log.warning("frame %d: %s; frame dropped", frame.index, e)
-            return False
+            return self._reject(frame, "no_image_to_reference", str(e))
         if not (valid and frame.image_status):
             self.telemetry.count("frames_invalid")
             return False
-        with self.telemetry.time("bone_detect"):
-            channels = self._detect(frame, m)
-        if self.reconstructor is None:
-            self._pending.append((frame, m, channels))
-            if len(self._pending) < self.bootstrap_frames:
+        reason, detail = pose_reason(m, np.shape(frame.pixels))
+        if reason is not None:
+            return self._reject(frame, reason, detail)
+        try:
+            with self.telemetry.time("bone_detect"):
+                channels = self._detect(frame, m)
+            if self.reconstructor is None:
+                self._pending.append((frame, m, channels))
+                if len(self._pending) >= self.bootstrap_frames:
+                    self._bootstrap()
                 return True
-            self._bootstrap()
-            return True
-        self._paste(frame, m, channels)
+            self._paste(frame, m, channels)
+        except (ValueError, ArithmeticError, IndexError, MemoryError) as e:
+            self._failed(frame, e)
+            return False
         self._note(m, arrival_s, frame.timestamp)
         return True
+
+    def _reject(self, frame: TrackedFrame, reason: str, detail: str) -> bool:
+        self.gate.reject(reason, detail, index=frame.index)
+        self.telemetry.count(f"frames_rejected:{reason}")
+        return False
+
+    def _failed(self, frame: TrackedFrame, error: BaseException) -> None:
+        key = type(error).__name__
+        self.telemetry.count("frames_failed")
+        if key not in self._failures_logged:
+            self._failures_logged.add(key)
+            log.warning("frame %d: %s: %s; frame skipped (later %s errors are only counted)", frame.index, key,
+                        error, key)
 
     def _paste(self, frame: TrackedFrame, image_to_reference: np.ndarray, channels: dict) -> None:
         if not self._inside(image_to_reference, np.asarray(frame.pixels).shape[:2]):
             # Pixels outside the grid are lost; say so (the launch file's compound ROI is too small).
             self.telemetry.count("frames_outside_grid")
+            if not self._outside_logged:
+                self._outside_logged = True
+                log.warning("frame %d lies (partly) outside the compounding grid: its pixels there are lost and "
+                            "counted as frames_outside_grid; set compound.origin_mm / extent_mm around the sweep "
+                            "(or a larger compound.margin_mm)", frame.index)
         with self.telemetry.time("compound"):
             self.reconstructor.add(frame, image_to_reference=image_to_reference, channels=channels)
 
@@ -136,22 +199,40 @@ class IngestStage:
 
     def _bootstrap(self) -> None:
         shape = np.asarray(self._pending[0][0].pixels).shape[:2]
-        grid = _grid_from_frames([m for _, m, _ in self._pending], shape, spacing_mm=self._compound.spacing_mm,
-                                 margin_mm=self._compound.margin_mm)
+        same = [p for p in self._pending if np.asarray(p[0].pixels).shape[:2] == shape]
+        keep = robust_frames([m for _, m, _ in same], shape)
+        if not keep.all():
+            log.warning("compounding grid: %d of the first %d frames lie far from the others (tracking outliers) "
+                        "and do not size the grid", int((~keep).sum()), len(same))
+        try:
+            grid = _grid_from_frames([m for (_, m, _), k in zip(same, keep) if k], shape,
+                                     spacing_mm=self._compound.spacing_mm, margin_mm=self._compound.margin_mm)
+        except ValueError as e:  # the held frames are dropped (counted): the next ones size the grid afresh
+            for frame, _, _ in self._pending:
+                self._reject(frame, "grid_too_large", str(e))
+            self._pending = []
+            return
         log.info("compounding grid %s voxels at %.2f mm, origin %s mm", grid.dims, self._compound.spacing_mm,
                  np.round(grid.origin_mm, 1).tolist())
         self._make_reconstructor(grid)
-        for frame, m, channels in self._pending:
-            self._paste(frame, m, channels)
+        pending, self._pending = self._pending, []
+        for frame, m, channels in pending:
+            try:
+                self._paste(frame, m, channels)
+            except (ValueError, ArithmeticError, IndexError, MemoryError) as e:
+                self._failed(frame, e)
+                continue
             self._note(m, time.monotonic(), frame.timestamp)
-        self._pending.clear()
 
     def _make_reconstructor(self, grid: OutputGeometry) -> None:
         channels = {"bone": "MAXIMUM"} if (self._bone.enabled and self._compound.bone_channel) else {}
-        self.reconstructor = Reconstructor(self.recon_config, grid, semantics="exact",
-                                           backend="torch" if self._compound.backend == "torch" else "numba",
-                                           channels=channels,
-                                           device=None if self._compound.device == "auto" else self._compound.device)
+        backend, device = self._compound.backend, self._compound.device
+        if backend == "auto":  # a node built by assemble.build_node has these resolved (compute.py)
+            from .compute import cuda_available
+
+            backend = "torch" if cuda_available() else "numba"
+        self.reconstructor = Reconstructor(self.recon_config, grid, semantics="exact", backend=backend,
+                                           channels=channels, device=None if device == "auto" else device)
 
     def _note(self, image_to_reference: np.ndarray, arrival_s: float, timestamp: float) -> None:
         beam = image_to_reference[:3, 1]  # image rows grow with depth: +j is the beam direction

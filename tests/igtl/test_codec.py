@@ -198,3 +198,18 @@ def test_decode_errors_name_their_reason():
     assert e.value.reason == "bad_device_name"
     with pytest.raises(ValueError, match="Message.type"):
         encode(Message("NOSUCHTYPE", "T", None, 1.0))
+
+
+def test_image_headers_that_would_crash_or_exhaust_the_node_are_decode_errors():
+    from usx_stream.igtl.codec_image import IMAGE_HEADER, decode_image
+
+    # 0x0x0: once an IndexError in ImageContent.pixels on the source thread
+    empty = IMAGE_HEADER.pack(1, 1, 3, 2, 1, 0, 0, 0, *np.eye(3).reshape(-1), 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(DecodeError, match="zero dimension") as e:
+        decode_image(memoryview(empty))
+    assert e.value.reason == "bad_content"
+    # 65535 x 65535 x 1 declared, one voxel sent: once a 4 GiB zero-filled image (then 16 GiB downstream)
+    huge = IMAGE_HEADER.pack(1, 1, 3, 2, 1, 65535, 65535, 1, *np.eye(3).reshape(-1), 0, 0, 0, 0, 0, 0, 1, 1, 1)
+    with pytest.raises(DecodeError, match="expand") as e:
+        decode_image(memoryview(huge + b"\x07"))
+    assert e.value.reason == "bad_content"

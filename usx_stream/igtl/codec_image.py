@@ -27,6 +27,8 @@ _TYPE_CODES = {np.dtype(v): k for k, v in SCALAR_TYPES.items()}
 _WIRE_DTYPES = {(code, endian): np.dtype(t).newbyteorder(">" if endian == 1 else "<")
                 for code, t in SCALAR_TYPES.items() for endian in (1, 2)}
 _COORDS = {"RAS": 1, "LPS": 2}
+# The largest full image a subvolume may be expanded into: the transport's default body limit (64 MiB).
+MAX_EXPANDED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -119,6 +121,8 @@ def decode_image(view: memoryview) -> ImageContent:
     if stype not in SCALAR_TYPES or endian not in (1, 2) or coord not in (1, 2) or c < 1:
         raise codec.DecodeError("bad_content",
                                 f"IMAGE scalar_type={stype} endian={endian} coord={coord} components={c}")
+    if min(size) == 0:
+        raise codec.DecodeError("bad_content", f"IMAGE size {list(size)} has a zero dimension")
     if any(o + n > s for o, n, s in zip(offset, sub, size)):
         raise codec.DecodeError("bad_content", f"IMAGE subvolume {list(offset)}+{list(sub)} > size {list(size)}")
     dtype = _WIRE_DTYPES[stype, endian]
@@ -132,6 +136,10 @@ def decode_image(view: memoryview) -> ImageContent:
     comps = (c,) if c > 1 else ()
     data = data.reshape((sub[2], sub[1], sub[0]) + comps)
     if sub != size:  # subvolume: place it into a zero-filled full image
+        full_bytes = size[0] * size[1] * size[2] * c * dtype.itemsize
+        if full_bytes > MAX_EXPANDED_BYTES:  # a few bytes on the wire must not allocate gigabytes
+            raise codec.DecodeError("bad_content", f"IMAGE subvolume {list(sub)} of a {list(size)} image would "
+                                                   f"expand to {full_bytes} bytes > {MAX_EXPANDED_BYTES}")
         full = np.zeros((size[2], size[1], size[0]) + comps, dtype=data.dtype)
         full[offset[2]:offset[2] + sub[2], offset[1]:offset[1] + sub[1], offset[0]:offset[0] + sub[0]] = data
         data = full

@@ -208,7 +208,9 @@ class PlusReceiver:
             self.counts[how] += 1
         for name in transforms:
             status.setdefault(name, True)
-        frame = TrackedFrame(pixels=content.pixels, timestamp=p.t, transforms=transforms,
+        # A multi-slice IMAGE keeps its slices, so that the node's edge check rejects it (it is no B-mode frame)
+        pixels = content.pixels if content.voxels.shape[0] == 1 else content.voxels
+        frame = TrackedFrame(pixels=pixels, timestamp=p.t, transforms=transforms,
                              transform_status={k: status[k] for k in transforms},
                              image_status=msg.metadata.get("ImageStatus", "OK") == "OK", fields=fields,
                              index=self._next_index)
