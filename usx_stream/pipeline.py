@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Callable
 
+import numpy as np
+
 from .frames import TrackedFrame, XrayImage
 from .ingest import IngestStage
 from .recording import SessionRecorder
@@ -70,6 +72,9 @@ class Node:
         self._updated = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
+        self.status = ""                            # last status sent (completion thread only)
+        self._failures_logged: set[str] = set()
+        self._landmarks_changed = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Node":
@@ -146,12 +151,56 @@ class Node:
         period = self.cfg.completion.period_s
         last_frames = -1
         while not self._stop.wait(period if last_frames >= 0 else 0.05):
-            if self.ingest.frames_pasted < self.cfg.completion.min_frames and not self._ingest_done.is_set():
+            self._take_landmarks()
+            pasted = self.ingest.frames_pasted
+            if pasted < self.cfg.completion.min_frames and not self._ingest_done.is_set():
+                self.set_status(f"waiting for frames ({pasted} of {self.cfg.completion.min_frames} compounded)"
+                                if pasted or self.ingest.frames_received else "waiting for frames from the source")
                 continue
-            if self.ingest.frames_pasted == last_frames:
+            if pasted == last_frames and not self._landmarks_changed:
                 continue  # nothing new since the last update: no work, no duplicate surfaces
-            last_frames = self.ingest.frames_pasted
-            self.run_update()
+            last_frames = pasted
+            self._landmarks_changed = False
+            try:
+                self.run_update()
+            except (ValueError, ArithmeticError, IndexError, MemoryError, RuntimeError) as e:
+                # One bad update (a degenerate volume, a failed solve) must not stop the node: the next
+                # snapshot gets a fresh try. Programming errors (TypeError, AttributeError...) still stop it.
+                self.telemetry.count("updates_failed")
+                key = type(e).__name__
+                if key not in self._failures_logged:
+                    self._failures_logged.add(key)
+                    log.warning("update failed (%s: %s); the node goes on with the next snapshot (later %s "
+                                "failures are only counted)", key, e, key)
+
+    # ------------------------------------------------------------------ status and landmarks
+    def set_status(self, text: str) -> None:
+        """Tell the user what the node is doing or waiting for: logged once per change, sent to every
+        publisher (OpenIGTLink STRING, ZeroMQ ``status`` topic; ``publish.status_messages``) and kept in
+        the telemetry report (``state.status``)."""
+        if text == self.status:
+            return
+        self.status = text
+        log.info("status: %s", text)
+        self.telemetry.set_state("status", text)
+        if not self.cfg.publish.status_messages:
+            return
+        for p in self.publishers:
+            send = getattr(p, "publish_status", None)
+            if send is not None:
+                send(text)
+
+    def _take_landmarks(self) -> None:
+        """Level centres sent by the navigation display (POINT messages named L1..L5) replace the launch
+        file's landmarks, level by level."""
+        for p in self.publishers:
+            take = getattr(p, "take_landmarks", None)
+            points = take() if take is not None else {}
+            if points:
+                self.updater.landmarks.update(points)
+                self._landmarks_changed = True
+                log.info("level landmarks received: %s", ", ".join(
+                    f"{lv} {np.round(c, 1).tolist()}" for lv, c in sorted(points.items())))
 
     def run_update(self, *, force_fusion: str | None = None) -> UpdateResult | None:
         """One update on the newest snapshot, published; also callable directly (tests, the demo)."""
@@ -160,6 +209,7 @@ class Node:
             return None
         result = self.updater.update(volume, beam_direction=info["beam_direction"], xray=self.xray.snapshot(),
                                      timestamp=info["timestamp"], force_fusion=force_fusion)
+        self.set_status(result.status)
         with self.telemetry.time("publish"):
             for surface in result.surfaces.values():
                 for p in self.publishers:

@@ -121,6 +121,7 @@ class Telemetry:
         self._lock = threading.Lock()    # guards the two dicts below (not the recorders' contents)
         self._stages: dict[str, StageRecorder] = {}
         self._counters: dict[str, int] = {}
+        self._state: dict[str, str] = {}
         self._started = clock()
 
     def stage(self, name: str) -> StageRecorder:
@@ -144,6 +145,11 @@ class Telemetry:
         with self._lock:
             self._counters[name] = self._counters.get(name, 0) + n
 
+    def set_state(self, name: str, value: str) -> None:
+        """Keep the latest ``value`` of state ``name`` (e.g. the node's status line) for the report."""
+        with self._lock:
+            self._state[name] = str(value)
+
     @contextmanager
     def time(self, stage: str) -> Iterator[None]:
         """Record the wall time spent in the ``with`` block under ``stage`` (also when it raises)."""
@@ -154,14 +160,16 @@ class Telemetry:
             self.record(stage, time.perf_counter() - t0)
 
     def report(self) -> dict:
-        """JSON-ready report: ``{"uptime_s", "stages": {name: stats}, "counters": {...}}``."""
+        """JSON-ready report: ``{"uptime_s", "stages": {name: stats}, "counters": {...}, "state": {...}}``."""
         with self._lock:
             stages = dict(self._stages)
             counters = dict(self._counters)
+            state = dict(self._state)
         return {
             "uptime_s": self._clock() - self._started,
             "stages": {name: rec.stats() for name, rec in sorted(stages.items())},
             "counters": dict(sorted(counters.items())),
+            "state": state,
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -187,5 +195,7 @@ class Telemetry:
                          f"{fmt(s['throughput_hz'], 8, 1)}")
         for name, n in rep["counters"].items():
             lines.append(f"{name:<20} {n:>8d}")
+        for name, value in rep["state"].items():
+            lines.append(f"{name}: {value}")
         lines.append(f"uptime {rep['uptime_s']:.1f} s")
         return "\n".join(lines)

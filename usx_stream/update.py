@@ -46,6 +46,7 @@ class UpdateResult:
     labelmap_ref_mm: dict[str, np.ndarray] = field(default_factory=dict)    # back-projected X-ray points
     fusion: str = "us_only"
     centres_source: str = "none"
+    status: str = ""                                                       # what a user is told (see node_status)
 
 
 @dataclass
@@ -57,6 +58,38 @@ class UpdateInputs:
     centres_source: str
     per_level: dict[str, np.ndarray]
     clouds: list
+    xray_expected: bool = False     # the launch file enables the X-ray (so "waiting for X-ray" is meaningful)
+    min_points: int = 1
+
+
+def _level_span(levels: list[str]) -> str:
+    """``["L1", "L2", "L3"]`` -> ``"L1–L3"``; non-consecutive levels are listed (``"L1, L3"``)."""
+    idx = sorted(LEVELS.index(lv) for lv in levels)
+    if len(idx) > 1 and idx == list(range(idx[0], idx[-1] + 1)):
+        return f"{LEVELS[idx[0]]}\u2013{LEVELS[idx[-1]]}"
+    return ", ".join(LEVELS[i] for i in idx)
+
+
+def node_status(inputs: UpdateInputs) -> str:
+    """One line for the navigation display: what was completed and why any level was not.
+
+    Examples: ``"L1–L5 multimodal"``, ``"L2–L4 us_only (no X-ray); L5: too few bone points (12 < 50)"``,
+    ``"waiting for X-ray or level landmarks"``.
+    """
+    if inputs.centres_source == "none":
+        return "waiting for X-ray or level landmarks" if inputs.xray_expected else "waiting for level landmarks"
+    done = [c.level for c in inputs.clouds]
+    parts = []
+    if done:
+        why = " (no X-ray)" if inputs.fusion == "us_only" and inputs.xray_expected else ""
+        parts.append(f"{_level_span(done)} {inputs.fusion}{why}")
+    for lv in LEVELS:
+        n = len(inputs.per_level.get(lv, ()))
+        if lv in inputs.per_level and lv not in done:
+            parts.append(f"{lv}: too few bone points ({n} < {inputs.min_points})")
+    if not parts:
+        return f"waiting for bone points near the level centres ({inputs.centres_source})"
+    return "; ".join(parts)
 
 
 def xray_level_centres(xray: XraySnapshot, bone_ref_mm: np.ndarray, lateral_hint=None) -> dict[str, np.ndarray]:
@@ -129,7 +162,8 @@ class SurfaceUpdater:
             with t.time("prepare"):
                 clouds = self._prepare(levels, per_level, centres, beam_direction,
                                        xray if fusion == "multimodal" else None)
-        return UpdateInputs(fusion, source, per_level, clouds)
+        return UpdateInputs(fusion, source, per_level, clouds, xray_expected=bool(self._xray.enabled),
+                            min_points=max(self._bone.min_points, 1))
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                timestamp: float = 0.0, force_fusion: str | None = None) -> UpdateResult:
@@ -137,7 +171,7 @@ class SurfaceUpdater:
         t = self.telemetry
         inputs = self.inputs(volume, beam_direction=beam_direction, xray=xray, force_fusion=force_fusion)
         fusion, per_level, clouds = inputs.fusion, inputs.per_level, inputs.clouds
-        result = UpdateResult(fusion=fusion, centres_source=inputs.centres_source)
+        result = UpdateResult(fusion=fusion, centres_source=inputs.centres_source, status=node_status(inputs))
         if not clouds:
             return result
         engine = self.engines[fusion]

@@ -12,11 +12,18 @@ Each :class:`~usx_stream.frames.Surface` becomes one POLYDATA message: points in
 metadata ``IGTL_DEVICE_NAME``), and with header version 2 the metadata ``MRMLNodeName`` (the node Slicer
 creates or updates), ``CoordinateFrame`` and ``surface.metadata``. Slicer treats coordinates as RAS: apply
 the ``ReferenceToRas`` transform to the node in Slicer (or publish in a frame that is RAS).
+
+``device_prefix`` is put in front of every device name (``USX_L1_Completed``). The node's status line goes
+out as STRING ``<prefix>Status`` (Slicer shows it as a text node). Level landmarks come back the other way:
+a POINT message whose points are named ``L1`` … ``L5`` (a Slicer markups list sent through the connector)
+gives those levels' centres, in the publish frame (place the markups under the same ReferenceToRas
+transform as the models); :meth:`SurfacePublisher.take_landmarks` returns them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 
@@ -29,16 +36,32 @@ from .transport import TransportOptions
 logger = logging.getLogger(__name__)
 
 
-def surface_to_message(surface: Surface, *, header_version: int = 2) -> Message:
+_LEVEL_NAME = re.compile(r"^\s*(L[1-5])\b", re.IGNORECASE)
+
+
+def landmarks_from_points(items) -> dict[str, np.ndarray]:
+    """``{level: (3,) position mm}`` from POINT items named ``L1`` … ``L5`` (also ``L3 centre``, ``l3``);
+    other names and non-finite positions are ignored."""
+    out = {}
+    for item in items:
+        match = _LEVEL_NAME.match(str(item.name))
+        pos = np.asarray(item.position, dtype=np.float64)
+        if match and pos.shape == (3,) and np.isfinite(pos).all():
+            out[match.group(1).upper()] = pos
+    return out
+
+
+def surface_to_message(surface: Surface, *, header_version: int = 2, device_prefix: str = "") -> Message:
     """POLYDATA message for ``surface`` (see the module docstring for the mapping)."""
     if not surface.name:
         raise ValueError("Surface.name: must be set (it becomes the device name, e.g. 'L1_Completed')")
+    name = device_prefix + surface.name
     vertices = np.asarray(surface.vertices_mm, dtype=np.float32).reshape(-1, 3)
     poly = PolyData.from_triangles(vertices, np.asarray(surface.triangles).reshape(-1, 3),
                                    normals=surface.normals)
-    metadata = {"MRMLNodeName": surface.name, "CoordinateFrame": surface.frame}
+    metadata = {"MRMLNodeName": name, "CoordinateFrame": surface.frame}
     metadata.update({str(k): str(v) for k, v in surface.metadata.items()})
-    return Message("POLYDATA", surface.name, poly, surface.timestamp, metadata, header_version)
+    return Message("POLYDATA", name, poly, surface.timestamp, metadata, header_version)
 
 
 def message_to_surface(msg: Message) -> Surface:
@@ -67,13 +90,14 @@ class SurfacePublisher:
     """
 
     def __init__(self, *, role: str = "server", host: str = "127.0.0.1", port: int = 18945, header_version: int = 2,
-                 options: TransportOptions | None = None):
+                 options: TransportOptions | None = None, device_prefix: str = ""):
         if role not in ("server", "client"):
             raise ValueError(f"role: expected 'server' or 'client', got {role!r}")
         if header_version not in (1, 2):
             raise ValueError(f"header_version: expected 1 or 2, got {header_version!r}")
         self.role = role
         self.header_version = header_version
+        self.device_prefix = device_prefix
         if role == "server":
             self.endpoint = Server(host, port, options=options, match_peer_version=False)
         else:
@@ -99,10 +123,25 @@ class SurfacePublisher:
 
     def publish(self, surface: Surface) -> int:
         """Queue ``surface`` to every peer; returns the number of peers that accepted it."""
-        msg = surface_to_message(surface, header_version=self.header_version)
-        if self.role == "server":
-            n = self.endpoint.broadcast(msg)
-        else:
-            n = int(self.endpoint.send(msg))
+        msg = surface_to_message(surface, header_version=self.header_version, device_prefix=self.device_prefix)
+        n = self._send(msg)
         self.published += 1
         return n
+
+    def publish_status(self, text: str) -> int:
+        """Send the node's status line as STRING ``<prefix>Status``; returns the peers that accepted it."""
+        return self._send(Message("STRING", f"{self.device_prefix}Status", text, None, {}, self.header_version))
+
+    def take_landmarks(self) -> dict[str, np.ndarray]:
+        """Level centres from the POINT messages received since the last call (newest per level wins);
+        every other inbound message is discarded."""
+        out = {}
+        while (msg := self.endpoint.get(timeout=0)) is not None:
+            if msg.type == "POINT":
+                out.update(landmarks_from_points(msg.content))
+        return out
+
+    def _send(self, msg: Message) -> int:
+        if self.role == "server":
+            return self.endpoint.broadcast(msg)
+        return int(self.endpoint.send(msg))

@@ -20,6 +20,9 @@ part     content
 =======  ======================================================================================
 
 :func:`decode_surface` turns the parts back into a :class:`~usx_stream.frames.Surface`.
+
+The node's status line (what it completed, or what it waits for) travels as two parts: topic ``status`` and
+UTF-8 JSON ``{"schema": "usx-stream/status/1", "status": "L1–L5 multimodal"}``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..frames import Surface
 logger = logging.getLogger(__name__)
 
 SCHEMA = "usx-stream/surface/1"
+STATUS_SCHEMA = "usx-stream/status/1"
 
 
 def encode_surface(surface: Surface) -> list[bytes]:
@@ -94,6 +98,10 @@ class ZmqSurfacePublisher:
     def publish(self, surface: Surface) -> None:
         self._sock.send_multipart(encode_surface(surface), copy=False)
         self.published += 1
+
+    def publish_status(self, text: str) -> None:
+        """The node's status line on topic ``status``: ``[b"status", JSON {"schema", "status"}]``."""
+        self._sock.send_multipart([b"status", json.dumps({"schema": STATUS_SCHEMA, "status": text}).encode()])
 
     def close(self) -> None:
         self._sock.close()
