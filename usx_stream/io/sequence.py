@@ -2,6 +2,8 @@
 
 A sequence file is a MetaImage or NRRD image whose last axis lists the frames; every frame's tracking
 data sits in the header as ``Seq_FrameNNNN_<Field>`` fields (see :mod:`usx_stream.io.frame_fields`).
+Field names and values that could not be written as they were are percent-escaped in a file marked
+``UsxFieldEncoding = percent-utf8`` and decoded here (see :mod:`usx_stream.io.header_escape`).
 
 Pixel orientation follows PLUS (igsioVideoFrame::GetFlipAxes): the file's ``UltrasoundImageOrientation``
 says which transducer directions the image axes run along (first letter: x axis towards the Marked or
@@ -27,12 +29,14 @@ import numpy as np
 
 from ..frames import TrackedFrame
 from .frame_fields import FrameMeta, group_frame_fields, is_frame_field, parse_frame
+from .header_escape import ENCODING_FIELD, ENCODING_VALUE, decode_meta
 from .metaimage import Header, PixelLayout, PixelReader, pixel_layout, read_header
-from .sequence_write import write_sequence
+from .sequence_write import write_sequence, write_sequence_report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Sequence", "read_sequence", "iter_frames", "write_sequence", "orientation_flips"]
+__all__ = ["Sequence", "read_sequence", "iter_frames", "write_sequence", "write_sequence_report",
+           "orientation_flips"]
 
 _ORIENTATION_KEYS = ("UltrasoundImageOrientation", "ultrasound image orientation")
 _TYPE_KEYS = ("UltrasoundImageType", "ultrasound image type")
@@ -144,6 +148,8 @@ def _parse(path: str | Path) -> _Parsed:
     status_fields = ("Status", "ImageStatus") if header.kind == "nrrd" else ("ImageStatus",)
     # Every frame's fields are parsed here, so a malformed one fails before any pixel is read.
     metas = [parse_frame(i, raw_fields.get(i, {}), status_fields=status_fields) for i in range(n_frames)]
+    if (header.get(ENCODING_FIELD) or "").strip().lower() == ENCODING_VALUE:
+        metas = [decode_meta(m) for m in metas]  # names and values this package wrote escaped
     general = {k: v for k, v in header.entries if not is_frame_field(k)}
     orientation = _first(header, _ORIENTATION_KEYS)
     if orientation is None:

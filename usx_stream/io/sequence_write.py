@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..frames import TrackedFrame
 from .frame_fields import FRAME_PREFIX, FrameMeta, format_frame, is_frame_field
+from .header_escape import ENCODING_FIELD, ENCODING_VALUE, safe_frame_metas
 from .metaimage import PixelWriter, format_mha_lines, format_nrrd_lines, met_element_type, nrrd_type
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ _STRUCTURAL = {k.lower() for k in (
     "space dimension", "space", "sizes", "kinds", "endian", "encoding", "space directions", "space origin",
     "spacings", "data file", "datafile", "line skip", "byte skip", "ElementSpacing", "Offset",
     "TransformMatrix", "CenterOfRotation", "AnatomicalOrientation", "UltrasoundImageType",
-    "ultrasound image type")}
+    "ultrasound image type", ENCODING_FIELD)}
 _SIZE_WIDTH = 20  # CompressedDataSize is written padded, then patched once the data size is known
 
 
@@ -67,6 +69,11 @@ def _extra_header(header: dict[str, str] | None, fmt: str) -> dict[str, str]:
         if not key or bad_sep in key or any(c in key + value for c in "\r\n"):
             raise ValueError(f"header field {key!r} = {value!r} cannot be written to a {fmt} header "
                              f"(empty name, '{bad_sep}' in the name or a line break)")
+        try:
+            (key + value).encode("latin-1")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"header field {key!r} = {value!r} cannot be written to a {fmt} header "
+                             "(characters outside Latin-1)") from e
         out[key] = value
     return out
 
@@ -132,6 +139,35 @@ def _output_format(path: Path) -> str:
     raise ValueError(f"sequence file name {path.name!r}: expected a .igs.mha, .igs.mhd or .igs.nrrd suffix")
 
 
+@dataclass
+class WriteReport:
+    """What :func:`write_sequence_report` wrote and what it had to change to write it.
+
+    Attributes
+    ----------
+    path : Path
+        The file written (for ``.igs.mhd`` the header; the pixels sit beside it).
+    frames : int
+        Frames in the file.
+    shape : tuple of int
+        Pixel shape of one frame, ``(H, W)`` or ``(H, W, C)``.
+    fields_escaped, fields_dropped, transforms_invalid : int
+        Per-frame fields (or transform names) written percent-escaped, fields that could not be
+        written (empty name), transforms written as identity with status INVALID because they were
+        not finite; see :mod:`usx_stream.io.header_escape`.
+    notes : list of str
+        One line per change, naming the frame, the field and the value.
+    """
+
+    path: Path
+    frames: int
+    shape: tuple[int, ...]
+    fields_escaped: int = 0
+    fields_dropped: int = 0
+    transforms_invalid: int = 0
+    notes: list[str] | None = None
+
+
 def write_sequence(path: str | Path, frames: Iterable[TrackedFrame], *, header: dict[str, str] | None = None,
                    compress: bool = True, compress_level: int = 1) -> Path:
     """Write tracked frames as a PLUS sequence file; the format follows the suffix.
@@ -143,9 +179,13 @@ def write_sequence(path: str | Path, frames: Iterable[TrackedFrame], *, header: 
         beside it) or ``*.igs.nrrd``.
     frames : iterable of TrackedFrame (or a :class:`~usx_stream.io.sequence.Sequence`)
         Pixels ``(H, W)`` or ``(H, W, C)`` in MF orientation; frames are numbered in the given order.
+        Per-frame field names and values of any content are written escaped where the header could
+        not hold them as they are, and transforms that are not finite as INVALID identity (see
+        :mod:`usx_stream.io.header_escape`); :func:`write_sequence_report` says what changed.
     header : dict[str, str], optional
         Extra header fields to keep (e.g. ``Sequence.header``); structural fields are recomputed.
-        Defaults to the header of ``frames`` when it is a Sequence.
+        Defaults to the header of ``frames`` when it is a Sequence. These are not escaped: a name or
+        value with a line break, a separator in the name or characters outside Latin-1 raises ValueError.
     compress : bool
         zlib (MetaImage) / gzip (NRRD) pixel data.
     compress_level : int
@@ -155,7 +195,26 @@ def write_sequence(path: str | Path, frames: Iterable[TrackedFrame], *, header: 
     Returns
     -------
     Path
-        The path written. The file appears atomically (written to ``<path>.part`` first).
+        The path written. The file appears atomically: it is written as ``<name>.part`` beside it and
+        renamed when complete, so a reader never sees a half-written file and a ``.part`` file left by
+        a killed process is never a sequence file.
+    """
+    return write_sequence_report(path, frames, header=header, compress=compress,
+                                 compress_level=compress_level).path
+
+
+def write_sequence_report(path: str | Path, frames: Iterable[TrackedFrame], *,
+                          header: dict[str, str] | None = None, compress: bool = True,
+                          compress_level: int = 1) -> WriteReport:
+    """:func:`write_sequence`, returning a :class:`WriteReport` of what was written and changed.
+
+    Raises
+    ------
+    ValueError
+        Frames of different pixel size or type, an unsupported dtype, a bad suffix or caller header,
+        or a timestamp that is not a number (each message names the frame or field and the value).
+    OSError
+        The file could not be written (no ``.part`` file is left behind).
     """
     path = Path(path)
     fmt = _output_format(path)
@@ -165,15 +224,18 @@ def write_sequence(path: str | Path, frames: Iterable[TrackedFrame], *, header: 
         header = frames.header
     frames = list(frames.frames if hasattr(frames, "frames") else frames)
     shape, dtype = _geometry(frames)
-    metas = [FrameMeta(i, f.timestamp, f.transforms, f.transform_status, f.image_status, f.fields)
-             for i, f in enumerate(frames)]
+    safe = safe_frame_metas(frames)
     extra = _extra_header(header, "nrrd" if fmt == "nrrd" else "mha")
+    if safe.escaped:
+        extra[ENCODING_FIELD] = ENCODING_VALUE
     data_name = path.name[: -len(".mhd")] + (".zraw" if compress else ".raw") if fmt == "mhd" else None
-    header_bytes, size_at = _header_bytes(fmt, len(frames), shape, dtype, compress, header, extra, metas, data_name)
+    header_bytes, size_at = _header_bytes(fmt, len(frames), shape, dtype, compress, header, extra, safe.metas,
+                                          data_name)
     size = _write_files(path, data_name, header_bytes, size_at,
                         lambda f: _write_pixels(f, frames, shape, dtype, fmt, compress, compress_level))
     log.debug("wrote %d frames %s %s to %s (%d pixel bytes on disk)", len(frames), shape, dtype, path, size)
-    return path
+    return WriteReport(path, len(frames), tuple(shape), safe.fields_escaped, safe.fields_dropped,
+                       safe.transforms_invalid, safe.notes)
 
 
 def _write_files(path: Path, data_name: str | None, header_bytes: bytes, size_at: int | None, write_pixels) -> int:
