@@ -175,6 +175,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "inputs": Key("bool", True, "record tracked frames and the X-ray"),
         "surfaces": Key("bool", True, "record published surfaces"),
         "compress": Key("bool", True, "zlib-compress recorded sequences"),
+        "chunk_frames": Key("int", 300, "most frames per recorded sequence file", lo=1),
+        "max_chunk_s": Key("float", 1.0, "longest stretch of stream held before it is written, s (what a kill "
+                           "can lose)", gt=0),
     },
     "telemetry": {
         "enabled": Key("bool", True, "record per-stage latency"),

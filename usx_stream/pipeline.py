@@ -63,7 +63,8 @@ class Node:
                                       publish_frame=cfg.publish.frame, telemetry=self.telemetry,
                                       seed=int(cfg.source.seed))
         self.publishers = list(publishers)
-        self.recorder = SessionRecorder(cfg.record) if cfg.record.enabled else None
+        self.recorder = (SessionRecorder(cfg.record, chunk_frames=cfg.record.chunk_frames,
+                                         max_chunk_s=cfg.record.max_chunk_s) if cfg.record.enabled else None)
         self.latest: UpdateResult | None = None     # written by the completion thread only
         self.updates = 0
         self.on_update: list[Callable[[UpdateResult], None]] = []
@@ -98,6 +99,9 @@ class Node:
         self.publishers = []
         if self.recorder is not None:
             self.recorder.close()
+            for name, value in self.recorder.stats().items():
+                if isinstance(value, int) and value:
+                    self.telemetry.set_counter(f"record_{name}", value)
 
     def wait_source_done(self, timeout: float | None = None) -> bool:
         """Block until the source is finished and every frame it gave is compounded."""
@@ -125,6 +129,8 @@ class Node:
         while not self._stop.is_set():
             item = self.source.get(timeout=0.1)
             if item is None:
+                if self.recorder is not None:  # a paused stream still gets its held frames written
+                    self.recorder.flush_due()
                 if self.source.finished:
                     if self.source.error is not None:
                         raise RuntimeError("frame source failed") from self.source.error

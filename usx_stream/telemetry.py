@@ -145,6 +145,11 @@ class Telemetry:
         with self._lock:
             self._counters[name] = self._counters.get(name, 0) + n
 
+    def set_counter(self, name: str, value: int) -> None:
+        """Set the free counter ``name`` to ``value`` (totals kept elsewhere, e.g. the recorder's)."""
+        with self._lock:
+            self._counters[name] = int(value)
+
     def set_state(self, name: str, value: str) -> None:
         """Keep the latest ``value`` of state ``name`` (e.g. the node's status line) for the report."""
         with self._lock:
