@@ -71,7 +71,9 @@ def _read_inputs(args: argparse.Namespace):
     except ValueError as e:  # values the element parser let through but the reconstructor rejects
         raise InputError(f"{args.config}: <VolumeReconstruction>: {e}") from e
     calibration = device_set.transform_repository()
-    first = next(iter_frames(sequence_path(args.seq)), None)  # header and frame fields checked here
+    frames = iter_frames(sequence_path(args.seq))  # header and every frame's fields are checked here
+    first = next(frames, None)
+    frames.close()
     if first is None:
         raise InputError(f"{args.seq}: the sequence holds no frame")
     require_transform(first, calibration, args.image_to_reference_transform, config=args.config, sequence=args.seq)

@@ -182,7 +182,7 @@ def _frames(parsed: _Parsed) -> Iterator[TrackedFrame]:
                 try:
                     data = reader.read(frame_bytes)
                 except InputError as e:
-                    raise InputError(f"{e}: frame {i} of {len(parsed.metas)} is incomplete") from e
+                    raise InputError(f"{e}: Seq_Frame{i:04d} of {len(parsed.metas)} frames is incomplete") from e
                 raw = np.frombuffer(data, dtype=layout.dtype).reshape(shape)
                 raw = raw[:, ::-1] if flip_cols else raw
                 pixels = np.array(raw[::-1] if flip_rows else raw, dtype=native)
