@@ -3,7 +3,13 @@
 Each subcommand lives in its own module ``usx_stream.commands.<name>`` exposing
 ``add_arguments(parser)``, ``run(args) -> int`` and a module docstring (first line = help, the rest =
 description with examples). Modules are imported only when their subcommand runs, so ``--help`` and
-light commands start fast (torch/open3d cost ~4 s to import).
+light commands start fast (torch/open3d cost ~4 s to import). Benchmarks are scripts, not subcommands:
+``python benchmarks/<name>.py``.
+
+Exit status: 0 success; 1 failure at run time (a bug shows its traceback); 2 bad input. Bad input is
+an :class:`~usx_stream.errors.InputError` (a launch-file key, a malformed PLUS device set or sequence
+file, ...) or an input path that cannot be opened; it is printed as one line,
+``usx-stream COMMAND: error: MESSAGE``, and with ``-vv`` after its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +18,13 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
+
+from .errors import InputError
+
+EXIT_INPUT_ERROR = 2  # as argparse exits for a bad option
+# An input path that cannot be opened (the exception carries the file name) is bad input too.
+_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 # name -> (module, one-line help). Keep the help here so `usx-stream --help` imports nothing heavy.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -26,7 +39,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("usx_stream.commands.eval", "evaluate completion models and compare them"),
     "export": ("usx_stream.commands.export", "export the completion network (torch.export / ONNX) and check it"),
     "calibrate-xray": ("usx_stream.commands.calibrate_xray", "compute XrayToReference from fiducial pairs"),
-    "bench": ("usx_stream.commands.bench", "run a benchmark from benchmarks/"),
 }
 
 
@@ -70,8 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command is None:
         parser.print_help()
-        return 2
-    return int(args._module.run(args) or 0)
+        return EXIT_INPUT_ERROR
+    try:
+        return int(args._module.run(args) or 0)
+    except (InputError, *_PATH_ERRORS) as e:
+        if isinstance(e, OSError) and e.filename is None:
+            raise  # not about a path the user gave: a bug, keep its traceback
+        if args.verbose >= 2:
+            traceback.print_exc()
+        print(f"usx-stream {args.command}: error: {input_error_message(e)}", file=sys.stderr, flush=True)
+        return EXIT_INPUT_ERROR
+
+
+def input_error_message(error: BaseException) -> str:
+    """``error`` as one line: an OSError as ``path: reason``, anything else its message, whitespace folded."""
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.filename}: {error.strerror or error}"
+        if error.filename2 is not None:
+            text += f" ({error.filename2})"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import InputError
 from .frames import LEVELS
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A launch-file value is missing, mistyped or out of range; the message names key and value."""
 
 

@@ -13,6 +13,8 @@ examples:
   usx-stream compound --config DEVICESET.xml --seq scan.igs.mha --out volume.nrrd --mode exact
   usx-stream compound --config DEVICESET.xml --seq scan.igs.mha --out volume.mha \\
       --image-to-reference-transform ImageToTracker --extent-rounding truncate
+
+exit status: 0 when the volume was written, 2 for bad input (nothing is written).
 """
 
 from __future__ import annotations
@@ -44,17 +46,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the accumulated weight per voxel (whole pixels, float32)")
 
 
+def _read_inputs(args: argparse.Namespace):
+    """``(ReconstructionConfig, calibration)`` after checking that the device set and the sequence go
+    together; every problem is an InputError naming the file, the element or field, and the value."""
+    from ..compound.config import ReconstructionConfig
+    from ..errors import InputError
+    from ..io.plus_config import read_device_set
+    from ..io.sequence import iter_frames
+    from ..sources.replay import sequence_path
+    from ..transforms import split_name
+    from ._inputs import require_transform
+
+    try:
+        image_frame, reference_frame = split_name(args.image_to_reference_transform)
+    except ValueError as e:
+        raise InputError(f"--image-to-reference-transform: {e}") from e
+    device_set = read_device_set(args.config)
+    if device_set.volume_reconstruction is None:
+        raise InputError(f"{args.config}: no <VolumeReconstruction> element: compound takes its settings "
+                         "(OutputSpacing, clipping, compounding, hole filling) from it")
+    try:
+        config = ReconstructionConfig.from_plus(device_set.volume_reconstruction)
+        config = config.replace(image_coordinate_frame=image_frame, reference_coordinate_frame=reference_frame)
+    except ValueError as e:  # values the element parser let through but the reconstructor rejects
+        raise InputError(f"{args.config}: <VolumeReconstruction>: {e}") from e
+    calibration = device_set.transform_repository()
+    frames = iter_frames(sequence_path(args.seq))  # header and every frame's fields are checked here
+    first = next(frames, None)
+    frames.close()
+    if first is None:
+        raise InputError(f"{args.seq}: the sequence holds no frame")
+    require_transform(first, calibration, args.image_to_reference_transform, config=args.config, sequence=args.seq)
+    return config, calibration
+
+
 def run(args: argparse.Namespace) -> int:
     from ..frames import Volume
     from ..io.sequence import iter_frames
     from ..io.volumes import write_volume
-    from ..transforms import split_name
-    from ..compound.config import load_device_set
     from ..compound.reconstructor import Reconstructor, output_geometry
 
-    config, calibration = load_device_set(args.config)
-    image_frame, reference_frame = split_name(args.image_to_reference_transform)
-    config = config.replace(image_coordinate_frame=image_frame, reference_coordinate_frame=reference_frame)
+    config, calibration = _read_inputs(args)
     # Two passes over the file, as PLUS does: the extent first, then the paste (one frame in memory).
     geometry = output_geometry(config, iter_frames(args.seq), extent_rounding=args.extent_rounding,
                                calibration=calibration)

@@ -4,7 +4,8 @@ Shared by :mod:`usx_stream.io.sequence` (PLUS sequence files) and :mod:`usx_stre
 Headers are kept as ordered ``(name, value)`` entries exactly as written; :func:`pixel_layout` turns
 the structural ones into a :class:`PixelLayout` (axis sizes, dtype, compression, where the bytes are),
 and :class:`PixelReader` streams the pixel bytes sequentially, inflating zlib/gzip data on the fly so a
-large file is never held in memory at once.
+large file is never held in memory at once. A malformed header or short/corrupt pixel data raises
+:class:`~usx_stream.errors.InputError` naming the file, the field and the value.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class Header:
     def require(self, name: str) -> str:
         value = self.get(name)
         if value is None:
-            raise ValueError(f"{self.path}: header field {name!r} is missing")
+            raise InputError(f"{self.path}: header field {name!r} is missing")
         return value
 
 
@@ -119,13 +122,13 @@ def _parse_int_list(header: Header, name: str, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split())
     except ValueError as e:
-        raise ValueError(f"{header.path}: header field {name!r} must be integers, got {value!r}") from e
+        raise InputError(f"{header.path}: header field {name!r} must be integers, got {value!r}") from e
 
 
 def _read_line(f: BinaryIO, path: Path) -> bytes:
     line = f.readline(_MAX_LINE)
     if len(line) == _MAX_LINE and not line.endswith(b"\n"):
-        raise ValueError(f"{path}: header line at byte {f.tell() - len(line)} is longer than {_MAX_LINE} "
+        raise InputError(f"{path}: header line at byte {f.tell() - len(line)} is longer than {_MAX_LINE} "
                          "bytes: not a MetaImage/NRRD header")
     return line
 
@@ -148,14 +151,14 @@ def _read_mha_header(f: BinaryIO, path: Path) -> Header:
         raw = _read_line(f, path)
         lineno += 1
         if not raw:
-            raise ValueError(f"{path}: MetaImage header has no 'ElementDataFile' field "
+            raise InputError(f"{path}: MetaImage header has no 'ElementDataFile' field "
                              f"(file ends after {lineno - 1} lines)")
         text = raw.decode("latin-1").strip()
         if not text:
             continue
         name, sep, value = text.partition("=")
         if not sep or not name.strip():
-            raise ValueError(f"{path}: malformed MetaImage header line {lineno}: {text[:200]!r} "
+            raise InputError(f"{path}: malformed MetaImage header line {lineno}: {text[:200]!r} "
                              "(expected 'Name = value')")
         entries.append((name.strip(), value.strip()))
         if name.strip().lower() == "elementdatafile":
@@ -177,7 +180,7 @@ def _read_nrrd_header(f: BinaryIO, path: Path) -> Header:
             continue
         name, sep, value = text.partition(":")
         if not sep or not name.strip():
-            raise ValueError(f"{path}: malformed NRRD header line {lineno}: {text[:200]!r} "
+            raise InputError(f"{path}: malformed NRRD header line {lineno}: {text[:200]!r} "
                              "(expected 'field: value' or 'key:=value')")
         if value.startswith("="):
             value = value[1:]
@@ -188,7 +191,7 @@ def _read_nrrd_header(f: BinaryIO, path: Path) -> Header:
 
 
 def pixel_layout(header: Header) -> PixelLayout:
-    """Structural fields of ``header`` -> :class:`PixelLayout`; ValueError names any bad field."""
+    """Structural fields of ``header`` -> :class:`PixelLayout`; InputError names any bad field."""
     if header.kind == "nrrd":
         return _nrrd_layout(header)
     return _mha_layout(header)
@@ -198,23 +201,23 @@ def _mha_layout(h: Header) -> PixelLayout:
     ndims = _parse_int_list(h, "NDims", h.require("NDims"))
     sizes = _parse_int_list(h, "DimSize", h.require("DimSize"))
     if len(ndims) != 1 or not 1 <= ndims[0] <= 4 or len(sizes) != ndims[0] or min(sizes) < 0:
-        raise ValueError(f"{h.path}: NDims={h.get('NDims')!r} and DimSize={h.get('DimSize')!r} disagree "
+        raise InputError(f"{h.path}: NDims={h.get('NDims')!r} and DimSize={h.get('DimSize')!r} disagree "
                          "or are out of range (1-4 non-negative sizes)")
     # Without Kinds, PLUS treats the last of 3+ axes as the frame list.
     default = ("domain",) * (len(sizes) - 1) + ("list",) if len(sizes) >= 3 else ("domain",) * len(sizes)
     kinds = tuple(h.get("Kinds", "").split()) or default
     if len(kinds) != len(sizes):
-        raise ValueError(f"{h.path}: Kinds={h.get('Kinds')!r} has {len(kinds)} entries, DimSize has {len(sizes)}")
+        raise InputError(f"{h.path}: Kinds={h.get('Kinds')!r} has {len(kinds)} entries, DimSize has {len(sizes)}")
     etype = h.require("ElementType").upper()
     if etype not in _MET_TO_DTYPE:
-        raise ValueError(f"{h.path}: unsupported ElementType {etype!r} (known: {sorted(_MET_TO_DTYPE)})")
+        raise InputError(f"{h.path}: unsupported ElementType {etype!r} (known: {sorted(_MET_TO_DTYPE)})")
     msb = (h.get("BinaryDataByteOrderMSB") or h.get("ElementByteOrderMSB") or "False").lower() == "true"
     dtype = np.dtype(_MET_TO_DTYPE[etype]).newbyteorder(">" if msb else "<")
     if (h.get("BinaryData") or "True").lower() != "true":
-        raise ValueError(f"{h.path}: BinaryData={h.get('BinaryData')!r}: only binary pixel data is supported")
+        raise InputError(f"{h.path}: BinaryData={h.get('BinaryData')!r}: only binary pixel data is supported")
     channels = _parse_int_list(h, "ElementNumberOfChannels", h.get("ElementNumberOfChannels", "1"))
     if len(channels) != 1 or channels[0] < 1:
-        raise ValueError(f"{h.path}: ElementNumberOfChannels must be one positive integer, got "
+        raise InputError(f"{h.path}: ElementNumberOfChannels must be one positive integer, got "
                          f"{h.get('ElementNumberOfChannels')!r}")
     compressed = (h.get("CompressedData") or "False").lower() == "true"
     csize = h.get("CompressedDataSize")
@@ -229,12 +232,12 @@ def _mha_data_location(h: Header) -> tuple[Path, int]:
     if value.upper() == "LOCAL":
         return h.path, h.data_offset
     if value.upper().startswith("LIST") or "%" in value:
-        raise ValueError(f"{h.path}: ElementDataFile={value!r}: file lists and patterns are not supported, "
+        raise InputError(f"{h.path}: ElementDataFile={value!r}: file lists and patterns are not supported, "
                          "only LOCAL or a single data file")
     data_path = h.path.parent / value
     skip = _parse_int_list(h, "HeaderSize", h.get("HeaderSize", "0"))[0]
     if skip < 0:
-        raise ValueError(f"{h.path}: HeaderSize={skip} (read from the end of the file) is not supported")
+        raise InputError(f"{h.path}: HeaderSize={skip} (read from the end of the file) is not supported")
     return data_path, skip
 
 
@@ -242,25 +245,25 @@ def _nrrd_layout(h: Header) -> PixelLayout:
     dim = _parse_int_list(h, "dimension", h.require("dimension"))
     sizes = _parse_int_list(h, "sizes", h.require("sizes"))
     if len(dim) != 1 or len(sizes) != dim[0] or min(sizes, default=0) < 0:
-        raise ValueError(f"{h.path}: dimension={h.get('dimension')!r} and sizes={h.get('sizes')!r} disagree")
+        raise InputError(f"{h.path}: dimension={h.get('dimension')!r} and sizes={h.get('sizes')!r} disagree")
     kinds = [k.lower() for k in (h.get("kinds") or " ".join(["domain"] * len(sizes))).split()]
     if len(kinds) != len(sizes):
-        raise ValueError(f"{h.path}: kinds={h.get('kinds')!r} has {len(kinds)} entries, sizes has {len(sizes)}")
+        raise InputError(f"{h.path}: kinds={h.get('kinds')!r} has {len(kinds)} entries, sizes has {len(sizes)}")
     components = 1
     if kinds and kinds[0] in _NRRD_COMPONENT_KINDS:
         components, sizes, kinds = sizes[0], sizes[1:], kinds[1:]
     tname = " ".join(h.require("type").split()).lower()
     if tname not in _NRRD_TO_DTYPE:
-        raise ValueError(f"{h.path}: unsupported NRRD type {h.get('type')!r}")
+        raise InputError(f"{h.path}: unsupported NRRD type {h.get('type')!r}")
     dtype = np.dtype(_NRRD_TO_DTYPE[tname])
     if dtype.itemsize > 1:
         endian = (h.get("endian") or "").lower()
         if endian not in ("little", "big"):
-            raise ValueError(f"{h.path}: NRRD 'endian' must be 'little' or 'big' for type {tname!r}, got {endian!r}")
+            raise InputError(f"{h.path}: NRRD 'endian' must be 'little' or 'big' for type {tname!r}, got {endian!r}")
         dtype = dtype.newbyteorder("<" if endian == "little" else ">")
     encoding = (h.get("encoding") or "").lower()
     if encoding not in ("raw", "gzip", "gz"):
-        raise ValueError(f"{h.path}: NRRD encoding {encoding!r} is not supported (raw, gzip)")
+        raise InputError(f"{h.path}: NRRD encoding {encoding!r} is not supported (raw, gzip)")
     data_path, offset = _nrrd_data_location(h)
     return PixelLayout(tuple(sizes), tuple(kinds), dtype, components,
                        "none" if encoding == "raw" else "gzip", data_path, offset)
@@ -270,11 +273,11 @@ def _nrrd_data_location(h: Header) -> tuple[Path, int]:
     data_file = h.get("data file") or h.get("datafile")
     path, offset = (h.path, h.data_offset) if data_file is None else (h.path.parent / data_file, 0)
     if data_file is not None and (data_file.upper().startswith("LIST") or len(data_file.split()) > 1):
-        raise ValueError(f"{h.path}: 'data file: {data_file}': multiple data files are not supported")
+        raise InputError(f"{h.path}: 'data file: {data_file}': multiple data files are not supported")
     line_skip = _parse_int_list(h, "line skip", h.get("line skip", "0"))[0]
     byte_skip = _parse_int_list(h, "byte skip", h.get("byte skip", "0"))[0]
     if line_skip < 0 or byte_skip < 0:
-        raise ValueError(f"{h.path}: negative 'line skip'/'byte skip' ({line_skip}, {byte_skip}) is not supported")
+        raise InputError(f"{h.path}: negative 'line skip'/'byte skip' ({line_skip}, {byte_skip}) is not supported")
     if line_skip:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -287,7 +290,7 @@ def _nrrd_data_location(h: Header) -> tuple[Path, int]:
 class PixelReader:
     """Sequential reader of the pixel bytes described by a :class:`PixelLayout`.
 
-    ``read(n)`` returns exactly ``n`` bytes or raises ValueError naming the file and how much was
+    ``read(n)`` returns exactly ``n`` bytes or raises InputError naming the file and how much was
     available. Compressed data is inflated incrementally (zlib for MetaImage, gzip for NRRD; several
     concatenated streams are accepted, as PLUS writes when it appends frames).
     """
@@ -321,7 +324,7 @@ class PixelReader:
     def read(self, n: int) -> bytes:
         data = self._f.read(n) if self._inflater is None else self._inflate(n)
         if len(data) != n:
-            raise ValueError(f"{self.layout.data_path}: pixel data ends after {self.position + len(data)} bytes, "
+            raise InputError(f"{self.layout.data_path}: pixel data ends after {self.position + len(data)} bytes, "
                              f"expected at least {self.position + n} (truncated or header sizes wrong)")
         self.position += n
         return data
@@ -348,7 +351,7 @@ class PixelReader:
                 parts.append(out)
                 need -= len(out)
         except zlib.error as e:
-            raise ValueError(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data after "
+            raise InputError(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data after "
                              f"{self.position + n - need} bytes: {e}") from e
         return b"".join(parts)
 

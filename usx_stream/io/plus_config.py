@@ -10,7 +10,8 @@ the PLUS user manual's "Volume reconstruction" page) defines it:
 - ``DataCollection/Device``: ``Id``, ``Type`` and ``LocalTimeOffsetSec``.
 
 Raw attribute strings are kept beside the parsed values. Malformed XML, matrices or numbers raise
-ValueError naming the element, the attribute and the value.
+:class:`~usx_stream.errors.InputError` (a ValueError) naming the file, the element, the attribute and the
+value; malformed or truncated XML names the line and column where parsing stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..transforms import TransformRepository, as_matrix
 from .plus_recon import HoleFillingElement, VolumeReconstructionConfig, parse_volume_reconstruction
 
@@ -93,25 +95,29 @@ class DeviceSet:
 
 
 def _where(elem: ET.Element, source: str) -> str:
+    if elem.tag == "Transform":  # which one: a device set has several
+        return f"{source}: <Transform From={elem.get('From')!r} To={elem.get('To')!r}>"
     return f"{source}: <{elem.tag}>"
 
 
 def _parse_matrix(elem: ET.Element, source: str) -> np.ndarray:
     text = elem.get("Matrix")
     if text is None:
-        raise ValueError(f"{_where(elem, source)} From={elem.get('From')!r} To={elem.get('To')!r}: "
-                         "missing attribute 'Matrix'")
+        raise InputError(f"{_where(elem, source)}: missing attribute 'Matrix' (16 numbers, row-major 4x4)")
     try:
         values = [float(v) for v in text.split()]
     except ValueError as e:
-        raise ValueError(f"{_where(elem, source)} attribute Matrix={' '.join(text.split())!r}: "
+        raise InputError(f"{_where(elem, source)} attribute Matrix={' '.join(text.split())!r}: "
                          "not a list of numbers") from e
     if len(values) != 16:
-        raise ValueError(f"{_where(elem, source)} attribute Matrix={' '.join(text.split())!r}: "
+        raise InputError(f"{_where(elem, source)} attribute Matrix={' '.join(text.split())!r}: "
                          f"expected 16 numbers (row-major 4x4), got {len(values)}")
-    m = as_matrix(values, name=f"{_where(elem, source)} Matrix")
+    try:
+        m = as_matrix(values, name=f"{_where(elem, source)} attribute Matrix")
+    except ValueError as e:  # e.g. nan or inf; the message names the element and the values
+        raise InputError(str(e)) from e
     if not np.allclose(m[3], [0, 0, 0, 1]):
-        raise ValueError(f"{_where(elem, source)} attribute Matrix: last row must be 0 0 0 1, got {m[3].tolist()}")
+        raise InputError(f"{_where(elem, source)} attribute Matrix: last row must be 0 0 0 1, got {m[3].tolist()}")
     return m
 
 
@@ -121,19 +127,19 @@ def _coordinate_definitions(root: ET.Element, source: str) -> list[CoordinateDef
         for elem in cds.findall("Transform"):
             frm, to = elem.get("From"), elem.get("To")
             if not frm or not to:
-                raise ValueError(f"{_where(elem, source)}: attributes 'From' and 'To' are required, "
+                raise InputError(f"{_where(elem, source)}: attributes 'From' and 'To' are required, "
                                  f"got From={frm!r} To={to!r}")
             error = elem.get("Error")
             try:
                 error_val = float(error) if error is not None else None
             except ValueError as e:
-                raise ValueError(f"{_where(elem, source)} {frm}To{to} attribute Error={error!r}: not a number") from e
+                raise InputError(f"{_where(elem, source)} attribute Error={error!r}: not a number") from e
             out.append(CoordinateDefinition(frm, to, _parse_matrix(elem, source), error_val, elem.get("Date"),
                                             dict(elem.attrib)))
     names = [cd.name for cd in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"{source}: <CoordinateDefinitions> defines {dupes} more than once")
+        raise InputError(f"{source}: <CoordinateDefinitions> defines {dupes} more than once")
     return out
 
 
@@ -143,14 +149,14 @@ def _devices(root: ET.Element, source: str) -> tuple[dict[str, dict[str, str]], 
     for elem in root.iter("Device"):
         dev_id = elem.get("Id")
         if not dev_id:
-            raise ValueError(f"{_where(elem, source)} Type={elem.get('Type')!r}: attribute 'Id' is required")
+            raise InputError(f"{_where(elem, source)} Type={elem.get('Type')!r}: attribute 'Id' is required")
         devices[dev_id] = dict(elem.attrib)
         value = elem.get("LocalTimeOffsetSec")
         if value is not None:
             try:
                 offsets[dev_id] = float(value)
             except ValueError as e:
-                raise ValueError(f"{_where(elem, source)} Id={dev_id!r} attribute LocalTimeOffsetSec={value!r}: "
+                raise InputError(f"{_where(elem, source)} Id={dev_id!r} attribute LocalTimeOffsetSec={value!r}: "
                                  "not a number") from e
     return devices, offsets
 
@@ -169,10 +175,10 @@ def parse_device_set(text: str, *, source: str = "<string>") -> DeviceSet:
     """Parse device-set XML text (see :func:`read_device_set`)."""
     try:
         root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise ValueError(f"{source}: malformed XML: {e}") from e
+    except ET.ParseError as e:  # str(e) names the line and column, e.g. "unclosed token: line 11, column 4"
+        raise InputError(f"{source}: malformed XML (truncated or not XML): {e}") from e
     if root.tag != "PlusConfiguration":
-        raise ValueError(f"{source}: root element is <{root.tag}>, expected <PlusConfiguration>")
+        raise InputError(f"{source}: root element is <{root.tag}>, expected <PlusConfiguration>")
     devices, offsets = _devices(root, source)
     recon_elem = _find_volume_reconstruction(root)
     recon = parse_volume_reconstruction(recon_elem, source=source) if recon_elem is not None else None
@@ -185,11 +191,17 @@ def read_device_set(path: str | Path) -> DeviceSet:
 
     Raises
     ------
-    ValueError
-        Malformed XML, or an element whose attribute is missing or malformed (the message names the
-        element, the attribute and the value).
+    InputError
+        Malformed XML (the message names the line and column), a file that is not text, or an element
+        whose attribute is missing or malformed (the message names the element, the attribute and the value).
+    OSError
+        The file cannot be read (FileNotFoundError, IsADirectoryError, ...).
     """
     path = Path(path)
-    ds = parse_device_set(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a PLUS device set (XML text): undecodable byte at offset {e.start}") from e
+    ds = parse_device_set(text, source=str(path))
     ds.path = path
     return ds

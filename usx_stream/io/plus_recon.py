@@ -14,6 +14,8 @@ import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 INTERPOLATIONS = ("NEAREST_NEIGHBOR", "LINEAR")
@@ -114,8 +116,8 @@ class _Attrs:
     def __init__(self, elem: ET.Element, where: str) -> None:
         self.elem, self.where = elem, where
 
-    def _fail(self, name: str, value: str, what: str) -> ValueError:
-        return ValueError(f"{self.where} attribute {name}={value!r}: {what}")
+    def _fail(self, name: str, value: str, what: str) -> InputError:
+        return InputError(f"{self.where} attribute {name}={value!r}: {what}")
 
     def vector(self, name: str, n: int, kind=float):
         value = self.elem.get(name)
@@ -152,10 +154,10 @@ def _hole_filling(elem: ET.Element, where: str) -> list[HoleFillingElement]:
         a = _Attrs(item, f"{where}/HoleFilling/HoleFillingElement[{i}]")
         kind = a.enum("Type", HOLE_FILLING_TYPES)
         if kind is None:
-            raise ValueError(f"{a.where}: attribute 'Type' is required ({', '.join(HOLE_FILLING_TYPES)})")
+            raise InputError(f"{a.where}: attribute 'Type' is required ({', '.join(HOLE_FILLING_TYPES)})")
         missing = [n for n in _REQUIRED[kind] if item.get(n) is None]
         if missing:
-            raise ValueError(f"{a.where} Type={kind}: missing required attribute(s) {missing}")
+            raise InputError(f"{a.where} Type={kind}: missing required attribute(s) {missing}")
         out.append(HoleFillingElement(kind, a.scalar("Size", int), a.scalar("Stdev"),
                                       a.scalar("MinimumKnownVoxelsRatio"), a.scalar("StickLengthLimit", int),
                                       a.scalar("NumberOfSticksToUse", int), dict(item.attrib)))
@@ -181,11 +183,11 @@ def _compounding_mode(a: _Attrs, cfg: VolumeReconstructionConfig) -> str:
 
 
 def parse_volume_reconstruction(elem: ET.Element, *, source: str = "<string>") -> VolumeReconstructionConfig:
-    """``VolumeReconstruction`` element -> :class:`VolumeReconstructionConfig` (ValueError names bad attributes)."""
+    """``VolumeReconstruction`` element -> :class:`VolumeReconstructionConfig` (InputError names bad attributes)."""
     a = _Attrs(elem, f"{source}: <VolumeReconstruction>")
     spacing = a.vector("OutputSpacing", 3)
     if spacing is None or min(spacing) <= 0:
-        raise ValueError(f"{a.where}: attribute OutputSpacing (3 positive numbers, mm) is required, "
+        raise InputError(f"{a.where}: attribute OutputSpacing (3 positive numbers, mm) is required, "
                          f"got {elem.get('OutputSpacing')!r}")
     cfg = VolumeReconstructionConfig(output_spacing=spacing, attributes=dict(elem.attrib))
     cfg.reference_coordinate_frame = elem.get("ReferenceCoordinateFrame")
@@ -206,10 +208,10 @@ def parse_volume_reconstruction(elem: ET.Element, *, source: str = "<string>") -
     if cfg.fill_holes:
         hf = elem.find("HoleFilling")
         if hf is None:
-            raise ValueError(f"{a.where} FillHoles=ON: the nested <HoleFilling> element is required")
+            raise InputError(f"{a.where} FillHoles=ON: the nested <HoleFilling> element is required")
         cfg.hole_filling = _hole_filling(hf, a.where)
     if cfg.compounding_mode == "IMPORTANCE_MASK" and not cfg.importance_mask_filename:
-        raise ValueError(f"{a.where} CompoundingMode=IMPORTANCE_MASK: attribute ImportanceMaskFilename is required")
+        raise InputError(f"{a.where} CompoundingMode=IMPORTANCE_MASK: attribute ImportanceMaskFilename is required")
     return cfg
 
 

@@ -27,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import InputError
 from ..frames import TrackedFrame
 from .frame_fields import FrameMeta, group_frame_fields, is_frame_field, parse_frame
 from .header_escape import ENCODING_FIELD, ENCODING_VALUE, decode_meta
@@ -116,11 +117,11 @@ def _frame_geometry(h: Header, layout: PixelLayout) -> tuple[tuple[int, int], in
     sizes, kinds = list(layout.sizes), [k.lower() for k in layout.kinds]
     list_axes = [i for i, k in enumerate(kinds) if k in ("list", "time")]
     if len(list_axes) > 1:
-        raise ValueError(f"{h.path}: more than one frame axis in kinds {layout.kinds}")
+        raise InputError(f"{h.path}: more than one frame axis in kinds {layout.kinds}")
     n = sizes.pop(list_axes[0]) if list_axes else 1
     spatial = sizes + [1] * (3 - len(sizes))
     if len(spatial) > 3 or spatial[2] > 1:
-        raise ValueError(f"{h.path}: frames of size {sizes} are volumetric; only 2D frames are supported "
+        raise InputError(f"{h.path}: frames of size {sizes} are volumetric; only 2D frames are supported "
                          "(read reconstructed volumes with usx_stream.io.volumes.read_volume)")
     return (spatial[1], spatial[0]), n
 
@@ -135,7 +136,7 @@ def _spacing(h: Header) -> tuple[float, ...]:
             return (1.0, 1.0)
         values = tuple(float(v) for v in text.split() if v.lower() != "nan")
     except ValueError as e:
-        raise ValueError(f"{h.path}: pixel spacing {text!r} is not a list of numbers") from e
+        raise InputError(f"{h.path}: pixel spacing {text!r} is not a list of numbers") from e
     return values[:2] if len(values) >= 2 else (1.0, 1.0)
 
 
@@ -143,11 +144,16 @@ def _parse(path: str | Path) -> _Parsed:
     header = read_header(path)
     layout = pixel_layout(header)
     frame_hw, n_frames = _frame_geometry(header, layout)
-    raw_fields = group_frame_fields(header.entries)
-    n_frames = max(n_frames, max(raw_fields, default=-1) + 1)
     status_fields = ("Status", "ImageStatus") if header.kind == "nrrd" else ("ImageStatus",)
-    # Every frame's fields are parsed here, so a malformed one fails before any pixel is read.
-    metas = [parse_frame(i, raw_fields.get(i, {}), status_fields=status_fields) for i in range(n_frames)]
+    try:
+        raw_fields = group_frame_fields(header.entries)
+        n_frames = max(n_frames, max(raw_fields, default=-1) + 1)
+        # Every frame's fields are parsed here, so a malformed one fails before any pixel is read.
+        metas = [parse_frame(i, raw_fields.get(i, {}), status_fields=status_fields) for i in range(n_frames)]
+    except InputError:
+        raise
+    except ValueError as e:  # the field parsers name the field and the value; add the file
+        raise InputError(f"{path}: {e}") from e
     if (header.get(ENCODING_FIELD) or "").strip().lower() == ENCODING_VALUE:
         metas = [decode_meta(m) for m in metas]  # names and values this package wrote escaped
     general = {k: v for k, v in header.entries if not is_frame_field(k)}
@@ -157,9 +163,12 @@ def _parse(path: str | Path) -> _Parsed:
         orientation = "MF"
     image_type = (_first(header, _TYPE_KEYS) or "BRIGHTNESS").strip().upper()
     if image_type not in _SUPPORTED_TYPES:
-        raise ValueError(f"{path}: UltrasoundImageType {image_type!r} is not supported "
+        raise InputError(f"{path}: UltrasoundImageType {image_type!r} is not supported "
                          f"(supported: {', '.join(_SUPPORTED_TYPES)})")
-    orientation_flips(orientation)  # validate once, before any frame is read
+    try:
+        orientation_flips(orientation)  # validate once, before any frame is read
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from e
     return _Parsed(header, layout, general, metas, frame_hw, orientation, image_type,
                    _spacing(header))
 
@@ -176,7 +185,11 @@ def _frames(parsed: _Parsed) -> Iterator[TrackedFrame]:
     try:
         for i, meta in enumerate(parsed.metas):
             if reader is not None and i < n_pixel_frames:
-                raw = np.frombuffer(reader.read(frame_bytes), dtype=layout.dtype).reshape(shape)
+                try:
+                    data = reader.read(frame_bytes)
+                except InputError as e:
+                    raise InputError(f"{e}: Seq_Frame{i:04d} of {len(parsed.metas)} frames is incomplete") from e
+                raw = np.frombuffer(data, dtype=layout.dtype).reshape(shape)
                 raw = raw[:, ::-1] if flip_cols else raw
                 pixels = np.array(raw[::-1] if flip_rows else raw, dtype=native)
             else:
@@ -204,9 +217,9 @@ def read_sequence(path: str | Path) -> Sequence:
 
     Raises
     ------
-    ValueError
-        Malformed header fields (the message names the field and its value), unsupported
-        orientation/type, or truncated/corrupt pixel data.
+    InputError
+        Malformed header fields (the message names the file, the field and its value), unsupported
+        orientation/type, or truncated/corrupt pixel data (the message names the frame).
     """
     parsed = _parse(path)
     frames = list(_frames(parsed))

@@ -4,6 +4,9 @@ Pacing (shared with the replay server): ``rate=None`` follows the recorded times
 sends R frames per second, ``rate=0`` goes as fast as the consumer takes them (nothing dropped).
 With ``loop=True`` the file repeats; each repetition's timestamps are shifted by the recording's
 duration plus one frame period, so time keeps increasing as a live stream's would.
+
+:func:`check_sequence` reads a whole file once before it is served, so a truncated or malformed file
+is reported before the first frame goes out rather than in the middle of a stream.
 """
 
 from __future__ import annotations
@@ -14,8 +17,61 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import InputError
 from ..frames import TrackedFrame
 from .base import FrameSource
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceCheck:
+    """What one full read of a sequence file found.
+
+    Attributes
+    ----------
+    frames : int
+        Number of frames (every one readable).
+    duration_s : float
+        Last timestamp minus first, s.
+    first : TrackedFrame
+        Frame 0 (its transforms tell which chains a calibration must complete).
+    """
+
+    frames: int
+    duration_s: float
+    first: TrackedFrame
+
+
+def sequence_path(path: str | Path) -> Path:
+    """``path`` as a Path; InputError when it does not name an existing file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: sequence file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file (expected a PLUS sequence file, .igs.mha or .igs.nrrd)")
+    return path
+
+
+def check_sequence(path: str | Path) -> SequenceCheck:
+    """Read every frame of ``path`` once (one frame in memory at a time) and summarise the file.
+
+    Raises
+    ------
+    InputError
+        The file is missing, its header is malformed, its pixel data is shorter than the header says
+        (the message names the first incomplete frame), or it holds no frame.
+    """
+    path = sequence_path(path)
+    from ..io.sequence import iter_frames
+
+    first = last = None
+    n = 0
+    for frame in iter_frames(path):
+        first = frame if first is None else first
+        last = frame
+        n += 1
+    if first is None:
+        raise InputError(f"{path}: the sequence holds no frame")
+    return SequenceCheck(frames=n, duration_s=float(last.timestamp - first.timestamp), first=first)
 
 
 class Pacer:
@@ -32,9 +88,9 @@ class Pacer:
 
     def __init__(self, rate: float | None, stop: threading.Event, *, speed: float = 1.0):
         if rate is not None and rate < 0:
-            raise ValueError(f"rate: must be None (recorded), 0 (as fast as possible) or > 0 fps, got {rate!r}")
+            raise InputError(f"rate: must be None (recorded), 0 (as fast as possible) or > 0 fps, got {rate!r}")
         if speed <= 0:
-            raise ValueError(f"speed: must be > 0, got {speed!r}")
+            raise InputError(f"speed: must be > 0, got {speed!r}")
         self.rate = rate
         self.speed = speed
         self._stop = stop
@@ -98,9 +154,7 @@ class SequenceReplay(FrameSource):
     def __init__(self, path: str | Path, *, rate: float | None = None, loop: bool = False, speed: float = 1.0,
                  queue_size: int = 64):
         super().__init__(queue_size=queue_size, block_when_full=(rate == 0))
-        self.path = Path(path)
-        if not self.path.exists():
-            raise ValueError(f"path: sequence file not found: {self.path}")
+        self.path = sequence_path(path)
         self.pacer = Pacer(rate, self._stop, speed=speed)
         self.loop = loop
 

@@ -15,6 +15,10 @@ STATUS devices, and :class:`~usx_stream.sources.igtl_source.IgtlFrameSource` fin
 
 Like PlusServer, a client gets version-2 messages only after it sent one itself; our receiver does so
 at connect. Binds 127.0.0.1 unless told otherwise. Rate and looping as in :mod:`.replay`.
+
+If streaming fails (a file damaged after :func:`~.replay.check_sequence` passed, or a bug), the thread
+stops, :attr:`ReplayServer.error` holds the exception and :attr:`ReplayServer.done` is set; the owner
+reports it. A bug is also logged with its traceback here.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from ..igtl.codec import Message
 from ..igtl.codec_basic import StatusContent
 from ..igtl.codec_image import ImageContent
 from ..igtl.endpoints import Server
+from ..errors import InputError
 from ..igtl.transport import TransportOptions
 from ..transforms import TransformError, TransformRepository
-from .replay import Pacer, looped_frames
+from .replay import Pacer, looped_frames, sequence_path
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +89,25 @@ class ReplayServer:
         Start streaming once this many clients are connected (0 = at once, like PlusServer).
     time_offset_s : float
         Added to every timestamp (e.g. to turn recorder time into UTC).
+
+    Raises
+    ------
+    InputError
+        ``path`` is not an existing file, or ``min_clients`` < 0.
     """
 
     def __init__(self, path: str | Path, *, host: str = "127.0.0.1", port: int = 18944, rate: float | None = None,
                  loop: bool = False, calibration: TransformRepository | None = None, min_clients: int = 0,
                  time_offset_s: float = 0.0, options: TransportOptions | None = None, speed: float = 1.0):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise ValueError(f"path: sequence file not found: {self.path}")
+        self.path = sequence_path(path)
         if min_clients < 0:
-            raise ValueError(f"min_clients: must be >= 0, got {min_clients}")
+            raise InputError(f"min_clients: must be >= 0, got {min_clients}")
         self.server = Server(host, port, options=options, match_peer_version=True)
         self.loop, self.calibration, self.min_clients = loop, calibration, min_clients
         self.time_offset_s = time_offset_s
         self.frames_sent = 0
-        self.done = threading.Event()  # set when the file (and every loop) has been sent
+        self.done = threading.Event()  # set when the file (and every loop) has been sent, or streaming failed
+        self.error: BaseException | None = None  # why streaming failed; written by the replay thread before done
         self._stop = threading.Event()
         self._pacer = Pacer(rate, self._stop, speed=speed)
         self._block_s = self.server.options.send_timeout_s if rate == 0 else 0.0
@@ -148,5 +157,11 @@ class ReplayServer:
             if not self._stop.is_set():
                 eos = Message("STATUS", END_OF_STREAM_DEVICE, StatusContent(message="end of replay"), None, {}, 2)
                 self.server.broadcast(eos, block_s=self.server.options.send_timeout_s)
+        except InputError as e:  # the file went bad under us: the owner reports it (error, done)
+            logger.debug("replay of %s stopped after %d frames: %s", self.path, self.frames_sent, e)
+            self.error = e
+        except Exception as e:  # a bug: keep the traceback, and let the owner know
+            logger.exception("replay of %s failed after %d frames", self.path, self.frames_sent)
+            self.error = e
         finally:
             self.done.set()

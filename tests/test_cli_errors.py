@@ -1,0 +1,140 @@
+"""Every bad command-line or configuration input ends ``usx-stream`` with exit status 2 and one line on
+stderr that names the file or key and the value; a bug keeps its traceback.
+
+The inputs are real files written to tmp_path and the CLI runs as a subprocess, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import pytest
+
+from cli_files import DEVICE_SET, N_FRAMES, run_cli, truncate, write_sequence_file
+from usx_stream import cli
+from usx_stream.errors import InputError
+
+# name -> device-set text with one defect
+DEVICE_SET_DEFECTS = {
+    "no_coordinates.xml": re.sub(r"<CoordinateDefinitions>.*</CoordinateDefinitions>", "", DEVICE_SET, flags=re.S),
+    "no_image_to_probe.xml": DEVICE_SET.replace('From="Image" To="Probe"', 'From="Phantom" To="Reference"'),
+    "no_matrix.xml": re.sub(r'Matrix="[^"]*"', "", DEVICE_SET),
+    "matrix_15.xml": DEVICE_SET.replace("0 0 0.1 0\n", "0 0.1 0\n"),
+    "no_volume_reconstruction.xml": re.sub(r"<VolumeReconstruction.*?/>", "", DEVICE_SET, flags=re.S),
+    "truncated.xml": DEVICE_SET[: DEVICE_SET.index("<VolumeReconstruction") + 30],
+}
+LAUNCH_FILES = {
+    "unknown_key.toml": "[compound]\nspacing_mn = 0.5\n",
+    "wrong_type.toml": '[compound]\nspacing_mm = "fine"\n',
+    "bad.toml": "[compound\nspacing_mm = 0.5\n",
+}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    write_sequence_file(tmp_path / "good.igs.mha")
+    truncate(write_sequence_file(tmp_path / "truncated.igs.mha"))
+    truncate(write_sequence_file(tmp_path / "truncated_zlib.igs.mha", compress=True))
+    (tmp_path / "good.xml").write_text(DEVICE_SET)
+    for name, text in {**DEVICE_SET_DEFECTS, **LAUNCH_FILES}.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def _replay(seq: str, *extra: str) -> list[str]:
+    return ["replay", seq, "--port", "0", "--rate", "0", "--no-wait", *extra]  # fails fast if a check is missing
+
+
+def _compound(seq: str, config: str) -> list[str]:
+    return ["compound", "--config", config, "--seq", seq, "--out", "volume.mha"]
+
+
+CASES = [
+    # id, arguments, what the line must name
+    ("run-unknown-key", ["run", "--launch", "unknown_key.toml"], ["unknown_key.toml", "spacing_mn"]),
+    ("run-wrong-type", ["run", "--launch", "wrong_type.toml"], ["wrong_type.toml", "compound.spacing_mm", "'fine'"]),
+    ("run-bad-toml", ["run", "--launch", "bad.toml"], ["bad.toml", "line 1"]),
+    ("run-missing-launch", ["run", "--launch", "missing.toml"], ["missing.toml"]),
+    ("replay-missing-seq", _replay("missing.igs.mha"), ["missing.igs.mha", "not found"]),
+    ("replay-truncated", _replay("truncated.igs.mha"), ["truncated.igs.mha", "pixel data ends", "Seq_Frame0004"]),
+    ("replay-truncated-zlib", _replay("truncated_zlib.igs.mha"), ["truncated_zlib.igs.mha", "Seq_Frame"]),
+    ("replay-no-coordinates", _replay("good.igs.mha", "--config", "no_coordinates.xml"),
+     ["no_coordinates.xml", "CoordinateDefinitions"]),
+    ("replay-no-image-to-probe", _replay("good.igs.mha", "--config", "no_image_to_probe.xml"),
+     ["no_image_to_probe.xml", "good.igs.mha", "ImageToReference", "ImageToProbe"]),
+    ("replay-no-matrix", _replay("good.igs.mha", "--config", "no_matrix.xml"),
+     ["no_matrix.xml", "From='Image' To='Probe'", "Matrix"]),
+    ("replay-matrix-15", _replay("good.igs.mha", "--config", "matrix_15.xml"),
+     ["matrix_15.xml", "From='Image' To='Probe'", "Matrix=", "got 15"]),
+    ("replay-truncated-xml", _replay("good.igs.mha", "--config", "truncated.xml"),
+     ["truncated.xml", "malformed XML", "line 10, column"]),
+    ("compound-missing-config", _compound("good.igs.mha", "missing.xml"), ["missing.xml", "No such file"]),
+    ("compound-truncated", _compound("truncated.igs.mha", "good.xml"), ["truncated.igs.mha", "Seq_Frame0004"]),
+    ("compound-truncated-zlib", _compound("truncated_zlib.igs.mha", "good.xml"), ["truncated_zlib.igs.mha", "Seq_Frame"]),
+    ("compound-no-coordinates", _compound("good.igs.mha", "no_coordinates.xml"),
+     ["no_coordinates.xml", "good.igs.mha", "ImageToReference"]),
+    ("compound-no-image-to-probe", _compound("good.igs.mha", "no_image_to_probe.xml"),
+     ["no_image_to_probe.xml", "ImageToReference", "PhantomToReference"]),
+    ("compound-no-matrix", _compound("good.igs.mha", "no_matrix.xml"), ["no_matrix.xml", "Matrix"]),
+    ("compound-matrix-15", _compound("good.igs.mha", "matrix_15.xml"), ["matrix_15.xml", "got 15"]),
+    ("compound-no-volume-reconstruction", _compound("good.igs.mha", "no_volume_reconstruction.xml"),
+     ["no_volume_reconstruction.xml", "VolumeReconstruction"]),
+    ("compound-truncated-xml", _compound("good.igs.mha", "truncated.xml"), ["truncated.xml", "line 10, column"]),
+]
+
+
+@pytest.mark.parametrize("args, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(inputs, args, names):
+    done = run_cli(*args, cwd=inputs)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"usx-stream {args[0]}: error: ")
+    for name in names:
+        assert name in lines[0]
+    assert not (inputs / "volume.mha").exists()
+
+
+def test_the_same_inputs_without_their_defect_succeed(inputs):
+    """The files above fail only because of their defect."""
+    done = run_cli(*_compound("good.igs.mha", "good.xml"), cwd=inputs)
+    assert done.returncode == 0, done.stderr
+    assert (inputs / "volume.mha").exists() and f"{N_FRAMES} of {N_FRAMES} frames pasted" in done.stdout
+    done = run_cli(*_replay("good.igs.mha", "--config", "good.xml"), cwd=inputs)
+    assert done.returncode == 0, done.stderr
+    assert f"sent {N_FRAMES} frames" in done.stdout
+
+
+def test_vv_shows_the_traceback_of_an_input_error(tmp_path, capsys):
+    assert cli.main(["-vv", "run", "--launch", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ConfigError" in err
+    assert err.rstrip().splitlines()[-1].startswith("usx-stream run: error: launch file ")
+
+
+@pytest.mark.parametrize("bug", [RuntimeError("boom"), ValueError("a plain ValueError is a bug"),
+                                 ConnectionResetError(104, "reset by peer")])
+def test_a_bug_keeps_its_traceback(monkeypatch, bug):
+    """Only InputError and unopenable input paths are reported as bad input."""
+    import usx_stream.commands.listen as listen
+
+    def run(args):
+        raise bug
+
+    monkeypatch.setattr(listen, "run", run)
+    with pytest.raises(type(bug)):
+        cli.main(["listen"])
+
+
+def test_input_error_is_a_value_error_and_config_error_is_one():
+    from usx_stream.config import ConfigError
+
+    assert issubclass(InputError, ValueError) and issubclass(ConfigError, InputError)
+
+
+def test_every_listed_subcommand_has_a_module():
+    assert "bench" not in cli.SUBCOMMANDS
+    for name, (module, _) in cli.SUBCOMMANDS.items():
+        assert importlib.util.find_spec(module) is not None, name
