@@ -173,11 +173,14 @@ def build_node(cfg: LaunchConfig, *, source=None, xray=None, engines=None, publi
         source, calibration = parts["source"], calibration or parts["calibration"]
         xray = xray if xray is not None else parts["xray"]
 
+    # Inputs a user makes (geometry, X-ray files, calibration) are checked first: a missing file fails at
+    # once, before the engines load and before any socket opens.
+    xray = xray if xray is not None else make_xray_cache(cfg)
+    calibration = calibration if calibration is not None else make_calibration(cfg)
     return Node(cfg, source=source if source is not None else make_source(cfg),
                 engines=engines if engines is not None else make_engines(cfg),
-                xray=xray if xray is not None else make_xray_cache(cfg),
-                publishers=publishers if publishers is not None else make_publishers(cfg),
-                calibration=calibration if calibration is not None else make_calibration(cfg))
+                xray=xray, publishers=publishers if publishers is not None else make_publishers(cfg),
+                calibration=calibration)
 
 
 def default_launch_dir() -> Path:
