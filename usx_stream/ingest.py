@@ -224,6 +224,25 @@ class IngestStage:
                 continue
             self._note(m, time.monotonic(), frame.timestamp)
 
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) the compounding kernels this stage will run, on a tiny
+        throw-away grid and frame, so that the first real frame costs what the others cost."""
+        real = self.reconstructor
+        self._make_reconstructor(OutputGeometry(np.zeros(3), np.ones(3), (8, 8, 8)))
+        try:
+            # B-mode-like: uint8 pixels smaller than a voxel, so the same kernels as a real sweep are picked
+            dummy = np.full((16, 16), 100, np.uint8)
+            m = np.diag([0.3, 0.3, 0.3, 1.0])
+            m[:3, 3] = 1.0
+            channels = {name: np.full((16, 16), 0.5, np.float32) for name in self.reconstructor.channel_modes}
+            self.reconstructor.add(TrackedFrame(pixels=dummy, timestamp=0.0), image_to_reference=m, channels=channels)
+            if channels:
+                self.reconstructor.channel_volume(next(iter(channels)))
+            else:
+                self.reconstructor.snapshot(fill_holes=False)
+        finally:
+            self.reconstructor = real
+
     def _make_reconstructor(self, grid: OutputGeometry) -> None:
         channels = {"bone": "MAXIMUM"} if (self._bone.enabled and self._compound.bone_channel) else {}
         backend, device = self._compound.backend, self._compound.device

@@ -79,12 +79,31 @@ class Node:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Node":
+        self.warm_up()
         self.source.start()
         for target, name in ((self._ingest_loop, "ingest"), (self._completion_loop, "completion")):
             t = threading.Thread(target=self._guard(target), name=f"usx-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         return self
+
+    def warm_up(self) -> float:
+        """Compile the compounding kernels and run the mesher once before the first frame is accepted, so
+        the first frames and updates cost what the rest cost; returns the seconds it took (telemetry stage
+        ``warm_up``, reported apart from the stream's figures). The engines warm up when they are built."""
+        from .surface.mesh import mesh_points
+
+        t0 = time.perf_counter()
+        self.ingest.warm_up()
+        sphere = np.random.default_rng(0).normal(size=(2048, 3))
+        sphere *= 20.0 / np.linalg.norm(sphere, axis=1, keepdims=True)
+        s = self.cfg.surface
+        mesh_points(sphere, method=s.method, triangle_budget=s.triangle_budget, grid_mm=s.grid_mm,
+                    offset_mm=s.offset_mm or None, project_k=s.project_k, poisson_depth=s.poisson_depth)
+        seconds = time.perf_counter() - t0
+        self.telemetry.record("warm_up", seconds)
+        log.info("warm-up: compounding kernels and mesher ready in %.2f s", seconds)
+        return seconds
 
     def stop(self) -> None:
         """Stop every stage and close every socket; safe to call twice and from a signal handler's thread."""

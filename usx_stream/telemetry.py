@@ -60,6 +60,11 @@ class StageRecorder:
             if self._first_t is None:
                 self._first_t = now
 
+    def samples(self) -> list[float]:
+        """The kept samples, oldest first, seconds."""
+        with self._lock:
+            return list(self._samples)
+
     def drop(self, n: int = 1) -> None:
         """Count ``n`` items this stage had to drop."""
         if n < 0:
