@@ -12,11 +12,17 @@ Each :class:`~usx_stream.frames.Surface` becomes one POLYDATA message: points in
 metadata ``IGTL_DEVICE_NAME``), and with header version 2 the metadata ``MRMLNodeName`` (the node Slicer
 creates or updates), ``CoordinateFrame`` and ``surface.metadata``. Slicer treats coordinates as RAS: apply
 the ``ReferenceToRas`` transform to the node in Slicer (or publish in a frame that is RAS).
+
+The publisher only sends. Whatever peers send it is framed, counted and dropped, never decoded or
+queued (:func:`~.transport.publish_only_options`); in the server role a client declaring a body over
+64 KiB is disconnected before any of it is read, only ``allow_clients`` may connect, and ``max_clients``
+bounds the connections (see :class:`~.endpoints.Server` for who makes room at the limit).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,7 +30,7 @@ from ..frames import Surface
 from .codec import Message
 from .codec_polydata import PolyData
 from .endpoints import Client, Server
-from .transport import TransportOptions
+from .transport import TransportOptions, publish_only_options
 
 logger = logging.getLogger(__name__)
 
@@ -64,19 +70,35 @@ class SurfacePublisher:
     header_version : int
         2 (default, carries MRMLNodeName) or 1 (for peers that only speak version 1).
     options : TransportOptions or None
+        Default: :func:`~.transport.publish_only_options` for the server role; for the client role the
+        same with the usual 64 MiB limit and no disconnect on larger bodies (the peer is the Slicer we
+        chose to connect to, and a disconnect would only bring a reconnect). Given options are used as
+        they are.
+    allow_clients : sequence of str or None
+        Server role: addresses or networks allowed to connect (``["127.0.0.1", "10.0.0.0/8"]``); None or
+        empty: any. Must be empty for the client role.
+    max_clients : int
+        Server role: connections held at once (16).
     """
 
     def __init__(self, *, role: str = "server", host: str = "127.0.0.1", port: int = 18945, header_version: int = 2,
-                 options: TransportOptions | None = None):
+                 options: TransportOptions | None = None, allow_clients: Sequence[str] | None = None,
+                 max_clients: int = 16):
         if role not in ("server", "client"):
             raise ValueError(f"role: expected 'server' or 'client', got {role!r}")
         if header_version not in (1, 2):
             raise ValueError(f"header_version: expected 1 or 2, got {header_version!r}")
+        if role == "client" and allow_clients:
+            raise ValueError(f"allow_clients: only for role 'server' (we connect out as a client), got {allow_clients!r}")
         self.role = role
         self.header_version = header_version
         if role == "server":
-            self.endpoint = Server(host, port, options=options, match_peer_version=False)
+            self.endpoint = Server(host, port, options=options or publish_only_options(), match_peer_version=False,
+                                   allow_clients=allow_clients, max_clients=max_clients)
         else:
+            options = options or publish_only_options(peer_timeout_s=TransportOptions.peer_timeout_s,
+                                                      max_body_bytes=TransportOptions.max_body_bytes,
+                                                      close_on_oversize=False)
             self.endpoint = Client(host, port, options=options)
         self.published = 0
 
