@@ -134,6 +134,7 @@ def make_publishers(cfg: LaunchConfig) -> list:
         from .igtl.publisher import SurfacePublisher
 
         out.append(SurfacePublisher(role=p.igtl_mode, host=p.igtl_host, port=p.igtl_port,
+                                    allow_clients=p.allow_clients or None, max_clients=p.max_clients,
                                     device_prefix=p.device_prefix).start())
         log.info("publishing POLYDATA as OpenIGTLink %s on %s:%d", p.igtl_mode, p.igtl_host, out[-1].port)
     if p.zmq_enabled:

@@ -24,6 +24,7 @@ Relative paths are resolved against the directory of the launch file, so a launc
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import tomllib
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ class Key:
     """One launch-file key: its type, default and the values it admits.
 
     ``kind`` is one of ``bool``, ``int``, ``float``, ``str``, ``path``, ``floats`` (list of numbers,
-    length ``length`` when set) and ``points`` (table ``name -> [x, y, z]``).
+    length ``length`` when set), ``points`` (table ``name -> [x, y, z]``) and ``networks`` (list of IP
+    addresses or networks, ``["127.0.0.1", "10.0.0.0/8"]``).
     """
 
     kind: str
@@ -165,6 +167,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "igtl_mode": Key("str", "server", "OpenIGTLink role towards Slicer", choices=("server", "client")),
         "igtl_host": Key("str", "127.0.0.1", "bind (server) or connect (client) address"),
         "igtl_port": _port(18945, "OpenIGTLink port for Slicer"),
+        "allow_clients": Key("networks", [], "server mode: client addresses or networks allowed to connect, "
+                             "e.g. ['127.0.0.1', '10.0.0.0/8'] (empty: any; OpenIGTLink has no authentication)"),
+        "max_clients": Key("int", 16, "server mode: clients held at once; at the limit a newcomer evicts the "
+                           "oldest connection of the address holding the most", lo=1, hi=1024),
         "device_prefix": Key("str", "", "prefix of the POLYDATA device names (e.g. 'USX_')"),
         "status_messages": Key("bool", True, "send the node's status line (STRING <prefix>Status; ZeroMQ topic status)"),
         "zmq_enabled": Key("bool", False, "publish on ZeroMQ too"),
@@ -280,6 +286,8 @@ def _coerce(where: str, key: Key, value: Any, base_dir: Path | None) -> Any:
         return _coerce_floats(where, key, value)
     if kind == "points":
         return _coerce_points(where, value)
+    if kind == "networks":
+        return _coerce_networks(where, value)
     raise AssertionError(f"schema kind {kind!r} of {where} is not handled")
 
 
@@ -290,6 +298,17 @@ def _coerce_floats(where: str, key: Key, value: Any) -> list[float]:
     if value and key.length is not None and len(value) != key.length:
         raise _fail(where, f"must have {key.length} numbers (or be empty)", value)
     return [float(v) for v in value]
+
+
+def _coerce_networks(where: str, value: Any) -> list[str]:
+    if not isinstance(value, (list, tuple)) or any(not isinstance(v, str) for v in value):
+        raise _fail(where, "must be a list of IP addresses or networks (strings)", value)
+    for i, v in enumerate(value):
+        try:
+            ipaddress.ip_network(v.strip(), strict=False)
+        except ValueError:
+            raise _fail(f"{where}[{i}]", "not an IP address or network", v) from None
+    return [v.strip() for v in value]
 
 
 def _coerce_points(where: str, value: Any) -> dict[str, list[float]]:

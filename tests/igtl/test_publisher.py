@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from usx_stream.frames import Surface
+from usx_stream.igtl.codec import Message
 from usx_stream.igtl.endpoints import Client, Server
 from usx_stream.igtl.publisher import SurfacePublisher, message_to_surface
 from usx_stream.igtl.zmq_publisher import ZmqSurfacePublisher, decode_surface, encode_surface
@@ -83,3 +86,33 @@ def test_zmq_schema_roundtrip_and_pub_sub():
         sub.close(linger=0)
     assert got is not None
     assert_surface_equal(decode_surface(got), s)
+
+
+def test_status_line_and_landmarks_travel_both_ways_with_the_inbound_queue_bounded():
+    from usx_stream.igtl.codec_basic import PointItem
+
+    with SurfacePublisher(port=0, device_prefix="USX_") as pub:
+        client = Client("127.0.0.1", pub.port).start()
+        try:
+            assert pub.endpoint.wait_for_clients(1, timeout=10)
+            assert pub.publish_status("L1\u2013L5 multimodal") == 1
+            msg = client.get(timeout=10)
+            assert (msg.type, msg.device_name, msg.content) == ("STRING", "USX_Status", "L1\u2013L5 multimodal")
+            pub.publish(make_surface("L2_Completed"))
+            assert client.get(timeout=10).device_name == "USX_L2_Completed"
+            points = [PointItem("L3", np.array([1.0, 2.0, 3.0])), PointItem("not a level", np.zeros(3)),
+                      PointItem("l4 centre", np.array([4.0, 5.0, 6.0]))]
+            for _ in range(200):   # a flood of valid POINTs: at most the queue depth is kept
+                assert client.send(Message("POINT", "F", points, None, {}, 2))
+            client.send(Message("STRING", "Done", "x", None, {}, 2))
+            deadline = time.monotonic() + 20
+            while pub.endpoint.stats.snapshot().get("messages_received", 0) < 201 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stats = pub.endpoint.stats.snapshot()
+            assert stats["messages_received"] == 201 and stats.get("discarded_inbound") == 1, stats
+            assert len(pub.endpoint.inbound) <= 16 and stats.get("dropped_inbound", 0) >= 184, stats
+            got = pub.take_landmarks()
+            assert set(got) == {"L3", "L4"}
+            np.testing.assert_allclose(got["L4"], [4.0, 5.0, 6.0])
+        finally:
+            client.stop()

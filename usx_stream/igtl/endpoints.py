@@ -3,14 +3,23 @@
 Both own one inbound :class:`~.transport.MessageQueue` (read it with ``get(timeout)``; each message's
 ``peer`` names its connection) and one :class:`~.transport.TransportStats`. Sockets open in ``start()``
 and close in ``stop()``; nothing here installs signal handlers, so endpoints work from any thread.
+
+Who may connect to a :class:`Server`. OpenIGTLink has no authentication, so the first defence is where
+the server listens (127.0.0.1 unless the launch file opts in) and ``allow_clients``, a list of addresses
+and networks (``["127.0.0.1", "10.0.0.0/8"]``): a connection from anywhere else is closed as soon as it
+is accepted and counted (``refused_not_allowed``). Within that, ``max_clients`` bounds the connections
+held; see :class:`Server` for what happens when a client arrives at the limit.
 """
 
 from __future__ import annotations
 
+import collections
+import ipaddress
 import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
 from . import codec
 from .codec import Message
@@ -26,6 +35,22 @@ class _Endpoint:
         self.inbound = MessageQueue(self.options.inbound_queue, self.stats, "dropped_inbound")
         self._stop = threading.Event()
         self._cond = threading.Condition()  # guards connection state below; notified on every change
+        self._logged: set[str] = set()  # reasons already logged at warning level (any thread)
+
+    def _warn_once(self, reason: str, fmt: str, *args) -> None:
+        """Log ``fmt % args`` at warning level the first time ``reason`` occurs, at debug level after."""
+        first = reason not in self._logged
+        self._logged.add(reason)
+        logger.log(logging.WARNING if first else logging.DEBUG, fmt + (" (further ones at debug level)" if first else ""),
+                   *args)
+
+    def _connections(self) -> list[Connection]:
+        raise NotImplementedError
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of receive buffers held by this endpoint's live connections now."""
+        return sum(c.buffered_bytes for c in self._connections())
 
     def get(self, timeout: float | None = None) -> Message | None:
         """Next received message in arrival order, or None after ``timeout`` seconds."""
@@ -85,6 +110,10 @@ class Client(_Endpoint):
             conn.close("client stopped")
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
+
+    def _connections(self) -> list[Connection]:
+        conn = self.connection
+        return [] if conn is None else [conn]
 
     @property
     def connected(self) -> bool:
@@ -153,18 +182,40 @@ class Client(_Endpoint):
 
 
 class Server(_Endpoint):
-    """Listens on ``host:port`` (127.0.0.1 by default; port 0 picks a free one) for any number of clients.
+    """Listens on ``host:port`` (127.0.0.1 by default; port 0 picks a free one) for up to ``max_clients``.
 
     ``broadcast`` sends to every client. With ``match_peer_version`` (PlusServer behaviour) a version-2
     message goes out as version 1 to clients that have not sent a version-2 message themselves.
+
+    At the limit a new client is always admitted, and one held connection is closed to make room
+    (counted as ``evicted``): the oldest connection of the address that holds the most connections,
+    among those preferring one that has never sent a valid message. Refusing newcomers instead would let
+    whoever filled the slots first (stale connections of a crashed viewer, or junk clients) lock a
+    reconnecting 3D Slicer out; with this rule a reconnecting Slicer always gets in, one host opening
+    many connections only ever evicts its own, and Slicer's single connection is the last to go. What it
+    cannot stop is many hosts each opening a connection: that is what ``allow_clients`` is for.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Address to listen on and port (0: any free port, read ``port`` after ``start``).
+    options : TransportOptions or None
+        Default: ``TransportOptions(peer_timeout_s=0)`` (a viewer may never send anything).
+    max_clients : int
+        Connections held at once (see above).
+    match_peer_version : bool
+    allow_clients : sequence of str or None
+        Client addresses or networks (``"10.1.2.3"``, ``"10.0.0.0/8"``) allowed to connect; None or empty:
+        any. Others are closed at once and counted as ``refused_not_allowed``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 18944, *, options: TransportOptions | None = None,
-                 max_clients: int = 16, match_peer_version: bool = True):
+                 max_clients: int = 16, match_peer_version: bool = True, allow_clients: Sequence[str] | None = None):
         if not 0 <= int(port) < 65536:
             raise ValueError(f"port: expected 0..65535, got {port!r}")
-        if max_clients < 1:
-            raise ValueError(f"max_clients: must be >= 1, got {max_clients}")
+        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+            raise ValueError(f"max_clients: must be an integer >= 1, got {max_clients!r}")
+        self.allow_networks = parse_allow_list(allow_clients)
         # A client may rightly never send anything (a viewer): by default a server does not time clients
         # out for silence; a dead one is noticed when sends stall (send_timeout_s) or TCP reports it.
         super().__init__(options or TransportOptions(peer_timeout_s=0))
@@ -202,6 +253,10 @@ class Server(_Endpoint):
             conns = list(self.connections)
         for conn in conns:
             conn.close("server stopped")
+
+    def _connections(self) -> list[Connection]:
+        with self._cond:
+            return list(self.connections)
 
     @property
     def client_count(self) -> int:
@@ -242,32 +297,77 @@ class Server(_Endpoint):
                 continue
             except OSError:
                 break  # listener closed by stop()
+            if not is_allowed(addr[0], self.allow_networks):
+                sock.close()
+                self.stats.add("refused_not_allowed")
+                self._warn_once("not_allowed", "refusing %s:%d: not in allow_clients", *addr[:2])
+                continue
+            try:
+                conn = Connection(sock, inbound=self.inbound, stats=self.stats, options=self.options,
+                                  on_closed=self._closed)
+            except OSError as e:  # the client vanished between accept() and set-up
+                logger.debug("dropping %s:%d at set-up: %s", *addr[:2], e)
+                sock.close()
+                continue
+            victim = None
             with self._cond:
                 if self._stop.is_set():
                     sock.close()
                     break
                 if len(self.connections) >= self.max_clients:
-                    logger.warning("refusing %s:%d: %d clients already", *addr[:2], self.max_clients)
-                    sock.close()
-                    self.stats.add("refused")
-                    continue
-                try:
-                    conn = Connection(sock, inbound=self.inbound, stats=self.stats, options=self.options,
-                                      on_closed=self._closed)
-                except OSError as e:  # the client vanished between accept() and set-up
-                    logger.debug("dropping %s:%d at set-up: %s", *addr[:2], e)
-                    sock.close()
-                    continue
+                    victim = self._eviction_candidate(conn.peer_host)
+                    self.connections.remove(victim)
                 self.connections.append(conn)
                 self._cond.notify_all()
+            if victim is not None:
+                self.stats.add("evicted")
+                self._warn_once("evicted", "%d clients connected: closing %s to admit %s", self.max_clients,
+                                victim.peer, conn.peer)
+                victim.close("evicted: client limit reached", wait=False)
             self.stats.add("connects")
             conn.start()
+
+    def _eviction_candidate(self, newcomer_host: str) -> Connection:
+        """The connection to close for a newcomer from ``newcomer_host`` (caller holds ``_cond``; see the
+        class docstring): most connections per address first, then never-valid first, then oldest."""
+        per_host = collections.Counter(c.peer_host for c in self.connections)
+        per_host[newcomer_host] += 1
+        return min(self.connections, key=lambda c: (-per_host[c.peer_host], c.first_message.is_set(), c.connected_at))
 
     def _closed(self, conn: Connection, reason: str) -> None:
         with self._cond:
             if conn in self.connections:
                 self.connections.remove(conn)
             self._cond.notify_all()
+
+
+def parse_allow_list(values: Sequence[str] | None) -> tuple:
+    """``values`` (addresses or networks, e.g. ``["127.0.0.1", "10.0.0.0/8"]``) as ``ipaddress`` networks;
+    empty for None or an empty list (anyone allowed). Raises ValueError naming the bad entry."""
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        raise ValueError(f"allow_clients: expected a list of addresses or networks, got {values!r}")
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(ipaddress.ip_network(str(value).strip(), strict=False))
+        except ValueError as e:
+            raise ValueError(f"allow_clients[{i}]: not an IP address or network, got {value!r}") from e
+    return tuple(out)
+
+
+def is_allowed(host: str, networks: tuple) -> bool:
+    """Whether address ``host`` is in one of ``networks`` (always, when there are none)."""
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in networks)
 
 
 def hello_message(device_name: str = "usx-stream") -> Message:

@@ -1,8 +1,9 @@
 """Split an OpenIGTLink byte stream into CRC-checked messages, surviving garbage in between.
 
 No sockets here: the transport reads into :meth:`StreamParser.writable`, calls :meth:`commit`, then
-iterates :meth:`frames`. Each item is either a ``(Header, body: bytearray)`` pair whose body passed the
-CRC64 check, or a :class:`Rejection` naming why bytes were thrown away.
+iterates :meth:`frames`. Each item is either a ``(Header, body)`` pair whose body (a ``bytearray``, or a
+uint8 ndarray for large bodies) passed the CRC64 check, or a :class:`Rejection` naming why bytes were
+thrown away.
 
 Resynchronisation. After a framing error (bad version, declared size over the limit, CRC mismatch,
 stream ended mid-message) the parser scans forward for the next position whose 58 bytes look like a
@@ -17,11 +18,25 @@ Large bodies (at least 64 KiB) are received straight into a buffer of their own,
 keeps: no copy of the pixels after the kernel's, and the CRC of the bytes already there is computed while
 the rest is still arriving. Should such a message turn out bad, its bytes go back into the common buffer
 and the usual resynchronisation runs on them, so results never depend on how the stream was read.
+
+Memory follows the bytes that arrived, not the sizes that were declared: a large body is first received
+into a buffer of at most 1 MiB; only once that has filled is a buffer of the declared size made (one copy
+of that 1 MiB), and it is left uninitialised (``numpy.empty``), so the operating system commits its pages
+as received bytes land in them. A peer that declares 64 MiB and sends a few bytes costs 1 MiB, never 64.
+The common buffer starts at 1 MiB, or smaller when ``max_body_bytes`` is small (a publish-only port with
+a 64 KiB limit holds ~128 KiB per connection).
+
+Stalls. The parser has no clock: the transport calls :meth:`StreamParser.expire` when the message being
+received took too long. That message is rejected (``stalled_body``) and its bytes are rescanned like any
+other framing error, so valid messages that followed a header declaring a body that never came (they were
+being read as that body) are delivered instead of waiting for the declared size to fill up.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from .codec import HEADER, HEADER_SIZE, DecodeError, parse_header
 from .crc import crc64
@@ -31,6 +46,7 @@ _INITIAL_CAPACITY = 1 << 20  # 1 MiB: one 820x616 uint8 frame plus headroom
 # much of its body (copied once into the body's own buffer), the rest is read into that buffer directly.
 _RECV_CHUNK = 1 << 16
 _DIRECT_MIN = 1 << 16  # bodies at least this large get their own buffer
+_DIRECT_FIRST = 1 << 20  # such a body's first buffer (bytes); the declared size is allocated once this filled
 
 
 @dataclass
@@ -59,14 +75,17 @@ class StreamParser:
             raise ValueError(f"max_body_bytes: must be >= 0, got {max_body_bytes}")
         self.max_body_bytes = max_body_bytes
         self.check_crc = check_crc
-        self._buf = bytearray(_INITIAL_CAPACITY)
+        # Enough for the largest admissible message plus one read, and never more than 1 MiB to start with.
+        self._initial = min(_INITIAL_CAPACITY, HEADER_SIZE + max_body_bytes + _RECV_CHUNK)
+        self._buf = bytearray(self._initial)
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
         self._offset = 0  # stream position of _buf[0]
         self._resync = False  # an error was reported; skip silently until the next good message
         self._eof = False
         # Direct mode: the header of the message at _start is the last thing in _buf; its body goes here.
-        self._body: bytearray | None = None
+        self._body: np.ndarray | None = None  # uint8; uninitialised beyond _body_len
+        self._body_size = 0  # declared size of the body being received (len(_body) reaches it in one step)
         self._body_len = 0  # bytes of _body received
         self._crc_len = 0  # bytes of _body covered by _body_crc
         self._body_crc = 0
@@ -77,6 +96,8 @@ class StreamParser:
     def writable(self) -> memoryview:
         """A writable view for ``socket.recv_into``; large enough for the message being read."""
         if self._body is not None:
+            if self._body_len == len(self._body) < self._body_size:
+                self._grow_body()
             if self._body_len < len(self._body):
                 return memoryview(self._body)[self._body_len:]
             self._end_body()  # complete but not parsed yet (feed() of several messages): back to _buf
@@ -113,14 +134,21 @@ class StreamParser:
 
     def _begin_body(self, size: int) -> memoryview:
         """Enter direct mode for the header at ``_start``: move the body bytes already read into its buffer."""
-        body = bytearray(size)
         s = self._start + HEADER_SIZE
         have = self._end - s
-        body[:have] = memoryview(self._buf)[s:self._end]
+        body = np.empty(min(size, max(_DIRECT_FIRST, have)), np.uint8)  # never sized by the declaration alone
+        body[:have] = np.frombuffer(self._buf, np.uint8, have, s)
         self._end = s
-        self._body, self._body_len, self._crc_len, self._body_crc = body, have, 0, 0
-        self.peak_capacity = max(self.peak_capacity, len(self._buf) + size)
+        self._body, self._body_size, self._body_len, self._crc_len, self._body_crc = body, size, have, 0, 0
+        self.peak_capacity = max(self.peak_capacity, self.buffered_bytes)
         return memoryview(body)[have:]
+
+    def _grow_body(self) -> None:
+        """The first part of a large body arrived: continue in a buffer of the declared size."""
+        body = np.empty(self._body_size, np.uint8)
+        body[:self._body_len] = self._body
+        self._body = body
+        self.peak_capacity = max(self.peak_capacity, self.buffered_bytes)
 
     def _end_body(self) -> None:
         """Leave direct mode, putting the body bytes back behind their header (for the generic path)."""
@@ -134,8 +162,8 @@ class StreamParser:
     def _compact(self, need: int) -> None:
         pending = self._end - self._start
         capacity = len(self._buf)
-        if pending + need > capacity or (capacity > 8 * _INITIAL_CAPACITY and pending + need < _INITIAL_CAPACITY):
-            capacity = max(_INITIAL_CAPACITY, pending + need)
+        if pending + need > capacity or (capacity > 8 * self._initial and pending + need < self._initial):
+            capacity = max(self._initial, pending + need)
             new = bytearray(capacity)  # grow for a big message, or shrink back after one
             new[:pending] = self._buf[self._start:self._end]
             self._buf = new
@@ -149,6 +177,11 @@ class StreamParser:
     def pending_bytes(self) -> int:
         """Bytes received but not yet parsed (bounded by the size limit plus one read)."""
         return self._end - self._start + (self._body_len if self._body is not None else 0)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of receive buffers held now (allocated, whether filled or not)."""
+        return len(self._buf) + (len(self._body) if self._body is not None else 0)
 
     # -- parsing -------------------------------------------------------------------------------
     def frames(self):
@@ -168,6 +201,26 @@ class StreamParser:
         self._start = self._end
         self._eof = False
         self._resync = False
+
+    def expire(self, reason: str = "stalled_body"):
+        """The message being received took too long: reject it and rescan what arrived behind its header.
+
+        Yields a :class:`Rejection` with ``reason`` (when a message was in progress), then every complete
+        message found in the bytes already received, as :meth:`frames` does.
+        """
+        if self._body is not None:
+            have, size = self._body_len, self._body_size
+            self._end_body()
+            detail = f"{have} of {size} declared body bytes arrived in time"
+        else:
+            detail = f"{self._end - self._start} bytes of an incomplete message"
+        if self._end == self._start:
+            return
+        self._resync = False  # always reported: the stall is a new error even while resynchronising
+        item = self._fail(reason, detail)
+        if item is not True:
+            yield item
+        yield from self.frames()
 
     def _next(self):
         """One step: an item, True (progress without an item), or None (need more bytes)."""
@@ -209,11 +262,11 @@ class StreamParser:
         if self.check_crc and self._crc_len < have:  # overlaps the CRC with the arrival of the rest
             self._body_crc = crc64(memoryview(body)[self._crc_len:have], self._body_crc)
             self._crc_len = have
-        if have < len(body) and not self._eof:
+        if have < self._body_size and not self._eof:
             return None
         s = self._start
         header = None
-        if have == len(body) and (not self.check_crc or self._body_crc == HEADER.unpack_from(self._buf, s)[6]):
+        if have == self._body_size and (not self.check_crc or self._body_crc == HEADER.unpack_from(self._buf, s)[6]):
             try:
                 header = parse_header(self._buf[s:s + HEADER_SIZE])
             except DecodeError:

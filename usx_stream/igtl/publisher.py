@@ -18,12 +18,18 @@ out as STRING ``<prefix>Status`` (Slicer shows it as a text node). Level landmar
 a POINT message whose points are named ``L1`` … ``L5`` (a Slicer markups list sent through the connector)
 gives those levels' centres, in the publish frame (place the markups under the same ReferenceToRas
 transform as the models); :meth:`SurfacePublisher.take_landmarks` returns them.
+
+Apart from those POINTs the publisher only sends. Whatever else peers send it is framed, counted and
+dropped, never decoded or queued (:func:`~.transport.publish_only_options`); in the server role a client declaring a body over
+64 KiB is disconnected before any of it is read, only ``allow_clients`` may connect, and ``max_clients``
+bounds the connections (see :class:`~.endpoints.Server` for who makes room at the limit).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,7 +37,7 @@ from ..frames import Surface
 from .codec import Message
 from .codec_polydata import PolyData
 from .endpoints import Client, Server
-from .transport import TransportOptions
+from .transport import TransportOptions, publish_only_options
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +93,36 @@ class SurfacePublisher:
     header_version : int
         2 (default, carries MRMLNodeName) or 1 (for peers that only speak version 1).
     options : TransportOptions or None
+        Default: :func:`~.transport.publish_only_options` for the server role; for the client role the
+        same with the usual 64 MiB limit and no disconnect on larger bodies (the peer is the Slicer we
+        chose to connect to, and a disconnect would only bring a reconnect). Given options are used as
+        they are.
+    allow_clients : sequence of str or None
+        Server role: addresses or networks allowed to connect (``["127.0.0.1", "10.0.0.0/8"]``); None or
+        empty: any. Must be empty for the client role.
+    max_clients : int
+        Server role: connections held at once (16).
     """
 
     def __init__(self, *, role: str = "server", host: str = "127.0.0.1", port: int = 18945, header_version: int = 2,
-                 options: TransportOptions | None = None, device_prefix: str = ""):
+                 options: TransportOptions | None = None, allow_clients: Sequence[str] | None = None,
+                 max_clients: int = 16, device_prefix: str = ""):
         if role not in ("server", "client"):
             raise ValueError(f"role: expected 'server' or 'client', got {role!r}")
         if header_version not in (1, 2):
             raise ValueError(f"header_version: expected 1 or 2, got {header_version!r}")
+        if role == "client" and allow_clients:
+            raise ValueError(f"allow_clients: only for role 'server' (we connect out as a client), got {allow_clients!r}")
         self.role = role
         self.header_version = header_version
         self.device_prefix = device_prefix
         if role == "server":
-            self.endpoint = Server(host, port, options=options, match_peer_version=False)
+            self.endpoint = Server(host, port, options=options or publish_only_options(), match_peer_version=False,
+                                   allow_clients=allow_clients, max_clients=max_clients)
         else:
+            options = options or publish_only_options(peer_timeout_s=TransportOptions.peer_timeout_s,
+                                                      max_body_bytes=TransportOptions.max_body_bytes,
+                                                      close_on_oversize=False)
             self.endpoint = Client(host, port, options=options)
         self.published = 0
 

@@ -35,9 +35,11 @@ class TransportStats:
         with self._lock:
             self._rejected[reason] += 1
 
-    def closed(self, reason: str) -> None:
+    def closed(self, reason: str) -> int:
+        """Count a connection closed for ``reason``; returns how many closed for it so far."""
         with self._lock:
             self._closed[reason] += 1
+            return self._closed[reason]
 
     def snapshot(self) -> dict:
         """``{counter: int, ..., "rejected": {reason: n}, "closed": {reason: n}}``."""

@@ -16,6 +16,19 @@ when one is full the newest message is dropped and counted (``dropped_inbound`` 
 never silently. Every rejected byte range is counted by reason (:class:`TransportStats`). A peer that
 closes, resets, stops sending for ``peer_timeout_s`` (half-open) or stops reading for ``send_timeout_s``
 is declared dead and the connection closes with that reason.
+
+Stalled messages. A message must arrive whole within ``body_timeout_s`` of its first bytes. One that does
+not (a header declaring a body that never comes, or comes a byte at a time) is rejected as
+``stalled_body`` and the bytes received behind its header are rescanned: valid messages that followed
+it (read as its body until then) are delivered at once instead of after the declared size has filled.
+If that rescan finds no valid message the peer is not streaming OpenIGTLink any more and the connection
+closes (a :class:`~.endpoints.Client` reconnects at once). Memory held for one connection is bounded by
+the bytes it actually sent (see :mod:`.framing`), never by what it declared.
+
+Publish-only endpoints (:func:`publish_only_options`): messages from peers are framed and CRC-checked,
+counted (``discarded_inbound``) and dropped without decoding or queueing; a declared body over
+``max_body_bytes`` (64 KiB: room for STATUS and GET_/STT_ requests) closes the connection before any of
+it is read, so a port that only sends cannot be made to hold what its clients send.
 """
 
 from __future__ import annotations
@@ -25,48 +38,17 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
 
 from . import codec
 from .codec import DecodeError, Message
 from .codec_basic import StatusContent
 from .framing import Rejection, StreamParser
+from .options import PUBLISH_ONLY_MAX_BODY, TransportOptions, publish_only_options  # noqa: F401 (re-exported)
 from .queues import MessageQueue, TransportStats
 
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_DEVICE = "KeepAlive"
-
-
-@dataclass(frozen=True)
-class TransportOptions:
-    """Tunables of a connection (seconds, bytes, messages).
-
-    keepalive_interval_s : send a STATUS(OK) named ``KeepAlive`` after this long without sending; 0 = never.
-    peer_timeout_s : close when nothing arrived for this long (half-open or dead peer); 0 = never.
-    send_timeout_s : close when the peer accepted no byte for this long.
-    max_body_bytes : larger declared bodies are rejected without being read.
-    check_crc : verify CRC64 of every received body.
-    inbound_queue / outbound_queue : bounded queue depths (messages); overflow drops the newest, counted.
-    deliver_keepalives : also hand ``KeepAlive`` STATUS messages to the consumer.
-    """
-
-    keepalive_interval_s: float = 0.25
-    peer_timeout_s: float = 1.0
-    send_timeout_s: float = 5.0
-    max_body_bytes: int = 64 << 20
-    check_crc: bool = True
-    inbound_queue: int = 512
-    outbound_queue: int = 256
-    deliver_keepalives: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("keepalive_interval_s", "peer_timeout_s", "send_timeout_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TransportOptions.{name}: must be >= 0, got {getattr(self, name)!r}")
-        for name in ("max_body_bytes", "inbound_queue", "outbound_queue"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TransportOptions.{name}: must be >= 1, got {getattr(self, name)!r}")
 
 
 class Connection:
@@ -90,6 +72,8 @@ class Connection:
         self.options = options
         self.stats = stats
         self.peer = "%s:%d" % sock.getpeername()[:2]
+        self.peer_host = sock.getpeername()[0]
+        self.connected_at = time.monotonic()
         self.peer_header_version = 1  # highest header version this peer has sent (PlusServer-style)
         self.closed = threading.Event()
         self.first_message = threading.Event()  # set when the peer's first valid message arrived
@@ -103,12 +87,20 @@ class Connection:
         self._send_lock = threading.Lock()  # senders, one at a time: decide direct write vs queue, then do it
         self._io_lock = threading.Lock()  # held by whoever writes to the socket (never two at once)
         self._last_send = time.monotonic()  # for keep-alives: direct writes bypass the writer thread
-        poll = min(t for t in (options.keepalive_interval_s, options.peer_timeout_s, 0.5) if t > 0)
+        # Only the reader thread touches the parser; buffered_bytes reads its size from other threads.
+        self._parser = StreamParser(max_body_bytes=options.max_body_bytes, check_crc=options.check_crc)
+        poll = min(t for t in (options.keepalive_interval_s, options.peer_timeout_s, options.body_timeout_s / 4,
+                               0.5) if t > 0)
         sock.settimeout(poll)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._threads = [threading.Thread(target=self._read_loop, name=f"igtl-read-{self.peer}", daemon=True),
                          threading.Thread(target=self._write_loop, name=f"igtl-write-{self.peer}", daemon=True)]
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of receive buffers this connection holds now (0 once closed)."""
+        return 0 if self.closed.is_set() else self._parser.buffered_bytes
 
     def start(self) -> "Connection":
         for t in self._threads:
@@ -188,8 +180,9 @@ class Connection:
                 pass  # already disconnected
             self.sock.close()
             self._outbound.close()  # wakes the writer and any sender waiting for queue space
-            self.stats.closed(reason)
-            logger.info("connection %s closed: %s", self.peer, reason)
+            first_time = self.stats.closed(reason) == 1
+            logger.log(logging.INFO if first_time else logging.DEBUG, "connection %s closed: %s%s", self.peer,
+                       reason, "" if not first_time else " (further closes for this reason are logged at debug)")
             if self._on_closed is not None:
                 self._on_closed(self, reason)
         with self._flush_cond:
@@ -201,27 +194,48 @@ class Connection:
 
     # -- reader thread ----------------------------------------------------------------------------
     def _read_loop(self) -> None:
-        parser = StreamParser(max_body_bytes=self.options.max_body_bytes, check_crc=self.options.check_crc)
+        parser, opts = self._parser, self.options
         last_rx = time.monotonic()
-        reason = "peer closed"
+        started = None  # monotonic time the message being received began; None between messages
+        reason, drain = "peer closed", True  # drain: deliver complete messages behind an incomplete one at the end
         try:
             while not self.closed.is_set():
                 try:
                     n = self.sock.recv_into(parser.writable())
                 except socket.timeout:
-                    if self.options.peer_timeout_s and time.monotonic() - last_rx > self.options.peer_timeout_s:
-                        reason = f"peer silent for {self.options.peer_timeout_s} s"
-                        break
-                    continue
+                    n = None
+                now = time.monotonic()
                 if n == 0:
                     break
-                last_rx = time.monotonic()
-                parser.commit(n)
-                self.stats.add("bytes_received", n)
-                self._dispatch(parser.frames())
+                if n is None:
+                    if opts.peer_timeout_s and now - last_rx > opts.peer_timeout_s:
+                        reason = f"peer silent for {opts.peer_timeout_s} s"
+                        break
+                else:
+                    last_rx = now
+                    parser.commit(n)
+                    self.stats.add("bytes_received", n)
+                    items, _, fatal = self._dispatch(parser.frames())
+                    if fatal:
+                        reason, drain = fatal, False
+                        break
+                    if items:
+                        started = None  # a message ended: whatever is pending started with this read
+                if not parser.pending_bytes:
+                    started = None
+                elif started is None:
+                    started = now
+                if opts.body_timeout_s and started is not None and now - started > opts.body_timeout_s:
+                    _, valid, fatal = self._dispatch(parser.expire())
+                    if fatal or not valid:
+                        reason = fatal or f"stalled body: no message completed within {opts.body_timeout_s} s"
+                        drain = False  # what was there has just been rescanned
+                        break
+                    started = now if parser.pending_bytes else None
             if self.closed.is_set():
                 return  # closed locally: a message cut short by our own close is not the peer's fault
-            self._dispatch(parser.finish())
+            if drain:
+                self._dispatch(parser.finish())
         except OSError as e:
             reason = f"socket error: {e}"
         finally:
@@ -229,12 +243,24 @@ class Connection:
             self.stats.peak("peak_receive_buffer_bytes", parser.peak_capacity)
         self.close(reason, wait=False)
 
-    def _dispatch(self, items) -> None:
+    def _dispatch(self, items) -> tuple[int, int, str | None]:
+        """Deliver (or discard) ``items`` from the parser; returns (items seen, valid messages, reason to
+        close the connection or None)."""
+        seen = valid = 0
         for item in items:
+            seen += 1
             if isinstance(item, Rejection):
                 self._reject(item.reason, item.detail)
+                if item.reason == "body_too_large" and self.options.close_on_oversize:
+                    return seen, valid, f"declared body over the {self.options.max_body_bytes} byte limit"
                 continue
             header, body = item
+            if self.options.discard_inbound and header.type not in self.options.keep_inbound_types:
+                # framing and CRC were checked; the content is not wanted
+                valid += 1
+                self._note_peer(header.version)
+                self.stats.add_each("messages_received", "discarded_inbound")
+                continue
             try:
                 msg = codec.decode_body(header, memoryview(body))
             except DecodeError as e:
@@ -244,12 +270,10 @@ class Connection:
                 logger.exception("decoding %s %r from %s failed", header.type, header.device_name, self.peer)
                 self._reject("decoder_error", repr(e))
                 continue
+            valid += 1
             msg.peer = self.peer
             msg.received_at = time.time()
-            if header.version > self.peer_header_version:
-                self.peer_header_version = header.version
-            if not self.first_message.is_set():
-                self.first_message.set()
+            self._note_peer(header.version)
             if (msg.type == "STATUS" and msg.device_name == KEEPALIVE_DEVICE
                     and not self.options.deliver_keepalives):
                 self.stats.add_each("messages_received", "keepalives_received")
@@ -258,6 +282,13 @@ class Connection:
                 self.stats.add_each("messages_received", "delivered")
             else:
                 self.stats.add("messages_received")  # the drop itself is counted by the queue
+        return seen, valid, None
+
+    def _note_peer(self, header_version: int) -> None:
+        if header_version > self.peer_header_version:
+            self.peer_header_version = header_version
+        if not self.first_message.is_set():
+            self.first_message.set()
 
     def _reject(self, reason: str, detail: str) -> None:
         self.stats.reject(reason)
