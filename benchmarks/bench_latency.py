@@ -25,12 +25,30 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _rss_mb() -> float:
+    """Resident memory of this process, MB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def _sample(node, t0: float) -> dict:
     rep = node.telemetry.report()["stages"].get("end_to_end", {})
     stats = node.source.stats()
     return {"t_s": round(time.monotonic() - t0, 1), "frames": node.ingest.frames_received,
             "queued": len(node.source._items), "dropped": stats.get("dropped", 0),
-            "updates": node.updates, "e2e_p95_ms": rep.get("p95_ms")}
+            "updates": node.updates, "e2e_p95_ms": rep.get("p95_ms"), "rss_mb": round(_rss_mb(), 1)}
+
+
+def _slope_per_min(samples: list[dict], key: str) -> float | None:
+    """Least-squares slope of ``key`` over time, per minute, on the samples after the first quarter (the
+    warm-up and the grid's first fill are not drift)."""
+    pts = [(s["t_s"], s[key]) for s in samples[len(samples) // 4:] if s.get(key) is not None]
+    if len(pts) < 3:
+        return None
+    t, v = np.array(pts, dtype=np.float64).T
+    return float(np.polyfit(t / 60.0, v, 1)[0])
 
 
 def _baseline(node, engines_cfg) -> dict:
@@ -104,6 +122,8 @@ def main(argv=None) -> int:
         "budget_ms": 500.0, "p95_over_budget": (e2e.get("p95_ms") or np.nan) / 500.0,
         "max_queue_depth": max((s["queued"] for s in samples), default=0),
         "e2e_p95_ms_quarter_vs_end": [first.get("e2e_p95_ms"), last.get("e2e_p95_ms")],
+        "rss_mb_per_min": _slope_per_min(samples, "rss_mb"),
+        "e2e_p95_ms_per_min": _slope_per_min(samples, "e2e_p95_ms"),
         "stages": stages, "baseline_same_run": baseline, "samples": samples,
         "engine": live.engines["multimodal"].describe(), "host": host,
     }
