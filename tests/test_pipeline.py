@@ -2,6 +2,8 @@
 POLYDATA to a real OpenIGTLink client. Networks are the real modules with untrained weights (the wiring
 is under test here; accuracy is the demo's and the evaluation's business)."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,30 @@ def test_a_bad_xray_is_counted_and_the_node_keeps_every_frame(session_files):
     assert node.telemetry.report()["counters"]["xray_rejected"] == 1
     assert node.xray.rejected == 1 and "label 9" in node.xray.last_error
     assert result.fusion == "us_only" and set(result.surfaces) == set(LEVELS)
+
+
+def test_a_failing_update_is_counted_and_told_and_the_node_goes_on(session_files):
+    # One landmark cannot give the cranio-caudal axis: every update fails with a ValueError naming why.
+    # The node stays up, counts the failures, shows the reason as its status, and recovers as soon as a
+    # second landmark arrives.
+    session, files = session_files
+    one = {"L3": session.spine.vertebrae["L3"].centroid_mm.tolist()}
+    cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.05}, "compound": ROI,
+                        "publish": {"igtl_enabled": False}, "bone": {"landmarks_mm": one}})
+    node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
+                calibration=session.calibration)
+    node.start()
+    try:
+        assert node.wait_source_done(timeout=120)
+        deadline = time.monotonic() + 60
+        while not node.telemetry.report()["counters"].get("updates_failed") and time.monotonic() < deadline:
+            node.wait_update(node.updates, timeout=0.2)
+        assert node.error is None
+        assert node.telemetry.report()["counters"]["updates_failed"] >= 1
+        assert node.status.startswith("update failed: bone.split: one level centre")
+        node.updater.landmarks["L4"] = session.spine.vertebrae["L4"].centroid_mm
+        result = node.run_update()
+    finally:
+        node.stop()
+    assert set(result.surfaces) == {"L3", "L4"}
+    assert node.status.startswith("L3\u2013L4 us_only")

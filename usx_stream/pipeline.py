@@ -192,6 +192,7 @@ class Node:
                 # One bad update (a degenerate volume, a failed solve) must not stop the node: the next
                 # snapshot gets a fresh try. Programming errors (TypeError, AttributeError...) still stop it.
                 self.telemetry.count("updates_failed")
+                self.set_status(f"update failed: {e}")
                 key = type(e).__name__
                 if key not in self._failures_logged:
                     self._failures_logged.add(key)
