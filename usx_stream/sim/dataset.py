@@ -8,7 +8,8 @@ the bounding box of the partial and labelmap points; 50 mm per unit):
   posterior probe positions over the whole spine, neighbours occluding, incidence filter, shadowing,
   optional beam noise), resampled to a fixed count;
 - ``labelmaps``: the vertebral body's lateral X-ray labelmap, cropped per vertebra and back-projected
-  onto the vertebra's mid-sagittal plane (:mod:`usx_stream.sim.labelmap_points`);
+  onto the vertebra's mid-sagittal plane (:mod:`usx_stream.sim.labelmap_points` renders it, the node's
+  :func:`usx_stream.xray.backproject.backproject_to_plane` back-projects it);
 - ``complete_pcds``: points sampled uniformly by area on the whole vertebra mesh.
 
 Sources: procedural spines (:func:`usx_stream.sim.anatomy.make_spine`) and user meshes aligned to the
@@ -30,7 +31,9 @@ import numpy as np
 from ..frames import LEVELS, Surface
 from ..transforms import apply
 from ..completion.normalize import SCALE_MM, canonical_center, normalize
-from .labelmap_points import LateralView, backproject_to_plane, render_body_labelmap
+from ..xray.backproject import backproject_to_plane
+from ..xray.geometry import CArmGeometry
+from .labelmap_points import render_body_labelmap
 from .mesh_alignment import AlignmentError, CanonicalVertebra, canonical_user_vertebra, sample_surface
 from .visibility import SweepConfig, simulate_us_visibility
 
@@ -120,7 +123,7 @@ def _to_vertebra(points_mm: np.ndarray, vertebra_to_patient: np.ndarray) -> np.n
     return apply(np.linalg.inv(vertebra_to_patient), points_mm)
 
 
-def _xray_view(vertebrae: list[CanonicalVertebra], cfg: PairConfig, rng: np.random.Generator) -> LateralView:
+def _xray_view(vertebrae: list[CanonicalVertebra], cfg: PairConfig, rng: np.random.Generator) -> CArmGeometry:
     """A lateral view centred near the spine, from a random side, with random C-arm distances."""
     origins = np.array([v.vertebra_to_patient[:3, 3] for v in vertebrae])
     lateral = np.mean([v.vertebra_to_patient[:3, 0] for v in vertebrae], axis=0)
@@ -129,9 +132,9 @@ def _xray_view(vertebrae: list[CanonicalVertebra], cfg: PairConfig, rng: np.rand
     side = rng.choice([-1.0, 1.0])
     sid = rng.uniform(*cfg.source_to_detector_mm)
     sod = min(rng.uniform(*cfg.source_to_target_mm), 0.9 * sid)
-    return LateralView.lateral(target, lateral=side * lateral, cranial=cranial, source_to_target_mm=sod,
-                               source_to_detector_mm=sid, pixel_spacing_mm=cfg.pixel_spacing_mm,
-                               shape=(4096, 4096))
+    return CArmGeometry.lateral(target, lateral=side * lateral, cranial=cranial, source_to_target_mm=sod,
+                                source_to_detector_mm=sid, pixel_spacing_mm=cfg.pixel_spacing_mm,
+                                shape=(4096, 4096))
 
 
 def make_pairs(vertebrae: list[CanonicalVertebra], *, cfg: PairConfig, rng: np.random.Generator,
@@ -165,7 +168,7 @@ def make_pairs(vertebrae: list[CanonicalVertebra], *, cfg: PairConfig, rng: np.r
             skipped.append(f"{tag}: vertebral body outside the X-ray detector")
             continue
         m = vert.vertebra_to_patient
-        plane = backproject_to_plane(pixels, view, plane_point_mm=m[:3, 3], plane_normal=m[:3, 0])
+        plane = backproject_to_plane(view, pixels, plane_point_mm=m[:3, 3], plane_normal=m[:3, 0])
         partial_mm, plane_mm = _to_vertebra(seen, m), _to_vertebra(plane, m)
         # The origin comes from what the network sees (never the ground truth), as at inference.
         center = canonical_center(partial_mm, plane_mm)
