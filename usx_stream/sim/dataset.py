@@ -33,8 +33,10 @@ from ..transforms import apply
 from ..completion.normalize import SCALE_MM, canonical_center, normalize
 from ..xray.backproject import backproject_to_plane
 from ..xray.geometry import CArmGeometry
+from .ct_labelmaps import LABELMAP_SUFFIXES, VERSE_LEVELS, label_meshes, read_labels
 from .labelmap_points import render_body_labelmap
-from .mesh_alignment import AlignmentError, CanonicalVertebra, canonical_user_vertebra, sample_surface
+from .mesh_alignment import (AlignmentError, CanonicalVertebra, align_vertebra, canonical_user_vertebra,
+                             sample_surface)
 from .visibility import SweepConfig, simulate_us_visibility
 
 log = logging.getLogger(__name__)
@@ -217,6 +219,36 @@ def mesh_pairs(path: str, *, seed: int, cfg: PairConfig, scale: float = 1.0, fra
     return samples, skipped
 
 
+# ------------------------------------------------------------------------------------ CT segmentations
+
+def labelmap_pairs(path: str, *, seed: int, cfg: PairConfig, levels: dict[int, str] | None = None
+                   ) -> tuple[list[PairedSample], list[str]]:
+    """Paired samples of every lumbar vertebra of one CT segmentation (they occlude each other).
+
+    The meshes come from :func:`usx_stream.sim.ct_labelmaps.label_meshes` (``levels``: label value of
+    each level, VerSe 20..24 = L1..L5 by default). Each vertebra is aligned to the canonical frame of its
+    level (rigid ICP started from LPS); one that cannot be aligned is skipped with its reason.
+    """
+    name = Path(path).name
+    try:
+        meshes = label_meshes(*read_labels(path), levels=levels)
+    except ValueError as e:
+        return [], [f"{name}: {e}"]
+    if not meshes:
+        return [], [f"{name}: no lumbar vertebra label ({sorted((levels or VERSE_LEVELS))})"]
+    vertebrae, skipped = [], []
+    for level, mesh in sorted(meshes.items()):
+        try:
+            vertebrae.append(align_vertebra(mesh, level, frame="LPS", spacing_mm=cfg.mesh_spacing_mm, seed=seed))
+        except AlignmentError as e:
+            skipped.append(f"{name}/{level}: {e}")
+    if not vertebrae:
+        return [], skipped
+    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+    samples, more = make_pairs(vertebrae, cfg=cfg, rng=rng, name=name)
+    return samples, skipped + more
+
+
 # ------------------------------------------------------------------------------------ the driver
 
 MESH_SUFFIXES = (".ply", ".stl", ".obj")
@@ -283,8 +315,6 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
         fn = functools.partial(mesh_pairs, seed=seed, cfg=cfg, scale=scale, frame=frame, repeats=repeats)
         items, source = _files(Path(meshes), MESH_SUFFIXES, "meshes"), f"meshes:{Path(meshes).name}"
     else:
-        from .ct_labelmaps import LABELMAP_SUFFIXES, labelmap_pairs
-
         fn = functools.partial(labelmap_pairs, seed=seed, cfg=cfg)
         items, source = _files(Path(labelmaps), LABELMAP_SUFFIXES, "labelmaps"), f"labelmaps:{Path(labelmaps).name}"
     samples, skipped = collect_pairs(fn, items, workers=workers, progress=progress)
