@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from usx_stream.frames import Surface
-from usx_stream.sim.labelmap_points import LateralView, backproject_to_plane, render_body_labelmap
+from usx_stream.sim.labelmap_points import render_body_labelmap
 from usx_stream.sim.visibility import SweepConfig, cast_first_hits, simulate_us_visibility, sweep_rays
+from usx_stream.xray.backproject import backproject_to_plane
+from usx_stream.xray.geometry import CArmGeometry
 
 
 def _box(lo, hi) -> Surface:
@@ -91,27 +93,27 @@ def test_real_spine_neighbours_occlude_and_bodies_are_hidden(vertebrae_data):
 
 
 def test_backprojection_round_trip_and_labelmap_area():
-    view = LateralView.lateral([0, 0, 0], lateral=[1, 0, 0], cranial=[0, 0, 1], source_to_target_mm=700,
-                               source_to_detector_mm=1000, pixel_spacing_mm=0.5, shape=(512, 512))
+    view = CArmGeometry.lateral([0, 0, 0], lateral=[1, 0, 0], cranial=[0, 0, 1], source_to_target_mm=700,
+                                source_to_detector_mm=1000, pixel_spacing_mm=0.5, shape=(512, 512))
     rng = np.random.default_rng(0)
     plane_pts = np.column_stack([np.zeros(50), rng.uniform(-30, 30, 50), rng.uniform(-30, 30, 50)])
     uv = view.project(plane_pts)
-    back = backproject_to_plane(uv, view, plane_point_mm=[0, 0, 0], plane_normal=[1, 0, 0])
+    back = backproject_to_plane(view, uv, plane_point_mm=[0, 0, 0], plane_normal=[1, 0, 0])
     np.testing.assert_allclose(back, plane_pts, atol=1e-9)
     crop = render_body_labelmap(_sphere(15.0), view)
     magnification = 1000 / 700
     expected_px = np.pi * (15.0 * magnification / 0.5) ** 2
     assert crop.mask.sum() == pytest.approx(expected_px, rel=0.05)
-    on_plane = backproject_to_plane(crop.labelled_pixels(), view, plane_point_mm=[0, 0, 0], plane_normal=[1, 0, 0])
+    on_plane = backproject_to_plane(view, crop.labelled_pixels(), plane_point_mm=[0, 0, 0], plane_normal=[1, 0, 0])
     r = np.linalg.norm(on_plane[:, 1:], axis=1)
     assert np.allclose(on_plane[:, 0], 0.0) and r.max() < 15.0 + 0.6 and r.max() > 14.0
 
 
 def test_labelmap_off_detector_is_empty_and_config_is_validated():
-    view = LateralView.lateral([0, 0, 0], lateral=[1, 0, 0], cranial=[0, 0, 1], shape=(64, 64))
+    view = CArmGeometry.lateral([0, 0, 0], lateral=[1, 0, 0], cranial=[0, 0, 1], shape=(64, 64))
     crop = render_body_labelmap(_sphere(5.0, centre=(0, 500, 0)), view)
     assert crop.mask.size == 0 and len(crop.labelled_pixels()) == 0
     with pytest.raises(ValueError, match="max_incidence_deg"):
         SweepConfig(max_incidence_deg=0.0)
     with pytest.raises(ValueError, match="source_to_target_mm"):
-        LateralView.lateral([0, 0, 0], lateral=[1, 0, 0], cranial=[0, 0, 1], source_to_target_mm=2000)
+        CArmGeometry.lateral([0, 0, 0], lateral=[1, 0, 0], cranial=[0, 0, 1], source_to_target_mm=2000)

@@ -151,17 +151,28 @@ def test_empty_labelmap_gives_empty_results(carm):
     assert backproject_to_plane(carm, np.zeros((0, 2)), plane_point_mm=[0, 0, 0], plane_normal=[1, 0, 0]).shape == (0, 3)
 
 
-def test_rays_parallel_to_the_plane_or_behind_the_source_are_nan(carm):
-    uv = np.array([[100.0, 100.0], [300.0, 200.0]])
+def test_rays_parallel_to_the_plane_or_behind_the_source_are_dropped(carm):
+    uv = np.array([[100.0, 100.0], [300.0, 200.0], [250.0, 300.0]])
     _, dirs = carm.pixel_rays(uv)
     # A plane parallel to ray 0 (normal perpendicular to it) through a point 50 mm along ray 1.
     normal = np.cross(dirs[0], [0.0, 0.0, 1.0])
-    out = backproject_to_plane(carm, uv, plane_point_mm=carm.source_ref_mm + 50 * dirs[1], plane_normal=normal)
-    assert np.all(np.isnan(out[0]))
-    np.testing.assert_allclose(out[1], carm.source_ref_mm + 50 * dirs[1], atol=1e-9)
+    point = carm.source_ref_mm + 50 * dirs[1]
+    out, kept = backproject_to_plane(carm, uv, plane_point_mm=point, plane_normal=normal, return_kept=True)
+    assert kept.tolist() == [False, True, True] and out.shape == (2, 3) and np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[0], point, atol=1e-9)
+    np.testing.assert_array_equal(backproject_to_plane(carm, uv, plane_point_mm=point, plane_normal=normal), out)
     behind = backproject_to_plane(carm, uv, plane_point_mm=carm.source_ref_mm - 100 * carm.xray_to_reference[:3, 2],
                                   plane_normal=carm.xray_to_reference[:3, 2])
-    assert np.all(np.isnan(behind))
+    assert behind.shape == (0, 3)
+
+
+def test_a_level_whose_centroid_ray_misses_the_plane_has_no_centre(carm):
+    centres = _spine_centres(carm)
+    lm = _disc_labelmap(carm.detector_shape, {1: carm.project(centres)[0], 4: carm.project(centres)[3]}, radius_px=6)
+    _, dirs = carm.pixel_rays(level_centroids_px(lm)[[0]])
+    normal = np.cross(dirs[0], carm.xray_to_reference[:3, 0])  # the L1 centroid's ray is parallel to the plane
+    got = level_centres(lm, carm, plane_point_mm=centres[3], plane_normal=normal)
+    assert np.all(np.isnan(got[[0, 1, 2, 4]])) and np.all(np.isfinite(got[3]))
 
 
 def test_validation_names_field_and_value(carm):

@@ -101,3 +101,27 @@ def test_missing_keys_and_bad_json_are_reported(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_carm_geometry(bad)
+
+
+def test_lateral_view_layout():
+    lateral, cranial = np.array([0.96, 0.2, 0.1]), np.array([0.05, 0.1, 1.0])
+    target = np.array([12.0, -40.0, 7.0])
+    g = CArmGeometry.lateral(target, lateral=lateral, cranial=cranial, source_to_target_mm=650.0,
+                             source_to_detector_mm=1100.0, pixel_spacing_mm=0.4, shape=(300, 500))
+    w = lateral / np.linalg.norm(lateral)
+    np.testing.assert_allclose(g.isocenter_ref_mm, target, atol=1e-9)
+    np.testing.assert_allclose(g.source_ref_mm, target - 650.0 * w, atol=1e-9)
+    np.testing.assert_allclose(g.xray_to_reference[:3, 2], w, atol=1e-12)
+    assert g.xray_to_reference[:3, 1] @ cranial < 0 and abs(g.xray_to_reference[:3, 1] @ w) < 1e-12  # rows caudal
+    np.testing.assert_array_equal(g.principal_point_px, [249.5, 149.5])
+    np.testing.assert_allclose(g.project(target[None])[0], [249.5, 149.5], atol=1e-9)
+    # Pixel (i, j) sits i steps along the columns and j along the rows from pixel (0, 0), 0.4 mm each.
+    u, v = g.xray_to_reference[:3, 0], g.xray_to_reference[:3, 1]
+    corner = g.source_ref_mm + 1100.0 * w - 0.4 * (499 / 2) * u - 0.4 * (299 / 2) * v
+    ij = np.array([[0, 0], [499, 0], [17, 251], [499, 299]])
+    np.testing.assert_allclose(g.detector_points(ij), corner + 0.4 * (ij[:, :1] * u + ij[:, 1:] * v), atol=1e-9)
+    with pytest.raises(ValueError, match="source_to_target_mm"):
+        CArmGeometry.lateral(target, lateral=lateral, cranial=cranial, source_to_target_mm=1200.0,
+                             source_to_detector_mm=1100.0)
+    with pytest.raises(ValueError, match="pixel_spacing_mm"):
+        CArmGeometry.lateral(target, lateral=lateral, cranial=cranial, pixel_spacing_mm=0.0)

@@ -1,9 +1,10 @@
-"""Multi-label CT segmentations (NIfTI / NRRD / MetaImage) to per-vertebra meshes and paired samples.
+"""Multi-label CT segmentations (NIfTI / NRRD / MetaImage) to per-vertebra meshes.
 
 A segmentation holds one integer label per vertebra (VerSe convention by default: 20..24 = L1..L5). Each
 label becomes a closed mesh (light Gaussian smoothing of its mask, then marching tetrahedra in voxel space,
 then the voxel-to-patient affine), all in the scan's LPS patient frame, so the vertebrae keep their
-anatomical positions and occlude each other in the simulated ultrasound sweep.
+anatomical positions and occlude each other in the simulated ultrasound sweep. Turning those meshes into
+paired samples is :func:`usx_stream.sim.dataset.labelmap_pairs` (this module knows no dataset).
 
 Frames: NIfTI's world frame is RAS (converted to LPS here); NRRD and MetaImage coordinates are LPS, as ITK
 writes them (only axis-aligned grids, see :func:`usx_stream.io.volumes.read_volume`).
@@ -128,34 +129,3 @@ def label_meshes(labels: np.ndarray, ijk_to_lps: np.ndarray, *, levels: dict[int
             tris = tris[:, ::-1].copy()  # a mirroring affine flips the winding
         out[level] = Surface(apply(ijk_to_lps, verts), tris, frame="LPS", name=level)
     return out
-
-
-def labelmap_pairs(path: str, *, seed: int, cfg, levels: dict[int, str] | None = None):
-    """Paired samples of every lumbar vertebra of one segmentation (they occlude each other).
-
-    Each vertebra is aligned to the canonical frame of its level (rigid ICP started from LPS); one that
-    cannot be aligned is skipped with its reason.
-    """
-    import zlib
-
-    from .dataset import make_pairs
-    from .mesh_alignment import AlignmentError, align_vertebra
-
-    name = Path(path).name
-    try:
-        meshes = label_meshes(*read_labels(path), levels=levels)
-    except ValueError as e:
-        return [], [f"{name}: {e}"]
-    if not meshes:
-        return [], [f"{name}: no lumbar vertebra label ({sorted((levels or VERSE_LEVELS))})"]
-    vertebrae, skipped = [], []
-    for level, mesh in sorted(meshes.items()):
-        try:
-            vertebrae.append(align_vertebra(mesh, level, frame="LPS", spacing_mm=cfg.mesh_spacing_mm, seed=seed))
-        except AlignmentError as e:
-            skipped.append(f"{name}/{level}: {e}")
-    if not vertebrae:
-        return [], skipped
-    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
-    samples, more = make_pairs(vertebrae, cfg=cfg, rng=rng, name=name)
-    return samples, skipped + more

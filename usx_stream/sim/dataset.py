@@ -8,7 +8,8 @@ the bounding box of the partial and labelmap points; 50 mm per unit):
   posterior probe positions over the whole spine, neighbours occluding, incidence filter, shadowing,
   optional beam noise), resampled to a fixed count;
 - ``labelmaps``: the vertebral body's lateral X-ray labelmap, cropped per vertebra and back-projected
-  onto the vertebra's mid-sagittal plane (:mod:`usx_stream.sim.labelmap_points`);
+  onto the vertebra's mid-sagittal plane (:mod:`usx_stream.sim.labelmap_points` renders it, the node's
+  :func:`usx_stream.xray.backproject.backproject_to_plane` back-projects it);
 - ``complete_pcds``: points sampled uniformly by area on the whole vertebra mesh.
 
 Sources: procedural spines (:func:`usx_stream.sim.anatomy.make_spine`) and user meshes aligned to the
@@ -30,8 +31,12 @@ import numpy as np
 from ..frames import LEVELS, Surface
 from ..transforms import apply
 from ..completion.normalize import SCALE_MM, canonical_center, normalize
-from .labelmap_points import LateralView, backproject_to_plane, render_body_labelmap
-from .mesh_alignment import AlignmentError, CanonicalVertebra, canonical_user_vertebra, sample_surface
+from ..xray.backproject import backproject_to_plane
+from ..xray.geometry import CArmGeometry
+from .ct_labelmaps import LABELMAP_SUFFIXES, VERSE_LEVELS, label_meshes, read_labels
+from .labelmap_points import render_body_labelmap
+from .mesh_alignment import (AlignmentError, CanonicalVertebra, align_vertebra, canonical_user_vertebra,
+                             sample_surface)
 from .visibility import SweepConfig, simulate_us_visibility
 
 log = logging.getLogger(__name__)
@@ -120,7 +125,7 @@ def _to_vertebra(points_mm: np.ndarray, vertebra_to_patient: np.ndarray) -> np.n
     return apply(np.linalg.inv(vertebra_to_patient), points_mm)
 
 
-def _xray_view(vertebrae: list[CanonicalVertebra], cfg: PairConfig, rng: np.random.Generator) -> LateralView:
+def _xray_view(vertebrae: list[CanonicalVertebra], cfg: PairConfig, rng: np.random.Generator) -> CArmGeometry:
     """A lateral view centred near the spine, from a random side, with random C-arm distances."""
     origins = np.array([v.vertebra_to_patient[:3, 3] for v in vertebrae])
     lateral = np.mean([v.vertebra_to_patient[:3, 0] for v in vertebrae], axis=0)
@@ -129,9 +134,9 @@ def _xray_view(vertebrae: list[CanonicalVertebra], cfg: PairConfig, rng: np.rand
     side = rng.choice([-1.0, 1.0])
     sid = rng.uniform(*cfg.source_to_detector_mm)
     sod = min(rng.uniform(*cfg.source_to_target_mm), 0.9 * sid)
-    return LateralView.lateral(target, lateral=side * lateral, cranial=cranial, source_to_target_mm=sod,
-                               source_to_detector_mm=sid, pixel_spacing_mm=cfg.pixel_spacing_mm,
-                               shape=(4096, 4096))
+    return CArmGeometry.lateral(target, lateral=side * lateral, cranial=cranial, source_to_target_mm=sod,
+                                source_to_detector_mm=sid, pixel_spacing_mm=cfg.pixel_spacing_mm,
+                                shape=(4096, 4096))
 
 
 def make_pairs(vertebrae: list[CanonicalVertebra], *, cfg: PairConfig, rng: np.random.Generator,
@@ -165,7 +170,7 @@ def make_pairs(vertebrae: list[CanonicalVertebra], *, cfg: PairConfig, rng: np.r
             skipped.append(f"{tag}: vertebral body outside the X-ray detector")
             continue
         m = vert.vertebra_to_patient
-        plane = backproject_to_plane(pixels, view, plane_point_mm=m[:3, 3], plane_normal=m[:3, 0])
+        plane = backproject_to_plane(view, pixels, plane_point_mm=m[:3, 3], plane_normal=m[:3, 0])
         partial_mm, plane_mm = _to_vertebra(seen, m), _to_vertebra(plane, m)
         # The origin comes from what the network sees (never the ground truth), as at inference.
         center = canonical_center(partial_mm, plane_mm)
@@ -212,6 +217,36 @@ def mesh_pairs(path: str, *, seed: int, cfg: PairConfig, scale: float = 1.0, fra
         samples += s
         skipped += k
     return samples, skipped
+
+
+# ------------------------------------------------------------------------------------ CT segmentations
+
+def labelmap_pairs(path: str, *, seed: int, cfg: PairConfig, levels: dict[int, str] | None = None
+                   ) -> tuple[list[PairedSample], list[str]]:
+    """Paired samples of every lumbar vertebra of one CT segmentation (they occlude each other).
+
+    The meshes come from :func:`usx_stream.sim.ct_labelmaps.label_meshes` (``levels``: label value of
+    each level, VerSe 20..24 = L1..L5 by default). Each vertebra is aligned to the canonical frame of its
+    level (rigid ICP started from LPS); one that cannot be aligned is skipped with its reason.
+    """
+    name = Path(path).name
+    try:
+        meshes = label_meshes(*read_labels(path), levels=levels)
+    except ValueError as e:
+        return [], [f"{name}: {e}"]
+    if not meshes:
+        return [], [f"{name}: no lumbar vertebra label ({sorted((levels or VERSE_LEVELS))})"]
+    vertebrae, skipped = [], []
+    for level, mesh in sorted(meshes.items()):
+        try:
+            vertebrae.append(align_vertebra(mesh, level, frame="LPS", spacing_mm=cfg.mesh_spacing_mm, seed=seed))
+        except AlignmentError as e:
+            skipped.append(f"{name}/{level}: {e}")
+    if not vertebrae:
+        return [], skipped
+    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+    samples, more = make_pairs(vertebrae, cfg=cfg, rng=rng, name=name)
+    return samples, skipped + more
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -280,8 +315,6 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
         fn = functools.partial(mesh_pairs, seed=seed, cfg=cfg, scale=scale, frame=frame, repeats=repeats)
         items, source = _files(Path(meshes), MESH_SUFFIXES, "meshes"), f"meshes:{Path(meshes).name}"
     else:
-        from .ct_labelmaps import LABELMAP_SUFFIXES, labelmap_pairs
-
         fn = functools.partial(labelmap_pairs, seed=seed, cfg=cfg)
         items, source = _files(Path(labelmaps), LABELMAP_SUFFIXES, "labelmaps"), f"labelmaps:{Path(labelmaps).name}"
     samples, skipped = collect_pairs(fn, items, workers=workers, progress=progress)

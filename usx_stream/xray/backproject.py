@@ -30,7 +30,7 @@ from .geometry import CArmGeometry
 log = logging.getLogger(__name__)
 
 # A ray this close to parallel to the plane (|cos| of the angle between ray and normal) has no
-# usable intersection; lateral views meet the mid-sagittal plane at cos ~ 1.
+# usable intersection and is dropped; lateral views meet the mid-sagittal plane at cos ~ 1.
 _MIN_COS = 1e-6
 
 
@@ -86,8 +86,17 @@ def viewing_direction(geometry: CArmGeometry, point_ref_mm) -> np.ndarray:
     return _unit(_point(point_ref_mm, "point_ref_mm") - geometry.source_ref_mm, "point_ref_mm - source")
 
 
-def backproject_to_plane(geometry: CArmGeometry, pixels_uv, *, plane_point_mm, plane_normal) -> np.ndarray:
-    """Intersect the rays through detector pixels with a plane.
+def backproject_to_plane(geometry: CArmGeometry, pixels_uv, *, plane_point_mm, plane_normal,
+                         return_kept: bool = False):
+    """Intersect the rays from the source through detector pixels with a plane.
+
+    This is the one back-projection of the project: the node's labelmap points and the simulator's
+    training labelmaps both come from it.
+
+    Rule for rays that give no point: a ray parallel to the plane (``|cos|`` of its angle to the normal
+    at most ``1e-6``) or one that meets the plane behind the source (or at it) is **dropped**, so the
+    result holds only finite points (a NaN must never reach a point cloud). Pass ``return_kept=True``
+    to learn which pixels gave the rows.
 
     Parameters
     ----------
@@ -98,25 +107,30 @@ def backproject_to_plane(geometry: CArmGeometry, pixels_uv, *, plane_point_mm, p
         A point of the plane, Reference, mm.
     plane_normal : (3,) array_like, keyword-only
         Plane normal, Reference (any length).
+    return_kept : bool, keyword-only
+        Also return the mask of the pixels whose ray gave a point.
 
     Returns
     -------
-    (N, 3) float64 ndarray
-        Intersections, Reference, mm. Rows are NaN where the ray is parallel to the plane or meets it
-        behind the source.
+    points : (M, 3) float64 ndarray
+        Intersections of the kept rays, Reference, mm, in the order of ``pixels_uv`` (M <= N).
+    kept : (N,) bool ndarray
+        Only with ``return_kept``: ``points == all intersections[kept]``.
     """
     n = _unit(plane_normal, "plane_normal")
     q = _point(plane_point_mm, "plane_point_mm")
     uv = np.asarray(pixels_uv, dtype=np.float64).reshape(-1, 2)
     if len(uv) == 0:
-        return np.zeros((0, 3))
-    origins, dirs = geometry.pixel_rays(uv)
-    cos = dirs @ n
-    ok = np.abs(cos) > _MIN_COS
-    t = np.full(len(uv), np.nan)
-    t[ok] = ((q - origins[0]) @ n) / cos[ok]
-    t[t <= 0] = np.nan
-    return origins + dirs * t[:, None]
+        points, kept = np.zeros((0, 3)), np.zeros(0, dtype=bool)
+    else:
+        origins, dirs = geometry.pixel_rays(uv)
+        cos = dirs @ n
+        kept = np.abs(cos) > _MIN_COS
+        t = ((q - origins[0]) @ n) / cos[kept]
+        in_front = t > 0
+        kept[kept] = in_front
+        points = origins[kept] + dirs[kept] * t[in_front, None]
+    return (points, kept) if return_kept else points
 
 
 def subsample_indices(n_available: int, n_points: int) -> np.ndarray:
@@ -170,7 +184,8 @@ def backproject_levels(labelmap, geometry: CArmGeometry, *, centres_mm=None, n_p
     Returns
     -------
     dict level -> (M, 3) float64 ndarray
-        Reference, mm, for every level both labelled and with a known centre.
+        Reference, mm, for every level both labelled and with a known centre; finite points only
+        (rays that give none are dropped, :func:`backproject_to_plane`).
     """
     lm = _check_labelmap(labelmap, geometry)
     centres = _centres_by_level(level_centres(lm, geometry) if centres_mm is None else centres_mm)
@@ -182,9 +197,8 @@ def backproject_levels(labelmap, geometry: CArmGeometry, *, centres_mm=None, n_p
             continue
         if n_points is not None:
             pix = pix[subsample_indices(len(pix), n_points)]
-        pts = backproject_to_plane(geometry, pix, plane_point_mm=centre,
-                                   plane_normal=viewing_direction(geometry, centre))
-        out[level] = pts[np.all(np.isfinite(pts), axis=1)]
+        out[level] = backproject_to_plane(geometry, pix, plane_point_mm=centre,
+                                          plane_normal=viewing_direction(geometry, centre))
     return out
 
 
@@ -222,13 +236,16 @@ def level_centres(labelmap, geometry: CArmGeometry, *, plane_point_mm=None, plan
     Returns
     -------
     (5, 3) float64 ndarray
-        Rows L1..L5; NaN rows for levels absent from the labelmap.
+        Rows L1..L5; NaN rows for levels absent from the labelmap or whose centroid ray gives no point
+        (:func:`backproject_to_plane`).
     """
     lm = _check_labelmap(labelmap, geometry)
     point = geometry.isocenter_ref_mm if plane_point_mm is None else plane_point_mm
     normal = geometry.xray_to_reference[:3, 2] if plane_normal is None else plane_normal
     centroids = level_centroids_px(lm)
     out = np.full((len(LEVELS), 3), np.nan)
-    present = np.all(np.isfinite(centroids), axis=1)
-    out[present] = backproject_to_plane(geometry, centroids[present], plane_point_mm=point, plane_normal=normal)
+    present = np.flatnonzero(np.all(np.isfinite(centroids), axis=1))
+    points, kept = backproject_to_plane(geometry, centroids[present], plane_point_mm=point, plane_normal=normal,
+                                        return_kept=True)
+    out[present[kept]] = points
     return out

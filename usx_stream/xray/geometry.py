@@ -76,6 +76,61 @@ class CArmGeometry:
         object.__setattr__(self, "principal_point_px", pp)
         object.__setattr__(self, "xray_to_reference", m)
 
+    @classmethod
+    def lateral(cls, target_mm, *, lateral, cranial, source_to_target_mm: float = 700.0,
+                source_to_detector_mm: float = 1000.0, pixel_spacing_mm: float = 0.3,
+                shape: tuple[int, int] = (1024, 1024), name: str = "lateral") -> "CArmGeometry":
+        """A lateral view whose principal ray passes through ``target_mm`` along ``lateral``.
+
+        The source sits ``source_to_target_mm`` from the target on the ``-lateral`` side (the target is
+        the isocentre); the detector is perpendicular to the principal ray at ``source_to_detector_mm``
+        from the source, the principal point at its centre, its rows running caudally (``y = -cranial``
+        made perpendicular to ``lateral``) and its columns along ``y x z``.
+
+        Parameters
+        ----------
+        target_mm : (3,) array_like
+            Point the principal ray passes through (the isocentre), Reference, mm.
+        lateral : (3,) array_like, keyword-only
+            Viewing direction, source -> detector, Reference (any length).
+        cranial : (3,) array_like, keyword-only
+            Cranial direction, Reference (any length, not parallel to ``lateral``).
+        source_to_target_mm : float, keyword-only
+            Source-to-isocentre distance, mm, in ``(0, source_to_detector_mm)``.
+        source_to_detector_mm : float, keyword-only
+            Source-to-detector distance, mm.
+        pixel_spacing_mm : float, keyword-only
+            Detector pixel size (square pixels), mm.
+        shape : (int, int), keyword-only
+            Detector rows, columns.
+        name : str, keyword-only
+
+        Returns
+        -------
+        CArmGeometry
+        """
+        if not 0 < source_to_target_mm < source_to_detector_mm:
+            raise ValueError(
+                f"source_to_target_mm: must be in (0, source_to_detector_mm={source_to_detector_mm}), "
+                f"got {source_to_target_mm!r}")
+        if not pixel_spacing_mm > 0:
+            raise ValueError(f"pixel_spacing_mm: must be > 0, got {pixel_spacing_mm!r}")
+        w = np.asarray(lateral, dtype=np.float64).reshape(3)
+        w = w / np.linalg.norm(w)
+        v = -np.asarray(cranial, dtype=np.float64).reshape(3)
+        v = v - (v @ w) * w
+        v = v / np.linalg.norm(v)
+        u = np.cross(v, w)
+        xray_to_reference = np.eye(4)
+        xray_to_reference[:3, :3] = np.column_stack([u, v, w])
+        xray_to_reference[:3, 3] = np.asarray(target_mm, dtype=np.float64).reshape(3) - w * source_to_target_mm
+        rows, cols = (int(n) for n in shape)
+        return cls(source_to_detector_mm=float(source_to_detector_mm),
+                   source_to_isocenter_mm=float(source_to_target_mm), detector_shape=(rows, cols),
+                   pixel_spacing_mm=np.full(2, float(pixel_spacing_mm)),
+                   principal_point_px=np.array([0.5 * (cols - 1), 0.5 * (rows - 1)]),
+                   xray_to_reference=xray_to_reference, name=name)
+
     @property
     def source_ref_mm(self) -> np.ndarray:
         """Source position in Reference, ``(3,)`` mm."""
