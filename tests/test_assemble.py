@@ -4,14 +4,15 @@ must make (a missing or broken file is one ConfigError naming file, key and the 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
 from usx_stream.assemble import make_xray_cache
 from usx_stream.compute import choose_compute, resolve_compute
 from usx_stream.config import ConfigError, load_launch, parse_launch
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = REPO_ROOT / "launch"
 
 

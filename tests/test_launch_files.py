@@ -25,8 +25,8 @@ from usx_stream.igtl.endpoints import Client
 from usx_stream.io.plus_config import read_device_set
 from usx_stream.sources.replay_server import ReplayServer
 
-from conftest import REPO_ROOT, require_shared
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PHANTOM_CENTRE_MM = np.array([-41.5, 195.8, 51.6])   # centroid of the phantom's bone points (one vertebra)
 SAFETY_S = 120.0                                     # a broken node fails the test here rather than hang CI
 
@@ -38,8 +38,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def phantom_replay():
-    plus = require_shared("plus")
+def phantom_replay(plus_data):
+    plus = plus_data
     calibration = read_device_set(plus / "PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml").transform_repository()
     server = ReplayServer(plus / "SpinePhantomFreehand.igs.mha", port=0, rate=30.0, loop=True,
                           calibration=calibration, min_clients=1)
