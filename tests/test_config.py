@@ -113,3 +113,9 @@ def test_describe_schema_lists_every_table():
     text = describe_schema()
     for stage in SCHEMA:
         assert f"[{stage}]" in text
+
+
+def test_completion_num_points_is_gone():
+    # the network's output size is a property of its weights (ModelConfig.num_out), not a launch value
+    with pytest.raises(ConfigError, match=r"completion: unknown key\(s\) \['num_points'\]"):
+        parse_launch({"completion": {"num_points": 2048}})

@@ -142,7 +142,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "weights": Key("path", "", "network weights (empty: the packaged weights)"),
         "weights_us_only": Key("path", "", "US-only network weights (empty: the packaged weights)"),
         "period_s": Key("float", 0.5, "time between completion runs, s (latest-wins)", gt=0),
-        "num_points": Key("int", 4096, "points per completed vertebra", lo=256, hi=16384),
         "min_frames": Key("int", 30, "frames compounded before the first completion", lo=1),
         "engine_cache": Key("path", "", "folder for compiled engines (empty: no cache)"),
         "threads": Key("int", 0, "CPU threads for completion (0: torch's default); 1 leaves a core to ingest", lo=0),
@@ -180,10 +179,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "can lose)", gt=0),
     },
     "telemetry": {
-        "enabled": Key("bool", True, "record per-stage latency"),
+        "enabled": Key("bool", True, "write the JSON report and log the periodic summary (latencies are "
+                       "recorded either way)"),
         "report_path": Key("path", "", "JSON report written at shutdown (empty: none)"),
-        "report_interval_s": Key("float", 10.0, "period of the logged text summary, s", gt=0),
-        "window": Key("int", 10000, "latency samples kept per stage", lo=10),
+        "report_interval_s": Key("float", 10.0, "period of the text summary `usx-stream run` logs, s", gt=0),
+        "window": Key("int", 10000, "latency samples kept per stage for the percentiles", lo=10),
     },
 }
 TOP_LEVEL_KEYS = {"description": Key("str", "", "what this launch file is for")}
