@@ -240,6 +240,40 @@ class LaunchConfig:
         return parse_launch(raw, description=self.description, base_dir=None, path=self.path)
 
 
+class _ReadRecordingSection(Section):
+    """A :class:`Section` that adds ``"stage.key"`` to a shared set on every read."""
+
+    def __init__(self, name: str, values: Mapping[str, Any], reads: set[str]) -> None:
+        super().__init__(name, values)
+        object.__setattr__(self, "_reads", reads)
+
+    def __getattr__(self, key: str) -> Any:
+        value = super().__getattr__(key)
+        self._reads.add(f"{self._name}.{key}")
+        return value
+
+
+class _ReadRecordingConfig(LaunchConfig):
+    """A :class:`LaunchConfig` whose copies (``with_overrides``) record into the same set."""
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "LaunchConfig":
+        return recording_reads(super().with_overrides(overrides), self.__dict__["_reads"])[0]
+
+
+def recording_reads(cfg: LaunchConfig, reads: set[str] | None = None) -> tuple[LaunchConfig, set[str]]:
+    """A copy of ``cfg`` that records which keys are read, and the set it records them in.
+
+    Every attribute read of a key (``cfg.compound.spacing_mm``) adds ``"compound.spacing_mm"`` to the set,
+    also through the copies ``with_overrides`` makes; ``as_dict`` reads record nothing. For tests that
+    check that every launch key is used by something.
+    """
+    reads = set() if reads is None else reads
+    sections = {name: _ReadRecordingSection(name, s.as_dict(), reads) for name, s in cfg._sections.items()}
+    out = _ReadRecordingConfig(sections, description=cfg.description, path=cfg.path)
+    out.__dict__["_reads"] = reads
+    return out, reads
+
+
 def _fail(where: str, what: str, value: Any) -> ConfigError:
     return ConfigError(f"{where}: {what}, got {value!r}")
 
