@@ -12,11 +12,11 @@ import argparse
 import logging
 import socket
 import threading
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
-
-from conftest import REPO_ROOT
-from dataclasses import fields
+import torch
 
 from usx_stream import assemble, config
 from usx_stream.bone.detect import BoneDetectionParams
@@ -26,6 +26,9 @@ from usx_stream.completion.engine import CompletionEngine
 from usx_stream.completion.nets import ModelConfig, build_model
 
 pytestmark = pytest.mark.slow
+
+# not `from conftest import`: with tests/sim/conftest.py collected first, that name is another module
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Keys read only on paths this CPU-only test cannot take, each with the reason (none today: the CUDA
 # choices are read on a CPU too, by compute.choose_compute and the ingest stage).
@@ -84,12 +87,12 @@ def test_every_launch_key_is_read(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(CompletionEngine, "warmup", lambda self, repeats=None: None)
     monkeypatch.setattr(config, "load_launch", lambda path: cfg)
     monkeypatch.setattr(assemble, "build_node", keep)
-    threads = __import__("torch").get_num_threads()
+    threads = torch.get_num_threads()
     try:
         with caplog.at_level(logging.INFO, logger="usx_stream.commands.run"):
             assert run_command.run(argparse.Namespace(launch="sim.toml", duration=60.0, set=[])) == 0
     finally:
-        __import__("torch").set_num_threads(threads)
+        torch.set_num_threads(threads)
     node = nodes[0]
     assert node.updates >= 1 and node.latest.surfaces, node.latest
     assert node.telemetry._window == launch.telemetry.window
