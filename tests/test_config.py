@@ -113,3 +113,22 @@ def test_describe_schema_lists_every_table():
     text = describe_schema()
     for stage in SCHEMA:
         assert f"[{stage}]" in text
+
+
+def test_recording_reads_counts_attribute_reads_through_overrides():
+    from usx_stream.config import recording_reads
+
+    cfg, reads = recording_reads(parse_launch({"compound": {"spacing_mm": 2.0}}))
+    assert cfg.compound.spacing_mm == 2.0 and reads == {"compound.spacing_mm"}
+    cfg.as_dict()                                  # a whole-table copy is no read of any key
+    assert reads == {"compound.spacing_mm"}
+    other = cfg.with_overrides({"telemetry.window": 50})
+    assert other.telemetry.window == 50 and "telemetry.window" in reads
+    with pytest.raises(AttributeError, match="compound.nope: no such key"):
+        cfg.compound.nope
+
+
+def test_completion_num_points_is_gone():
+    # the network's output size is a property of its weights (ModelConfig.num_out), not a launch value
+    with pytest.raises(ConfigError, match=r"completion: unknown key\(s\) \['num_points'\]"):
+        parse_launch({"completion": {"num_points": 2048}})

@@ -145,7 +145,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "weights": Key("path", "", "network weights (empty: the packaged weights)"),
         "weights_us_only": Key("path", "", "US-only network weights (empty: the packaged weights)"),
         "period_s": Key("float", 0.5, "time between completion runs, s (latest-wins)", gt=0),
-        "num_points": Key("int", 4096, "points per completed vertebra", lo=256, hi=16384),
         "min_frames": Key("int", 30, "frames compounded before the first completion", lo=1),
         "engine_cache": Key("path", "", "folder for compiled engines (empty: no cache)"),
         "threads": Key("int", 0, "CPU threads for completion (0: torch's default); 1 leaves a core to ingest", lo=0),
@@ -187,10 +186,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "can lose)", gt=0),
     },
     "telemetry": {
-        "enabled": Key("bool", True, "record per-stage latency"),
+        "enabled": Key("bool", True, "write the JSON report and log the periodic summary (latencies are "
+                       "recorded either way)"),
         "report_path": Key("path", "", "JSON report written at shutdown (empty: none)"),
-        "report_interval_s": Key("float", 10.0, "period of the logged text summary, s", gt=0),
-        "window": Key("int", 10000, "latency samples kept per stage", lo=10),
+        "report_interval_s": Key("float", 10.0, "period of the text summary `usx-stream run` logs, s", gt=0),
+        "window": Key("int", 10000, "latency samples kept per stage for the percentiles", lo=10),
     },
 }
 TOP_LEVEL_KEYS = {"description": Key("str", "", "what this launch file is for")}
@@ -245,6 +245,40 @@ class LaunchConfig:
                 raise ConfigError(f"{dotted}: unknown key (expected 'stage.key', stages {sorted(SCHEMA)})")
             raw[stage][key] = value
         return parse_launch(raw, description=self.description, base_dir=None, path=self.path)
+
+
+class _ReadRecordingSection(Section):
+    """A :class:`Section` that adds ``"stage.key"`` to a shared set on every read."""
+
+    def __init__(self, name: str, values: Mapping[str, Any], reads: set[str]) -> None:
+        super().__init__(name, values)
+        object.__setattr__(self, "_reads", reads)
+
+    def __getattr__(self, key: str) -> Any:
+        value = super().__getattr__(key)
+        self._reads.add(f"{self._name}.{key}")
+        return value
+
+
+class _ReadRecordingConfig(LaunchConfig):
+    """A :class:`LaunchConfig` whose copies (``with_overrides``) record into the same set."""
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "LaunchConfig":
+        return recording_reads(super().with_overrides(overrides), self.__dict__["_reads"])[0]
+
+
+def recording_reads(cfg: LaunchConfig, reads: set[str] | None = None) -> tuple[LaunchConfig, set[str]]:
+    """A copy of ``cfg`` that records which keys are read, and the set it records them in.
+
+    Every attribute read of a key (``cfg.compound.spacing_mm``) adds ``"compound.spacing_mm"`` to the set,
+    also through the copies ``with_overrides`` makes; ``as_dict`` reads record nothing. For tests that
+    check that every launch key is used by something.
+    """
+    reads = set() if reads is None else reads
+    sections = {name: _ReadRecordingSection(name, s.as_dict(), reads) for name, s in cfg._sections.items()}
+    out = _ReadRecordingConfig(sections, description=cfg.description, path=cfg.path)
+    out.__dict__["_reads"] = reads
+    return out, reads
 
 
 def _fail(where: str, what: str, value: Any) -> ConfigError:

@@ -53,7 +53,7 @@ class Node:
     def __init__(self, cfg, *, source, engines: dict, xray: XrayCache | None = None, publishers=(),
                  calibration=None, telemetry: Telemetry | None = None) -> None:
         self.cfg = cfg
-        self.telemetry = telemetry or Telemetry()
+        self.telemetry = telemetry or Telemetry(window=cfg.telemetry.window)
         self.source = source
         self.xray = xray or XrayCache()
         self.ingest = IngestStage(cfg.compound, cfg.bone, image_to_reference=cfg.source.image_to_reference,

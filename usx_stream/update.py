@@ -6,28 +6,29 @@ never builds a queue. Steps (each timed in telemetry):
 1. ``bone_points``: bone points from the compounded bone channel;
 2. ``levels``: level centres from the X-ray labelmap (back-projected onto the spine's mid-sagittal plane,
    which passes through the bone points' centroid — the spinous processes lie on the midline), else the
-   launch file's landmarks; split of the bone points per level;
-3. ``prepare``: per level, canonical frame (``completion.prepare``) and labelmap points on the vertebra's
-   mid-sagittal plane (multimodal) — US-only until an X-ray arrives, flagged in the surface metadata;
-4. ``complete``: every visible level in one batch through the completion engine;
-5. ``body_fit`` (multimodal, ``xray.fit_body``): each completed body fitted to its X-ray silhouette along
-   the cranial axis (``completion.body_fit``);
-6. ``mesh``: completed points -> watertight mesh within the triangle budget.
+   launch file's landmarks; split of the bone points per level; per level, the canonical axes
+   (``completion.prepare``) and the labelmap points on the vertebra's mid-sagittal plane (multimodal) —
+   US-only until an X-ray arrives, flagged in the surface metadata;
+3. the completion front door (``completion.front.complete_levels``), all in Reference, mm: ``prepare``
+   (batched resampling to the network's point counts, unit frames), ``complete`` (every visible level in
+   one batch through the engine), ``body_fit`` (multimodal, ``xray.fit_body``: each completed body fitted to
+   its X-ray silhouette along the cranial axis);
+4. ``mesh``: completed points -> watertight mesh within the triangle budget.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from .bone.points import extract_bone_points
 from .bone.split import choose_level_centres, split_levels
 from .completion import prepare as prep
-from .completion.body_fit import fit_body_to_silhouette
-from .completion.normalize import SCALE_MM
-from .frames import LEVELS, Surface, Volume
+from .completion.front import LevelPoints, complete_levels, prepare_levels
+from .frames import LEVELS, Surface, VertebraCloud, Volume
 from .surface.mesh import mesh_points
 from .telemetry import Telemetry
 from .xray import backproject as bp
@@ -51,15 +52,27 @@ class UpdateResult:
 
 @dataclass
 class UpdateInputs:
-    """Steps 1-3 of an update: the fusion used, where the level centres came from, the bone points of
-    each level (Reference, mm) and the prepared network input of each visible level."""
+    """Steps 1-2 of an update: the fusion used, where the level centres came from, the bone points of
+    each level (Reference, mm) and the completion input of each visible level (Reference, mm, with its
+    canonical axes) as the completion front door takes it."""
 
     fusion: str
     centres_source: str
     per_level: dict[str, np.ndarray]
-    clouds: list
+    levels: list[LevelPoints]
     xray_expected: bool = False     # the launch file enables the X-ray (so "waiting for X-ray" is meaningful)
     min_points: int = 1
+    num_partial: int = 0            # the network's input point counts (for ``clouds``)
+    num_labelmap: int = 0
+    seed: int = 0
+
+    @cached_property
+    def clouds(self) -> list[VertebraCloud]:
+        """Every visible level's network input in its unit frame, exactly as the update feeds it."""
+        prepared = prepare_levels(self.levels, num_partial=self.num_partial, num_labelmap=self.num_labelmap,
+                                  multimodal=self.fusion == "multimodal", seed=self.seed)
+        return [VertebraCloud(level=p.level, partial=p.partial_unit, labelmap_points=p.labelmap_unit,
+                              model_to_reference=p.model_to_input) for p in prepared if p is not None]
 
 
 def _level_span(levels: list[str]) -> str:
@@ -78,7 +91,7 @@ def node_status(inputs: UpdateInputs) -> str:
     """
     if inputs.centres_source == "none":
         return "waiting for X-ray or level landmarks" if inputs.xray_expected else "waiting for level landmarks"
-    done = [c.level for c in inputs.clouds]
+    done = [c.level for c in inputs.levels]
     parts = []
     if done:
         why = " (no X-ray)" if inputs.fusion == "us_only" and inputs.xray_expected else ""
@@ -102,31 +115,6 @@ def xray_level_centres(xray: XraySnapshot, bone_ref_mm: np.ndarray, lateral_hint
     return {lv: c for lv, c in zip(LEVELS, centres) if np.all(np.isfinite(c))}
 
 
-def run_engine(engine, partial_unit: np.ndarray, labelmap_unit: np.ndarray | None) -> np.ndarray:
-    """(B, N, 3) [+ (B, M, 3)] float32 unit-frame inputs -> (B, K, 3) float32 completed points."""
-    import torch
-
-    dev = engine.device
-    lm = None if labelmap_unit is None else torch.from_numpy(np.ascontiguousarray(labelmap_unit)).to(dev)
-    with torch.inference_mode():
-        out = engine.run_device(torch.from_numpy(np.ascontiguousarray(partial_unit)).to(dev), lm)
-    return out.float().cpu().numpy()
-
-
-def fit_bodies(clouds, completed_unit: np.ndarray) -> tuple[list[np.ndarray], dict[str, dict]]:
-    """Every multimodal cloud's body fitted to its X-ray silhouette; per level, the fit as surface metadata
-    (``xray_body_shift_mm`` cranial, ``xray_body_scale``; or ``xray_body_fit`` = why it was not applied)."""
-    fitted, meta = [], {}
-    for cloud, unit in zip(clouds, completed_unit):
-        out, fit = fit_body_to_silhouette(unit, cloud.labelmap_points)
-        fitted.append(out.astype(np.float32))
-        meta[cloud.level] = ({"xray_body_shift_mm": round(fit.shift * SCALE_MM, 2), "xray_body_scale": round(fit.scale, 3)}
-                             if fit.applied else {"xray_body_fit": f"not applied: {fit.reason}"})
-        if not fit.applied:   # every update, twice a second: the surface metadata is where it shows
-            log.debug("body fit of %s not applied: %s", cloud.level, fit.reason)
-    return fitted, meta
-
-
 class SurfaceUpdater:
     """Turns snapshots into surfaces. ``engines`` maps ``"multimodal"`` / ``"us_only"`` to
     :class:`~usx_stream.completion.engine.CompletionEngine` objects (the US-only one is the fallback used
@@ -144,81 +132,65 @@ class SurfaceUpdater:
 
     def inputs(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                force_fusion: str | None = None) -> UpdateInputs:
-        """Steps 1-3: the network inputs of every visible level, exactly as :meth:`update` feeds them
-        (also what ``usx-stream dataset --node-sessions`` trains on)."""
+        """Steps 1-2: the completion input of every visible level, exactly as :meth:`update` feeds it (its
+        ``clouds``, the unit-frame network inputs, are what ``usx-stream dataset --node-sessions`` trains on)."""
         t = self.telemetry
         with t.time("bone_points"):
             bone = extract_bone_points(volume, threshold=self._bone.probability_threshold,
                                        beam_direction=beam_direction, voxel_mm=self._bone.point_voxel_mm)
         use_xray = xray is not None and xray.ready and self._xray.enabled
+        fusion = force_fusion or ("multimodal" if use_xray else "us_only")
         with t.time("levels"):
             centres, source = choose_level_centres(
                 xray_centres=xray_level_centres(xray, bone) if use_xray else None, landmarks=self.landmarks or None)
             per_level = split_levels(bone, centres, max_radius_mm=self._bone.split_max_radius_mm) if centres else {}
-        fusion = force_fusion or ("multimodal" if use_xray else "us_only")
-        levels = [lv for lv, pts in per_level.items() if len(pts) >= max(self._bone.min_points, 1)]
-        clouds = []
-        if levels:
-            with t.time("prepare"):
-                clouds = self._prepare(levels, per_level, centres, beam_direction,
-                                       xray if fusion == "multimodal" else None)
-        return UpdateInputs(fusion, source, per_level, clouds, xray_expected=bool(self._xray.enabled),
-                            min_points=max(self._bone.min_points, 1))
+            visible = [lv for lv, pts in per_level.items() if len(pts) >= max(self._bone.min_points, 1)]
+            levels = (self._level_points(visible, per_level, centres, beam_direction,
+                                         xray if fusion == "multimodal" else None) if visible else [])
+        cfg = self.engines[fusion].cfg
+        return UpdateInputs(fusion, source, per_level, levels, xray_expected=bool(self._xray.enabled),
+                            min_points=max(self._bone.min_points, 1), num_partial=cfg.num_partial,
+                            num_labelmap=cfg.num_labelmap, seed=self.seed)
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                timestamp: float = 0.0, force_fusion: str | None = None) -> UpdateResult:
         """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray."""
         t = self.telemetry
         inputs = self.inputs(volume, beam_direction=beam_direction, xray=xray, force_fusion=force_fusion)
-        fusion, per_level, clouds = inputs.fusion, inputs.per_level, inputs.clouds
+        fusion = inputs.fusion
         result = UpdateResult(fusion=fusion, centres_source=inputs.centres_source, status=node_status(inputs))
-        if not clouds:
+        if not inputs.levels:
             return result
-        engine = self.engines[fusion]
-        with t.time("complete"):
-            partial = np.stack([c.partial for c in clouds])
-            labelmap = np.stack([c.labelmap_points for c in clouds]) if fusion == "multimodal" else None
-            completed = run_engine(engine, partial, labelmap)
-        fit_meta = {}
-        if fusion == "multimodal" and self._xray.fit_body:
-            with t.time("body_fit"):
-                completed, fit_meta = fit_bodies(clouds, completed)
+        done = [c for c in complete_levels(self.engines[fusion], inputs.levels, seed=self.seed, timer=t.time,
+                                           fit_body=fusion == "multimodal" and bool(self._xray.fit_body))
+                if c.prepared is not None]
         with t.time("mesh"):
-            for cloud, unit in zip(clouds, completed):
-                result.points_ref_mm[cloud.level] = prep.to_reference(cloud, unit)
-                result.partial_ref_mm[cloud.level] = per_level[cloud.level]
+            for c in done:
+                result.points_ref_mm[c.level] = c.points_mm
+                result.partial_ref_mm[c.level] = inputs.per_level[c.level]
+            fit_meta = {c.level: c.metadata for c in done}
             for level, surface in self._mesh_levels(result.points_ref_mm).items():
                 surface.metadata.update({"fusion": fusion, "level": level, "centres": inputs.centres_source,
-                                         **fit_meta.get(level, {})})
+                                         **fit_meta[level]})
                 surface.timestamp = timestamp
                 result.surfaces[level] = surface
-        result.labelmap_ref_mm = {c.level: prep.to_reference(c, c.labelmap_points) for c in clouds
-                                  if c.labelmap_points is not None}
+        result.labelmap_ref_mm = {c.level: c.prepared.to_input_frame(c.prepared.labelmap_unit) for c in done
+                                  if c.prepared.labelmap_unit is not None}
         return result
 
-    def _prepare(self, levels, per_level, centres, beam_direction, xray):
+    def _level_points(self, levels, per_level, centres, beam_direction, xray) -> list[LevelPoints]:
+        """Each visible level's bone points, labelmap points (``xray`` given) and canonical axes, Reference, mm."""
         posterior = -np.asarray(beam_direction, dtype=np.float64)
         cranial = prep.cranial_axes(centres)
         lm_points = {}
-        engine = self.engines["multimodal" if xray is not None else "us_only"]
         if xray is not None:
             lm_points = bp.backproject_levels(xray.labelmap, xray.geometry, centres_mm=centres,
                                               n_points=self._xray.points_per_level)
-        for lv in levels:
-            if xray is not None and len(lm_points.get(lv, ())) == 0:
-                raise ValueError(f"update: level {lv} has bone points and an X-ray centre but no labelmap points")
-        # One batched furthest-point sampling for all levels (one sequential loop instead of one per level).
-        partial_rs = prep.resample_levels({lv: per_level[lv] for lv in levels}, engine.cfg.num_partial, seed=self.seed)
-        lm_rs = (prep.resample_levels({lv: lm_points[lv] for lv in levels}, engine.cfg.num_labelmap, seed=self.seed)
-                 if xray is not None else {})
-        clouds = []
-        for lv in levels:
-            rot = prep.vertebra_rotation(cranial=cranial[lv], posterior=posterior)
-            lm = lm_points.get(lv) if xray is not None else None
-            clouds.append(prep.prepare_vertebra(lv, per_level[lv], lm, rotation=rot, num_partial=engine.cfg.num_partial,
-                                                num_labelmap=engine.cfg.num_labelmap, seed=self.seed,
-                                                resampled=(partial_rs[lv], lm_rs.get(lv))))
-        return clouds
+            for lv in levels:
+                if len(lm_points.get(lv, ())) == 0:
+                    raise ValueError(f"update: level {lv} has bone points and an X-ray centre but no labelmap points")
+        return [LevelPoints(lv, per_level[lv], lm_points.get(lv) if xray is not None else None,
+                            prep.vertebra_rotation(cranial=cranial[lv], posterior=posterior)) for lv in levels]
 
     def _mesh_levels(self, points_by_level: dict[str, np.ndarray]) -> dict[str, Surface]:
         """Every level's mesh, on ``surface.workers`` threads (results in level order either way)."""

@@ -63,8 +63,14 @@ def run(args) -> int:
     node.start()
     print(f"usx-stream node running ({cfg.source.kind} source); Ctrl-C to stop", flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
+    # The text summary every telemetry.report_interval_s, in the log (the loop wakes every 0.2 s).
+    interval = cfg.telemetry.report_interval_s if cfg.telemetry.enabled else None
+    next_summary = None if interval is None else time.monotonic() + interval
     try:
         while not stop.wait(0.2):
+            if next_summary is not None and time.monotonic() >= next_summary:
+                log.info("telemetry (every %g s):\n%s", interval, node.telemetry.summary())
+                next_summary = time.monotonic() + interval
             if node.error is not None or (deadline is not None and time.monotonic() > deadline):
                 break
             if node.wait_source_done(0) and not cfg.source.loop:

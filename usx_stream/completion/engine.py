@@ -225,8 +225,9 @@ class CompletionEngine:
         return torch.cat(outputs)
 
     def complete(self, partials_mm: Sequence[np.ndarray], labelmaps_mm: Sequence[np.ndarray | None] | None = None,
-                 *, rotations: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
-        """Complete vertebrae given in millimetres.
+                 *, rotations: Sequence[np.ndarray | None] | None = None, seed: int = 0) -> list[np.ndarray]:
+        """Complete vertebrae given in millimetres (:func:`~usx_stream.completion.front.complete_levels`,
+        the node's own path, without the body fit).
 
         Parameters
         ----------
@@ -234,36 +235,33 @@ class CompletionEngine:
         labelmaps_mm : per vertebra, (M_i, 3) back-projected X-ray labelmap points, mm (multimodal models)
         rotations : per vertebra, optional (3, 3) rotation from the points' axes to the vertebra axes
             (``normalize``)
+        seed : seed of the thinning of very large clouds before furthest-point sampling
 
         Returns
         -------
         list of (num_out, 3) float64 arrays, mm, in the input frame. A vertebra without partial points (or,
         for a multimodal model, without labelmap points) gives a (0, 3) array.
         """
+        from usx_stream.completion.front import LevelPoints, complete_levels
+
         count = len(partials_mm)
         labelmaps = list(labelmaps_mm) if labelmaps_mm is not None else [None] * count
         rots = list(rotations) if rotations is not None else [None] * count
         if len(labelmaps) != count or len(rots) != count:
             raise ValueError(f"labelmaps_mm and rotations must have {count} entries, "
                              f"got {len(labelmaps)} and {len(rots)}")
-        results = [np.zeros((0, 3)) for _ in range(count)]
-        todo = [i for i in range(count) if len(partials_mm[i]) > 0
-                and (not self.cfg.multimodal or (labelmaps[i] is not None and len(labelmaps[i]) > 0))]
-        if not todo:
-            return results
-        frames, parts, maps = [], [], []
-        for i in todo:
-            lm = labelmaps[i] if self.cfg.multimodal else None
-            centre = normalize.canonical_center(partials_mm[i], lm, rotation=rots[i])
-            frames.append(centre)
-            parts.append(normalize.normalize(partials_mm[i], center_mm=centre, rotation=rots[i]))
-            if lm is not None:
-                maps.append(normalize.normalize(lm, center_mm=centre, rotation=rots[i]))
-        partial = torch.from_numpy(normalize.resample_batch(parts, self.cfg.num_partial)).to(self.device)
-        labelmap = None
-        if self.cfg.multimodal:
-            labelmap = torch.from_numpy(normalize.resample_batch(maps, self.cfg.num_labelmap)).to(self.device)
-        fine = self.run_device(partial, labelmap).cpu().numpy()
-        for k, i in enumerate(todo):
-            results[i] = normalize.denormalize(fine[k], center_mm=frames[k], rotation=rots[i])
-        return results
+        levels = [LevelPoints(str(i), normalize.as_points(f"partials_mm[{i}]", partials_mm[i]),
+                              None if labelmaps[i] is None else normalize.as_points(f"labelmaps_mm[{i}]", labelmaps[i]),
+                              rots[i]) for i in range(count)]
+        return [done.points_mm for done in complete_levels(self, levels, seed=seed)]
+
+    @classmethod
+    def from_default(cls, variant: str = "multimodal", device: str | torch.device | None = "auto",
+                     **kwargs) -> "CompletionEngine":
+        """An engine over the packaged weights of ``variant`` (``"multimodal"`` or ``"us_only"``,
+        ``checkpoint.load_default``); ``kwargs`` go to the constructor (``backend``, ``precision``,
+        ``max_batch``, ``cache_dir``, ``warmup``)."""
+        from usx_stream.completion.checkpoint import load_default
+
+        model, _, _ = load_default(variant)
+        return cls(model, device=device, **kwargs)

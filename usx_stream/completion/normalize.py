@@ -35,7 +35,8 @@ SCALE_MM = 50.0
 _MAX_OVERSAMPLE = 8
 
 
-def _as_points(name: str, points: np.ndarray) -> np.ndarray:
+def as_points(name: str, points: np.ndarray) -> np.ndarray:
+    """``points`` as a (N, 3) float64 array; ValueError naming ``name`` otherwise."""
     arr = np.asarray(points, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != 3:
         raise ValueError(f"{name} must have shape (N, 3), got {arr.shape}")
@@ -70,9 +71,9 @@ def canonical_center(partial_mm: np.ndarray, labelmap_mm: np.ndarray | None = No
     -------
     (3,) float64 array, mm, in the points' axes
     """
-    parts = [_as_points("partial_mm", partial_mm)]
+    parts = [as_points("partial_mm", partial_mm)]
     if labelmap_mm is not None:
-        parts.append(_as_points("labelmap_mm", labelmap_mm))
+        parts.append(as_points("labelmap_mm", labelmap_mm))
     pts = np.concatenate(parts, axis=0)
     if len(pts) == 0:
         raise ValueError("canonical_center needs at least one point, got none")
@@ -96,7 +97,7 @@ def normalize(points_mm: np.ndarray, *, center_mm: np.ndarray, scale_mm: float =
     -------
     (N, 3) float32 array, unit scale
     """
-    pts = _as_points("points_mm", points_mm)
+    pts = as_points("points_mm", points_mm)
     center, rot = _frame_args(center_mm, scale_mm, rotation)
     return (((pts - center) @ rot.T) / scale_mm).astype(np.float32)
 
@@ -109,7 +110,7 @@ def denormalize(points_unit: np.ndarray, *, center_mm: np.ndarray, scale_mm: flo
     -------
     (N, 3) float64 array, mm
     """
-    pts = _as_points("points_unit", points_unit)
+    pts = as_points("points_unit", points_unit)
     center, rot = _frame_args(center_mm, scale_mm, rotation)
     return (pts * scale_mm) @ rot + center
 
@@ -153,7 +154,7 @@ def resample_batch(clouds: Sequence[np.ndarray], count: int, *, seed: int = 0) -
     rng = np.random.default_rng(seed)
     pts = []
     for i, cloud in enumerate(clouds):
-        arr = _as_points(f"clouds[{i}]", cloud).astype(np.float32)
+        arr = as_points(f"clouds[{i}]", cloud).astype(np.float32)
         if len(arr) == 0:
             raise ValueError(f"resample needs at least one point, got none in clouds[{i}]")
         if len(arr) > _MAX_OVERSAMPLE * count:

@@ -96,33 +96,58 @@ def prepare_vertebra(level: str, partial_ref_mm: np.ndarray, labelmap_ref_mm: np
     VertebraCloud
         ``partial`` (num_partial, 3) and ``labelmap_points`` (num_labelmap, 3) float32 in the unit frame.
     """
-    partial = np.asarray(partial_ref_mm, dtype=np.float64).reshape(-1, 3)
+    unit_partial, unit_lm, model_to_ref = canonical_input(
+        partial_ref_mm, labelmap_ref_mm, rotation=rotation, num_partial=num_partial, num_labelmap=num_labelmap,
+        seed=seed, resampled=resampled, name=level)
+    return VertebraCloud(level=level, partial=unit_partial, labelmap_points=unit_lm, model_to_reference=model_to_ref)
+
+
+def canonical_input(partial_mm: np.ndarray, labelmap_mm: np.ndarray | None, *, rotation: np.ndarray,
+                    num_partial: int, num_labelmap: int, seed: int = 0,
+                    resampled: tuple[np.ndarray, np.ndarray | None] | None = None, name: str = "vertebra"
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """:func:`prepare_vertebra` for any frame and any name: the unit-frame inputs and the way back.
+
+    Parameters
+    ----------
+    partial_mm : (N, 3) array, mm, in the input frame (N >= 1)
+    labelmap_mm : (M, 3) array, mm, same frame, or None
+    rotation : (3, 3) array, rows the canonical axes expressed in the input frame
+    name : str, names the vertebra in errors
+
+    Returns
+    -------
+    partial_unit : (num_partial, 3) float32 ndarray, unit frame
+    labelmap_unit : (num_labelmap, 3) float32 ndarray or None, unit frame
+    model_to_input : (4, 4) float64 ndarray, unit frame -> input frame (mm)
+    """
+    partial = np.asarray(partial_mm, dtype=np.float64).reshape(-1, 3)
     if len(partial) == 0:
-        raise ValueError(f"completion.prepare: level {level} has no bone points")
-    has_lm = labelmap_ref_mm is not None and len(labelmap_ref_mm) > 0
+        raise ValueError(f"completion.prepare: {name} has no bone points")
+    has_lm = labelmap_mm is not None and len(labelmap_mm) > 0
     rot = np.asarray(rotation, dtype=np.float64)
-    # Work in canonical axes (origin still at Reference's) so the centre is the box middle in those axes,
-    # exactly as the training data computes it.
+    # Work in canonical axes (origin still at the input frame's) so the centre is the box middle in those
+    # axes, exactly as the training data computes it.
     partial_c = partial @ rot.T
-    lm_c = np.asarray(labelmap_ref_mm, dtype=np.float64).reshape(-1, 3) @ rot.T if has_lm else None
+    lm_c = np.asarray(labelmap_mm, dtype=np.float64).reshape(-1, 3) @ rot.T if has_lm else None
     center_c = nz.canonical_center(partial_c, lm_c)
     if resampled is not None:
         partial_c = np.asarray(resampled[0], dtype=np.float64).reshape(-1, 3) @ rot.T
         lm_c = np.asarray(resampled[1], dtype=np.float64).reshape(-1, 3) @ rot.T if has_lm else None
-        for name, pts, count in (("partial", partial_c, num_partial), ("labelmap", lm_c, num_labelmap)):
+        for what, pts, count in (("partial", partial_c, num_partial), ("labelmap", lm_c, num_labelmap)):
             if pts is not None and len(pts) != count:
-                raise ValueError(f"completion.prepare: resampled {name} of {level} has {len(pts)} points, "
+                raise ValueError(f"completion.prepare: resampled {what} of {name} has {len(pts)} points, "
                                  f"expected {count}")
     else:
         partial_c = nz.resample(partial_c, num_partial, seed=seed)
         lm_c = nz.resample(lm_c, num_labelmap, seed=seed) if has_lm else None
     unit_partial = nz.normalize(partial_c, center_mm=center_c)
     unit_lm = nz.normalize(lm_c, center_mm=center_c) if has_lm else None
-    model_to_ref = np.eye(4)
-    # p_ref = R^T (scale * u + center_c)
-    model_to_ref[:3, :3] = rot.T * nz.SCALE_MM
-    model_to_ref[:3, 3] = rot.T @ center_c
-    return VertebraCloud(level=level, partial=unit_partial, labelmap_points=unit_lm, model_to_reference=model_to_ref)
+    model_to_input = np.eye(4)
+    # p_in = R^T (scale * u + center_c)
+    model_to_input[:3, :3] = rot.T * nz.SCALE_MM
+    model_to_input[:3, 3] = rot.T @ center_c
+    return unit_partial, unit_lm, model_to_input
 
 
 def resample_levels(clouds: Mapping[str, np.ndarray], count: int, *, seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,0 +1,197 @@
+"""The one way into completion: per-vertebra points in millimetres in, completed points in millimetres out.
+
+:func:`complete_levels` takes each vertebra's partial bone points and back-projected labelmap points in one
+frame (the node's Reference), with the rotation to the vertebra's canonical axes, and
+
+1. ``prepare``: resamples every cloud to the network's point counts in one batched furthest-point sampling
+   and moves it to the unit frame (``completion.prepare.canonical_input``);
+2. ``complete``: runs all vertebrae through the engine as one batch;
+3. ``body_fit`` (optional, multimodal): fits each completed body to its X-ray silhouette
+   (``completion.body_fit``);
+
+and maps the completed points back to the input frame. The node's surface update and
+:meth:`CompletionEngine.complete <usx_stream.completion.engine.CompletionEngine.complete>` both call it, so a
+library user and the node complete the same inputs to the same points. It needs numpy and torch only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ContextManager
+
+import numpy as np
+
+from usx_stream.completion import normalize as nz
+from usx_stream.completion.body_fit import fit_body_to_silhouette
+from usx_stream.completion.prepare import canonical_input
+
+_LOG = logging.getLogger(__name__)
+
+Timer = Callable[[str], ContextManager]
+
+
+@dataclass(frozen=True)
+class LevelPoints:
+    """One vertebra's completion input, in millimetres.
+
+    Attributes
+    ----------
+    level : str
+        Its name (``"L1"`` .. ``"L5"`` in the node; any label for a library user).
+    partial_mm : (N, 3) array_like
+        Partial ultrasound bone points, mm, in the input frame (Reference in the node).
+    labelmap_mm : (M, 3) array_like or None
+        Back-projected X-ray labelmap points, mm, same frame (used by multimodal engines only).
+    rotation : (3, 3) array_like or None
+        Rows: the vertebra's canonical axes (x left-right, y posterior, z cranial) in the input frame, as
+        ``completion.prepare.vertebra_rotation`` returns them; None: the input axes are the canonical ones.
+    """
+
+    level: str
+    partial_mm: np.ndarray
+    labelmap_mm: np.ndarray | None = None
+    rotation: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PreparedLevel:
+    """What the network sees of one vertebra, and the way back to millimetres.
+
+    Attributes
+    ----------
+    level : str
+    partial_unit : (num_partial, 3) float32 ndarray, unit frame
+    labelmap_unit : (num_labelmap, 3) float32 ndarray or None, unit frame
+    model_to_input : (4, 4) float64 ndarray, unit frame -> input frame (mm)
+    """
+
+    level: str
+    partial_unit: np.ndarray
+    labelmap_unit: np.ndarray | None
+    model_to_input: np.ndarray
+
+    def to_input_frame(self, points_unit: np.ndarray) -> np.ndarray:
+        """(K, 3) unit-frame points -> (K, 3) float64, mm, in the input frame."""
+        p = np.asarray(points_unit, dtype=np.float64).reshape(-1, 3)
+        m = self.model_to_input
+        return p @ m[:3, :3].T + m[:3, 3]
+
+
+@dataclass
+class LevelCompletion:
+    """One vertebra's completion.
+
+    Attributes
+    ----------
+    level : str
+    points_mm : (num_out, 3) float64 ndarray, mm, input frame; (0, 3) when the vertebra had nothing to complete
+    prepared : PreparedLevel or None
+        The network's input (None when nothing was completed).
+    metadata : dict
+        ``xray_body_shift_mm`` (cranial, mm) and ``xray_body_scale`` when the body fit was applied;
+        ``xray_body_fit`` (why not) when it was asked for and not applied; empty otherwise.
+    """
+
+    level: str
+    points_mm: np.ndarray
+    prepared: PreparedLevel | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+def _completable(item: LevelPoints, multimodal: bool) -> bool:
+    if len(item.partial_mm) == 0:
+        return False
+    return not multimodal or (item.labelmap_mm is not None and len(item.labelmap_mm) > 0)
+
+
+def prepare_levels(levels: Sequence[LevelPoints], *, num_partial: int, num_labelmap: int, multimodal: bool,
+                   seed: int = 0) -> list[PreparedLevel | None]:
+    """Step 1 of :func:`complete_levels`: every vertebra's unit-frame network input.
+
+    Partial clouds, then labelmap clouds, are resampled in one batched furthest-point sampling each (seeded
+    thinning of very large clouds, ``normalize.resample_batch``) in the input frame, then rotated and
+    normalised. A vertebra without partial points (or, for ``multimodal``, without labelmap points) gives None.
+
+    Returns
+    -------
+    list of PreparedLevel or None, in the order of ``levels``
+    """
+    todo = [i for i, item in enumerate(levels) if _completable(item, multimodal)]
+    out: list[PreparedLevel | None] = [None] * len(levels)
+    if not todo:
+        return out
+    partial_rs = nz.resample_batch([levels[i].partial_mm for i in todo], num_partial, seed=seed)
+    lm_rs = nz.resample_batch([levels[i].labelmap_mm for i in todo], num_labelmap, seed=seed) if multimodal else None
+    for k, i in enumerate(todo):
+        item = levels[i]
+        rot = np.eye(3) if item.rotation is None else np.asarray(item.rotation, dtype=np.float64)
+        lm = item.labelmap_mm if multimodal else None
+        resampled = (partial_rs[k].astype(np.float64), None if lm_rs is None else lm_rs[k].astype(np.float64))
+        unit_p, unit_lm, m = canonical_input(item.partial_mm, lm, rotation=rot, num_partial=num_partial,
+                                             num_labelmap=num_labelmap, seed=seed, resampled=resampled,
+                                             name=item.level)
+        out[i] = PreparedLevel(item.level, unit_p, unit_lm, m)
+    return out
+
+
+def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = False, seed: int = 0,
+                    timer: Timer | None = None) -> list[LevelCompletion]:
+    """Complete vertebrae given in millimetres, in one batch.
+
+    Parameters
+    ----------
+    engine : CompletionEngine
+        Anything with ``cfg`` (``multimodal``, ``num_partial``, ``num_labelmap``), ``device`` and
+        ``run_device(partial, labelmap)``.
+    levels : sequence of LevelPoints
+        Points in mm in one frame (the node's Reference); labelmaps are ignored by a US-only engine.
+    fit_body : bool
+        Fit each completed body to its X-ray silhouette along the cranial axis (multimodal engines only).
+    seed : int
+        Seed of the thinning of very large clouds before furthest-point sampling.
+    timer : callable, optional
+        ``timer(step)`` gives a context manager timing ``step`` (``"prepare"``, ``"complete"``,
+        ``"body_fit"``), e.g. ``Telemetry.time``.
+
+    Returns
+    -------
+    list of LevelCompletion, in the order of ``levels``; ``points_mm`` (num_out, 3) float64 in the input frame,
+    (0, 3) for a vertebra without partial points (or, multimodal, without labelmap points).
+    """
+    import torch
+
+    multimodal = bool(engine.cfg.multimodal)
+    if fit_body and not multimodal:
+        raise ValueError("complete_levels: fit_body needs a multimodal engine (the fit uses the labelmap)")
+    timer = timer or (lambda _step: contextlib.nullcontext())
+    results = [LevelCompletion(item.level, np.zeros((0, 3))) for item in levels]
+    with timer("prepare"):
+        prepared = prepare_levels(levels, num_partial=engine.cfg.num_partial, num_labelmap=engine.cfg.num_labelmap,
+                                  multimodal=multimodal, seed=seed)
+    done = [(i, p) for i, p in enumerate(prepared) if p is not None]
+    if not done:
+        return results
+    with timer("complete"):
+        dev = engine.device
+        partial = torch.from_numpy(np.ascontiguousarray(np.stack([p.partial_unit for _, p in done]))).to(dev)
+        labelmap = (torch.from_numpy(np.ascontiguousarray(np.stack([p.labelmap_unit for _, p in done]))).to(dev)
+                    if multimodal else None)
+        with torch.inference_mode():
+            completed = list(engine.run_device(partial, labelmap).float().cpu().numpy())
+    if fit_body:
+        with timer("body_fit"):
+            for k, (i, p) in enumerate(done):
+                fitted, fit = fit_body_to_silhouette(completed[k], p.labelmap_unit)
+                completed[k] = fitted.astype(np.float32)
+                results[i].metadata.update(
+                    {"xray_body_shift_mm": round(fit.shift * nz.SCALE_MM, 2), "xray_body_scale": round(fit.scale, 3)}
+                    if fit.applied else {"xray_body_fit": f"not applied: {fit.reason}"})
+                if not fit.applied:   # every update, twice a second: the metadata is where it shows
+                    _LOG.debug("body fit of %s not applied: %s", p.level, fit.reason)
+    for k, (i, p) in enumerate(done):
+        results[i].points_mm = p.to_input_frame(completed[k])
+        results[i].prepared = p
+    return results
