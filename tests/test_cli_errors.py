@@ -129,7 +129,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, bug):
 
 
 def test_input_error_is_a_value_error_and_config_error_is_one():
-    from usx_stream.config import ConfigError
+    from usx_stream.node.launch import ConfigError
 
     assert issubclass(InputError, ValueError) and issubclass(ConfigError, InputError)
 

@@ -24,7 +24,7 @@ _EXPORTS = {
     "reconstruct": "usx_stream.compound", "Reconstructor": "usx_stream.compound",
     "ReconstructionConfig": "usx_stream.compound",
     "CompletionEngine": "usx_stream.completion.engine",
-    "load_launch": "usx_stream.config", "build_node": "usx_stream.assemble",
+    "load_launch": "usx_stream.node.launch", "build_node": "usx_stream.node.assemble",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -151,7 +151,7 @@ def test_plus_phantom_lamina_is_found(plus_data):
 def test_launch_defaults_match_the_detector_defaults():
     from dataclasses import fields
 
-    from usx_stream.config import default_launch
+    from usx_stream.node.launch import default_launch
 
     bone = default_launch().bone
     params = BoneDetectionParams.from_mapping(bone.as_dict())

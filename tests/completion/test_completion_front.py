@@ -13,8 +13,8 @@ from usx_stream.completion.engine import CompletionEngine
 from usx_stream.completion.front import LevelPoints, complete_levels, prepare_levels
 from usx_stream.completion.nets import build_model
 from usx_stream.completion.prepare import vertebra_rotation
-from usx_stream.config import parse_launch
-from usx_stream.update import SurfaceUpdater, UpdateInputs
+from usx_stream.node.launch import parse_launch
+from usx_stream.node.update import SurfaceUpdater, UpdateInputs
 
 
 @pytest.fixture(scope="module")

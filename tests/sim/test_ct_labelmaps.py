@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 from usx_stream.frames import LEVELS
 from usx_stream.sim.anatomy import make_spine
 from usx_stream.sim.ct_labelmaps import label_meshes, read_labels
-from usx_stream.sim.dataset import PairConfig, generate
+from usx_stream.datasets.pairs import PairConfig, generate
 from usx_stream.train.data import read_pairs
 
 SPACING = np.array([1.0, 1.2, 1.6])  # anisotropic voxels, as CT often has

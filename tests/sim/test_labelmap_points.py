@@ -31,7 +31,7 @@ def _oblique_view(rng) -> CArmGeometry:
 
 def _vertebrae_stub():
     """Three vertebra poses 35 mm apart along z (no meshes: a view needs only the frames)."""
-    from usx_stream.sim.mesh_alignment import CanonicalVertebra
+    from usx_stream.datasets.mesh_alignment import CanonicalVertebra
 
     frames = []
     for k in range(3):

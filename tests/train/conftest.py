@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from usx_stream.sim.dataset import PairConfig, generate
+from usx_stream.datasets.pairs import PairConfig, generate
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ Examples:
   usx-stream dataset --out verse.h5 --meshes ../shared/data/vertebrae/verse_L1 --frame LPS --repeats 4
   usx-stream dataset --out vh.h5 --meshes ../shared/data/vertebrae/visible_human_male_L1-L5 --scale 1000
   usx-stream dataset --out ct.h5 --labelmaps segmentations/     # VerSe-style label volumes
-  usx-stream dataset --out node.h5 --node-sessions 100 --seed 11  # the node's own inputs (sim.node_dataset)
+  usx-stream dataset --out node.h5 --node-sessions 100 --seed 11  # the node's own inputs (datasets.node_sessions)
 
 CT segmentations: one integer label per vertebra (VerSe: 20..24 = L1..L5), NIfTI (RAS world) or NRRD /
 MetaImage (LPS); each label is meshed in place, so the vertebrae occlude each other as in the patient.
@@ -84,7 +84,7 @@ def _sweep_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sim.dataset import PairConfig, generate
+    from ..datasets.pairs import PairConfig, generate
     from ..sim.visibility import SweepConfig
 
     if args.node_sessions is not None:
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    from ..assemble import default_launch_dir
-    from ..sim.node_dataset import generate_node
+    from ..node.assemble import default_launch_dir
+    from ..datasets.node_sessions import generate_node
 
     try:
         report = generate_node(args.out, sessions=args.node_sessions, seed=args.seed,

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..demo import run_demo
+    from ..demo.run import run_demo
 
     report = run_demo(args.out, launch=args.launch, seed=args.seed, n_frames=args.frames)
     print(f"wrote {args.out}/: " + ", ".join(report.pop("files")))

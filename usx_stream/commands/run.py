@@ -45,8 +45,8 @@ def _overrides(items: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from ..assemble import build_node
-    from ..config import load_launch
+    from ..node.assemble import build_node
+    from ..node.launch import load_launch
 
     cfg = load_launch(args.launch)
     if args.set:

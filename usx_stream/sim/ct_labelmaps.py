@@ -4,7 +4,7 @@ A segmentation holds one integer label per vertebra (VerSe convention by default
 label becomes a closed mesh (light Gaussian smoothing of its mask, then marching tetrahedra in voxel space,
 then the voxel-to-patient affine), all in the scan's LPS patient frame, so the vertebrae keep their
 anatomical positions and occlude each other in the simulated ultrasound sweep. Turning those meshes into
-paired samples is :func:`usx_stream.sim.dataset.labelmap_pairs` (this module knows no dataset).
+paired samples is :func:`usx_stream.datasets.pairs.labelmap_pairs` (this module knows no dataset).
 
 Frames: NIfTI's world frame is RAS (converted to LPS here); NRRD and MetaImage coordinates are LPS, as ITK
 writes them (only axis-aligned grids, see :func:`usx_stream.io.volumes.read_volume`).

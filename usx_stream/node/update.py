@@ -24,15 +24,15 @@ from functools import cached_property
 
 import numpy as np
 
-from .bone.points import extract_bone_points
-from .bone.split import choose_level_centres, split_levels
-from .completion import prepare as prep
-from .completion.front import LevelPoints, complete_levels, prepare_levels
-from .frames import LEVELS, Surface, VertebraCloud, Volume
-from .surface.mesh import mesh_points
+from ..bone.points import extract_bone_points
+from ..bone.split import choose_level_centres, split_levels
+from ..completion import prepare as prep
+from ..completion.front import LevelPoints, complete_levels, prepare_levels
+from ..frames import LEVELS, Surface, VertebraCloud, Volume
+from ..surface.mesh import mesh_points
 from .telemetry import Telemetry
-from .xray import backproject as bp
-from .xray.cache import XraySnapshot
+from ..xray import backproject as bp
+from ..xray.cache import XraySnapshot
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InputError
-from .frames import LEVELS
+from ..errors import InputError
+from ..frames import LEVELS
 
 log = logging.getLogger(__name__)
 

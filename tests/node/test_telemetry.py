@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from usx_stream.telemetry import Telemetry
+from usx_stream.node.telemetry import Telemetry
 
 
 class StepClock:

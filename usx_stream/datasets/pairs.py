@@ -13,7 +13,7 @@ the bounding box of the partial and labelmap points; 50 mm per unit):
 - ``complete_pcds``: points sampled uniformly by area on the whole vertebra mesh.
 
 Sources: procedural spines (:func:`usx_stream.sim.anatomy.make_spine`) and user meshes aligned to the
-canonical frame (:mod:`usx_stream.sim.mesh_alignment`). The HDF5 layout lives in
+canonical frame (:mod:`usx_stream.datasets.mesh_alignment`). The HDF5 layout lives in
 :mod:`usx_stream.train.data`; :func:`generate` runs the sources in parallel and writes the file.
 """
 
@@ -33,11 +33,11 @@ from ..transforms import apply
 from ..completion.normalize import SCALE_MM, canonical_center, normalize
 from ..xray.backproject import backproject_to_plane
 from ..xray.geometry import CArmGeometry
-from .ct_labelmaps import LABELMAP_SUFFIXES, VERSE_LEVELS, label_meshes, read_labels
-from .labelmap_points import render_body_labelmap
+from ..sim.ct_labelmaps import LABELMAP_SUFFIXES, VERSE_LEVELS, label_meshes, read_labels
+from ..sim.labelmap_points import render_body_labelmap
 from .mesh_alignment import (AlignmentError, CanonicalVertebra, align_vertebra, canonical_user_vertebra,
                              sample_surface)
-from .visibility import SweepConfig, simulate_us_visibility
+from ..sim.visibility import SweepConfig, simulate_us_visibility
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def make_pairs(vertebrae: list[CanonicalVertebra], *, cfg: PairConfig, rng: np.r
 
 def procedural_pairs(index: int, *, seed: int, cfg: PairConfig) -> tuple[list[PairedSample], list[str]]:
     """Samples of procedural spine number ``index`` of the stream seeded by ``seed`` (deterministic)."""
-    from .anatomy import make_spine
+    from ..sim.anatomy import make_spine
 
     rng = np.random.default_rng([int(seed), int(index)])
     spine = make_spine(rng, variation=cfg.variation, spacing_mm=cfg.mesh_spacing_mm)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .frames import LEVELS, Surface
-from .transforms import apply
+from ..frames import LEVELS, Surface
+from ..transforms import apply
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def score_level(completed_ref_mm: np.ndarray, vertebra, *, n_gt: int = 8192, see
     The body/arch split is the paper's: in the vertebra frame (y posterior), points anterior of the
     ground-truth centroid are body.
     """
-    from .metrics import evaluate_completion
-    from .surface.mesh import sample_surface
+    from ..metrics import evaluate_completion
+    from ..surface.mesh import sample_surface
 
     gt = _vertebra_frame_points(sample_surface(vertebra.mesh, n_gt, seed=seed), vertebra)
     pred = _vertebra_frame_points(completed_ref_mm, vertebra)
@@ -47,10 +47,10 @@ def score_level(completed_ref_mm: np.ndarray, vertebra, *, n_gt: int = 8192, see
 def run_demo(out_dir: str | Path, *, launch: str | Path | None = None, seed: int | None = None,
              n_frames: int | None = None) -> dict:
     """Run the demo into ``out_dir``; returns the report (also written as ``report.json``)."""
-    from .assemble import default_launch_dir
-    from .config import load_launch
-    from .sim.live import LiveSimulation
-    from .sim.session import simulate_session, write_session
+    from ..node.assemble import default_launch_dir
+    from ..node.launch import load_launch
+    from .live import LiveSimulation
+    from ..sim.session import simulate_session, write_session
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def run_demo(out_dir: str | Path, *, launch: str | Path | None = None, seed: int
 
 
 def _finish(out: Path, node, session, received) -> dict:
-    from .io.meshes import write_mesh
+    from ..io.meshes import write_mesh
 
     volume, info = node.ingest.snapshot()
     try:
@@ -124,7 +124,7 @@ def _picture(path: Path, session, result) -> None:
     labelmap points on each vertebra's mid-sagittal plane, over the ground truth in grey); the completed
     surfaces (a colour per level) over the ground truth; the same from the side, where the vertebral
     bodies that ultrasound cannot see are."""
-    from .viz import ImagePlane, Panel, render_panels
+    from .pictures import ImagePlane, Panel, render_panels
 
     truth: dict[str, Surface] = {f"gt_{lv}": v.mesh for lv, v in session.spine.vertebrae.items()}
     frames = session.frames

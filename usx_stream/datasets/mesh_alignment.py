@@ -256,7 +256,7 @@ def level_from_filename(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _mean_spine(spacing_mm: float):
-    from .anatomy import make_spine
+    from ..sim.anatomy import make_spine
 
     return make_spine(0, variation=0.0, spacing_mm=spacing_mm)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from usx_stream import assemble, config
+from usx_stream.node import assemble
+from usx_stream.node import launch as config
 from usx_stream.bone.detect import BoneDetectionParams
 from usx_stream.commands import run as run_command
 from usx_stream.completion import checkpoint
@@ -28,7 +29,7 @@ from usx_stream.completion.nets import ModelConfig, build_model
 pytestmark = pytest.mark.slow
 
 # not `from conftest import`: with tests/sim/conftest.py collected first, that name is another module
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Keys read only on paths this CPU-only test cannot take, each with the reason (none today: the CUDA
 # choices are read on a CPU too, by compute.choose_compute and the ingest stage).
@@ -107,7 +108,7 @@ def test_every_launch_key_is_read(tmp_path, monkeypatch, caplog):
         reads.add(f"bone.{f.name}")
 
     # an automatic grid (compound.margin_mm): the ingest stage on the recorded frames, no ROI
-    from usx_stream.ingest import IngestStage
+    from usx_stream.node.ingest import IngestStage
     from usx_stream.sources.replay import looped_frames
 
     recorded = sorted((tmp_path / "rec").glob("inputs_*.igs.mha"))

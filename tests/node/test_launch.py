@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from usx_stream.config import SCHEMA, ConfigError, default_launch, describe_schema, load_launch, parse_launch
+from usx_stream.node.launch import SCHEMA, ConfigError, default_launch, describe_schema, load_launch, parse_launch
 
-LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
+LAUNCH_DIR = Path(__file__).resolve().parents[2] / "launch"
 SHIPPED = ("demo.toml", "or_live_plus.toml", "latency_bench.toml", "phantom_session.toml")
 
 
@@ -116,7 +116,7 @@ def test_describe_schema_lists_every_table():
 
 
 def test_recording_reads_counts_attribute_reads_through_overrides():
-    from usx_stream.config import recording_reads
+    from usx_stream.node.launch import recording_reads
 
     cfg, reads = recording_reads(parse_launch({"compound": {"spacing_mm": 2.0}}))
     assert cfg.compound.spacing_mm == 2.0 and reads == {"compound.spacing_mm"}

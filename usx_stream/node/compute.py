@@ -4,7 +4,7 @@
 backend on the GPU; on a CPU-only machine, completion in fp32 on the CPU and compounding with the numba
 kernels (the torch backend on a CPU costs ~55 ms a frame against ~1 ms for numba). Explicit values are
 kept, and a value the machine cannot run (``fp16`` or ``cuda`` without CUDA) is a
-:class:`~usx_stream.config.ConfigError` naming the key, raised before anything starts.
+:class:`~usx_stream.node.launch.ConfigError` naming the key, raised before anything starts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .config import ConfigError, LaunchConfig
+from .launch import ConfigError, LaunchConfig
 
 log = logging.getLogger(__name__)
 

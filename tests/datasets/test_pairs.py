@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from usx_stream.frames import Surface
-from usx_stream.sim.dataset import PairConfig, generate
-from usx_stream.sim.mesh_alignment import canonical_user_vertebra, level_from_filename
-from usx_stream.sim.mesh_alignment import AlignmentError
+from usx_stream.datasets.pairs import PairConfig, generate
+from usx_stream.datasets.mesh_alignment import canonical_user_vertebra, level_from_filename
+from usx_stream.datasets.mesh_alignment import AlignmentError
 from usx_stream.train.data import read_pairs
 
 CFG = PairConfig(partial_points=64, labelmap_points=32, complete_points=256, mesh_spacing_mm=2.0)

@@ -49,7 +49,7 @@ from typing import Callable
 
 import numpy as np
 
-from .frames import Surface, TrackedFrame, XrayImage
+from ..frames import Surface, TrackedFrame, XrayImage
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class SessionRecorder:
         """Write the held frames as the next chunk (caller holds ``_lock``)."""
         if not self._held:
             return
-        from .io.sequence_write import write_sequence_report
+        from ..io.sequence_write import write_sequence_report
 
         frames, self._held, self._held_key, self._held_ts = self._held, [], None, []
         path = self.dir / f"inputs_{self._chunks:04d}.igs.mha"
@@ -239,7 +239,7 @@ class SessionRecorder:
         """Write the surfaces of one update under ``surfaces/`` and index them; never raises."""
         if not (self.surfaces and surfaces):
             return
-        from .io.meshes import write_mesh
+        from ..io.meshes import write_mesh
 
         with self._surface_lock:
             update, self._updates = self._updates, self._updates + 1
@@ -311,7 +311,7 @@ class SessionRecorder:
 def _geometry_key(frame: TrackedFrame) -> tuple | None:
     """``(shape, dtype)`` of the frame's pixels, None for a frame without pixels; ValueError when no
     sequence file can hold them."""
-    from .io.metaimage import met_element_type
+    from ..io.metaimage import met_element_type
 
     pixels = frame.pixels
     if not isinstance(pixels, np.ndarray):

@@ -17,14 +17,14 @@ import time
 
 import numpy as np
 
-from .bone.detect import BoneDetectionParams, BoneDetector, pixel_size_from_image_to_probe
-from .compound.config import ReconstructionConfig
-from .compound.geometry import OutputGeometry
-from .compound.reconstructor import Reconstructor, frame_image_to_reference
+from ..bone.detect import BoneDetectionParams, BoneDetector, pixel_size_from_image_to_probe
+from ..compound.config import ReconstructionConfig
+from ..compound.geometry import OutputGeometry
+from ..compound.reconstructor import Reconstructor, frame_image_to_reference
 from .frame_check import FrameGate, image_reason, pose_reason
-from .frames import TrackedFrame, Volume
+from ..frames import TrackedFrame, Volume
 from .telemetry import Telemetry
-from .transforms import TransformRepository
+from ..transforms import TransformRepository
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class IngestStage:
 
     # ------------------------------------------------------------------ ingest thread
     def add(self, frame: TrackedFrame, *, arrival_s: float | None = None) -> bool:
-        """Validate ``frame`` (:mod:`usx_stream.frame_check`), detect bone in it and paste it.
+        """Validate ``frame`` (:mod:`usx_stream.node.frame_check`), detect bone in it and paste it.
 
         Returns False when the frame was skipped: invalid (counted under ``frames_rejected:<reason>`` and
         logged once per reason), marked invalid by PLUS (``frames_invalid``) or failed in a stage

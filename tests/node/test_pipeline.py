@@ -10,12 +10,12 @@ import torch
 
 from usx_stream.completion.engine import CompletionEngine
 from usx_stream.completion.nets import ModelConfig, build_model
-from usx_stream.config import parse_launch
+from usx_stream.node.launch import parse_launch
 from usx_stream.frames import LEVELS, XrayImage
-from usx_stream.pipeline import Node
-from usx_stream.sim.live import LiveSimulation
+from usx_stream.node.pipeline import Node
+from usx_stream.demo.live import LiveSimulation
 from usx_stream.sim.session import simulate_session, write_session
-from usx_stream.update import SurfaceUpdater
+from usx_stream.node.update import SurfaceUpdater
 from usx_stream.sources.replay import SequenceReplay
 from usx_stream.xray.cache import XrayCache
 

@@ -22,9 +22,9 @@ import pytest
 
 from usx_stream.frames import Surface, TrackedFrame
 from usx_stream.io.sequence import read_sequence
-from usx_stream.recording import SessionRecorder
+from usx_stream.node.recording import SessionRecorder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0  # UTC epoch seconds, as OpenIGTLink carries them
 EVIL_KEY = "Evil\nElementDataFile = /etc/hostname\nX"
 _ITEMSIZE = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_FLOAT": 4}
@@ -159,7 +159,7 @@ def test_failed_chunk_is_counted_logged_once_and_recording_goes_on(tmp_path, cap
     for n in (1, 2):  # something in the way of chunks 1 and 2: their writes fail for real
         (folder / f"inputs_000{n}.igs.mha.part").mkdir()
     rec = SessionRecorder(_record(tmp_path), clock=lambda: 0.0)
-    with caplog.at_level(logging.WARNING, logger="usx_stream.recording"):
+    with caplog.at_level(logging.WARNING, logger="usx_stream.node.recording"):
         for i in range(240):
             rec.add_frame(_frame(i))
         rec.add_frame(_frame(240, dtype=np.float16))  # no MetaImage type: this frame alone is lost
@@ -205,7 +205,7 @@ _CHILD = textwrap.dedent("""
     import os, sys, types
     import numpy as np
     from usx_stream.frames import TrackedFrame
-    from usx_stream.recording import SessionRecorder
+    from usx_stream.node.recording import SessionRecorder
 
     folder, n_total, pause_at, fps, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
     record = types.SimpleNamespace(dir=folder, inputs=True, surfaces=False, compress=True)

@@ -1,13 +1,13 @@
 """Training pairs made the way the node sees a spine: simulated session -> ingest -> update inputs.
 
-:mod:`usx_stream.sim.dataset` makes partial clouds by ray casting in the true vertebra frame. The node
+:mod:`usx_stream.datasets.pairs` makes partial clouds by ray casting in the true vertebra frame. The node
 sees less and differently: B-mode bone detection (no echo from the vertebral body, shallower reach), a
 compounded 1 mm grid, a split per level that lets some neighbour and false points through, and a
 canonical frame it estimates from the level centres. A network trained only on the first kind of input
 completes the second kind worse (on the demo spine, 1.7-2.1 mm body ASSD from dataset-style inputs
 against 2.0-2.8 mm from the node's). These pairs close that gap: each simulated session (a tracked
 B-mode sweep and a lateral X-ray, :func:`~usx_stream.sim.session.simulate_session`) goes through
-:class:`~usx_stream.ingest.IngestStage` and :meth:`~usx_stream.update.SurfaceUpdater.inputs`, the very
+:class:`~usx_stream.node.ingest.IngestStage` and :meth:`~usx_stream.node.update.SurfaceUpdater.inputs`, the very
 code of the live node, and the ground truth is expressed in the frame the node estimated.
 
 About 30 s of CPU per session (five samples); sessions are independent, so ``workers`` processes share
@@ -23,7 +23,7 @@ import numpy as np
 
 from ..frames import LEVELS
 from ..surface.mesh import sample_surface
-from .dataset import SCALE_MM, GenerateReport, PairedSample, collect_pairs
+from .pairs import SCALE_MM, GenerateReport, PairedSample, collect_pairs
 
 
 def session_seed(seed: int, index: int) -> int:
@@ -36,35 +36,36 @@ def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048
     """The multimodal network inputs the node computes for session ``index`` at the end of its sweep,
     each with ``complete_points`` ground-truth points in the same unit frame.
 
-    ``launch`` is a launch file or a loaded :class:`~usx_stream.config.LaunchConfig`: its ``[compound]``,
+    ``launch`` is a launch file or a loaded :class:`~usx_stream.node.launch.LaunchConfig`: its ``[compound]``,
     ``[bone]`` and ``[xray]`` settings and ``source.n_frames`` are the node's."""
-    from ..assemble import make_engine
-    from ..config import load_launch
-    from ..ingest import IngestStage
-    from ..update import SurfaceUpdater
+    from ..node.assemble import build_node, make_engine
+    from ..node.launch import load_launch
+    from ..sim.session import simulate_session
+    from ..sources.memory import MemorySource
     from ..xray.cache import XrayCache
-    from .session import simulate_session
 
     cfg = load_launch(launch) if isinstance(launch, (str, Path)) else launch
+    cfg = cfg.with_overrides({"record.enabled": False, "publish.igtl_enabled": False, "publish.zmq_enabled": False})
     sim_seed = session_seed(seed, index)
     session = simulate_session(sim_seed, n_frames=cfg.source.n_frames)
-    ingest = IngestStage(cfg.compound, cfg.bone, image_to_reference=cfg.source.image_to_reference,
-                         calibration=session.calibration, bootstrap_frames=cfg.completion.min_frames)
-    for frame in session.frames:
-        ingest.add(frame)
-    ingest.flush()
-    volume, info = ingest.snapshot()
-    name = f"session{index:05d}"
-    if volume is None:
-        return [], [f"{name}: no frame reached the volume"]
     xray = XrayCache(geometry=session.xray.geometry)
     xray.update_from_xray_image(session.xray)
     # the engines only give the input point counts here: nothing is completed
     engines = {v: make_engine(v, cfg, warmup=False) for v in ("multimodal", "us_only")}
-    updater = SurfaceUpdater(engines, bone=cfg.bone, xray_cfg=cfg.xray,
-                             surface=cfg.surface, seed=sim_seed)
-    inputs = updater.inputs(volume, beam_direction=info["beam_direction"], xray=xray.snapshot(),
-                            force_fusion="multimodal")
+    # The node's own stages, built by the node's one constructor, driven frame by frame on this thread
+    # (no threads or sockets: a dataset worker runs many sessions).
+    node = build_node(cfg, source=MemorySource(session.frames), engines=engines, xray=xray, publishers=[],
+                      calibration=session.calibration)
+    node.updater.seed = sim_seed
+    for frame in session.frames:
+        node.ingest.add(frame)
+    node.ingest.flush()
+    volume, info = node.ingest.snapshot()
+    name = f"session{index:05d}"
+    if volume is None:
+        return [], [f"{name}: no frame reached the volume"]
+    inputs = node.updater.inputs(volume, beam_direction=info["beam_direction"], xray=xray.snapshot(),
+                                 force_fusion="multimodal")
     rng = np.random.default_rng(sim_seed)
     samples, skipped = [], [f"{name}/{lv}: not split out of the bone points" for lv in LEVELS
                             if lv not in {c.level for c in inputs.clouds}]

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .frames import Surface
+from ..frames import Surface
 
 LEVEL_COLOURS = {
     "L1": "#e6550d", "L2": "#31a354", "L3": "#3182bd", "L4": "#756bb1", "L5": "#de2d26",
@@ -45,7 +45,7 @@ def _decimated(surface: Surface, max_triangles: int) -> tuple[np.ndarray, np.nda
     and a 100k-triangle mesh would take minutes and look no better)."""
     if len(surface.triangles) <= max_triangles:
         return surface.vertices_mm, surface.triangles
-    from ._deps import import_open3d
+    from .._deps import import_open3d
 
     o3d = import_open3d()
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(surface.vertices_mm, np.float64)),

@@ -22,12 +22,12 @@ from typing import Callable
 
 import numpy as np
 
-from .frames import TrackedFrame, XrayImage
+from ..frames import TrackedFrame, XrayImage
 from .ingest import IngestStage
 from .recording import SessionRecorder
 from .telemetry import Telemetry
 from .update import SurfaceUpdater, UpdateResult
-from .xray.cache import XrayCache
+from ..xray.cache import XrayCache
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Node:
         """Compile the compounding kernels and run the mesher once before the first frame is accepted, so
         the first frames and updates cost what the rest cost; returns the seconds it took (telemetry stage
         ``warm_up``, reported apart from the stream's figures). The engines warm up when they are built."""
-        from .surface.mesh import mesh_points
+        from ..surface.mesh import mesh_points
 
         t0 = time.perf_counter()
         self.ingest.warm_up()

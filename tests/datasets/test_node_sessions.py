@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from usx_stream.assemble import default_launch_dir
-from usx_stream.config import load_launch
-from usx_stream.sim.node_dataset import node_pairs, session_seed
+from usx_stream.node.assemble import default_launch_dir
+from usx_stream.node.launch import load_launch
+from usx_stream.datasets.node_sessions import node_pairs, session_seed
 
 MM_PER_UNIT = 50.0
 

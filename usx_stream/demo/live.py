@@ -71,7 +71,7 @@ class LiveSimulation:
 
     def __init__(self, cfg, session, sequence: str | Path, *, engines=None, rate: float | None = None,
                  loop: bool = False) -> None:
-        from ..assemble import make_engines
+        from ..node.assemble import make_engines
         from ..igtl.publisher import SurfacePublisher
         from ..sources.replay_server import ReplayServer
         from ..xray.cache import XrayCache
@@ -87,14 +87,15 @@ class LiveSimulation:
         self.counter: SurfaceCounter | None = None
 
     def start(self) -> "LiveSimulation":
-        from ..pipeline import Node
+        from ..node.assemble import build_node
         from ..sources.igtl_source import IgtlFrameSource
 
         self.server.start()   # binds its port: the node connects to the port it got
         self.publisher.start()
         self.counter = SurfaceCounter(self.publisher.port).start()
         source = IgtlFrameSource("127.0.0.1", self.server.port, queue_size=self.cfg.source.queue_frames)
-        self.node = Node(self.cfg, source=source, engines=self.engines, xray=self.xray, publishers=[self.publisher])
+        self.node = build_node(self.cfg, source=source, engines=self.engines, xray=self.xray,
+                               publishers=[self.publisher])
         self.node.start()
         return self
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from usx_stream.assemble import make_xray_cache
-from usx_stream.compute import choose_compute, resolve_compute
-from usx_stream.config import ConfigError, load_launch, parse_launch
+from usx_stream.node.assemble import make_xray_cache
+from usx_stream.node.compute import choose_compute, resolve_compute
+from usx_stream.node.launch import ConfigError, load_launch, parse_launch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = REPO_ROOT / "launch"
 
 
@@ -23,7 +23,7 @@ def test_every_launch_file_resolves_to_cpu_values_without_cuda(name):
 
 
 def test_auto_takes_the_gpu_when_there_is_one_and_says_why(caplog):
-    with caplog.at_level(logging.INFO, logger="usx_stream.compute"):
+    with caplog.at_level(logging.INFO, logger="usx_stream.node.compute"):
         cfg = resolve_compute(load_launch(LAUNCH / "or_live_plus.toml"), cuda=True)
     assert (cfg.completion.device, cfg.completion.precision) == ("cuda", "fp16")
     assert (cfg.compound.backend, cfg.compound.device) == ("torch", "cuda")

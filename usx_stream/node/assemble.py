@@ -1,4 +1,4 @@
-"""Build a :class:`~usx_stream.pipeline.Node` and its parts from a launch file.
+"""Build a :class:`~usx_stream.node.pipeline.Node` and its parts from a launch file.
 
 Each factory reads one launch-file table; heavy imports (torch, zmq, the sockets) happen here, when a node
 is actually built, never at package import.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import ConfigError, LaunchConfig
+from .launch import ConfigError, LaunchConfig
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +18,8 @@ def make_source(cfg: LaunchConfig):
     """The frame source of ``[source]``: a PlusServer connection or a sequence-file replay."""
     s = cfg.source
     if s.kind == "igtl":
-        from .igtl.receiver import ReceiverConfig
-        from .sources.igtl_source import IgtlFrameSource
+        from ..igtl.receiver import ReceiverConfig
+        from ..sources.igtl_source import IgtlFrameSource
 
         rc = ReceiverConfig(image_device=s.image_device, xray_device=cfg.xray.image_device,
                             xray_labelmap_device=cfg.xray.labelmap_device)
@@ -27,7 +27,7 @@ def make_source(cfg: LaunchConfig):
                                connect_timeout_s=s.connect_timeout_s,
                                backoff_s=(min(0.05, s.reconnect_interval_s), s.reconnect_interval_s))
     if s.kind == "replay":
-        from .sources.replay import SequenceReplay
+        from ..sources.replay import SequenceReplay
 
         return SequenceReplay(s.path, rate=None, speed=s.speed, loop=s.loop, queue_size=s.queue_frames)
     raise ValueError(f"source.kind: {s.kind!r} is built by the caller (usx-stream demo simulates the session)")
@@ -37,15 +37,15 @@ def make_calibration(cfg: LaunchConfig):
     """ImageToProbe (and any other fixed transform) from ``source.calibration``, or None."""
     if not cfg.source.calibration:
         return None
-    from .io.plus_config import read_device_set
+    from ..io.plus_config import read_device_set
 
     return read_device_set(cfg.source.calibration).transform_repository()
 
 
 def make_engine(variant: str, cfg: LaunchConfig, *, warmup: bool = True):
     """A :class:`CompletionEngine` for ``variant`` (``"multimodal"`` or ``"us_only"``)."""
-    from .completion.checkpoint import load_checkpoint, load_default
-    from .completion.engine import CompletionEngine
+    from ..completion.checkpoint import load_checkpoint, load_default
+    from ..completion.engine import CompletionEngine
 
     c = cfg.completion
     path = c.weights if variant == "multimodal" else c.weights_us_only
@@ -79,7 +79,7 @@ def make_xray_cache(cfg: LaunchConfig):
         The geometry or an X-ray file is missing or invalid: one line naming the file, the launch key and
         the command that makes the geometry.
     """
-    from .xray.cache import XrayCache
+    from ..xray.cache import XrayCache
 
     x = cfg.xray
     if not x.enabled:
@@ -87,7 +87,7 @@ def make_xray_cache(cfg: LaunchConfig):
     if x.source == "sim" and not x.geometry:
         # The X-ray (and labelmap, and C-arm) of the simulated session of source.seed: what `usx-stream demo`
         # streams; a node started from demo.toml with `usx-stream run` fuses the same X-ray.
-        from .sim.session import simulate_session
+        from ..sim.session import simulate_session
 
         session = simulate_session(int(cfg.source.seed), n_frames=cfg.source.n_frames)
         cache = XrayCache(geometry=session.xray.geometry)
@@ -105,7 +105,7 @@ def make_xray_cache(cfg: LaunchConfig):
         raise ConfigError(f"xray.geometry: {x.geometry} is not a usable C-arm geometry ({e}); "
                           + CALIBRATE_HINT.format(path=x.geometry)) from None
     if x.source == "file":
-        from .io.volumes import read_volume
+        from ..io.volumes import read_volume
 
         def plane(key, path):
             try:
@@ -131,14 +131,14 @@ def make_publishers(cfg: LaunchConfig) -> list:
     p = cfg.publish
     out = []
     if p.igtl_enabled:
-        from .igtl.publisher import SurfacePublisher
+        from ..igtl.publisher import SurfacePublisher
 
         out.append(SurfacePublisher(role=p.igtl_mode, host=p.igtl_host, port=p.igtl_port,
                                     allow_clients=p.allow_clients or None, max_clients=p.max_clients,
                                     device_prefix=p.device_prefix).start())
         log.info("publishing POLYDATA as OpenIGTLink %s on %s:%d", p.igtl_mode, p.igtl_host, out[-1].port)
     if p.zmq_enabled:
-        from .igtl.zmq_publisher import ZmqSurfacePublisher
+        from ..igtl.zmq_publisher import ZmqSurfacePublisher
 
         out.append(ZmqSurfacePublisher(p.zmq_endpoint))
     return out
@@ -149,9 +149,9 @@ def simulated_parts(cfg: LaunchConfig, workdir: str | Path | None = None) -> dic
     temporary folder by default) and replay it at ``source.fps``; its X-ray fills the cache."""
     import tempfile
 
-    from .sim.session import simulate_session, write_session
-    from .sources.replay import SequenceReplay
-    from .xray.cache import XrayCache
+    from ..sim.session import simulate_session, write_session
+    from ..sources.replay import SequenceReplay
+    from ..xray.cache import XrayCache
 
     session = simulate_session(int(cfg.source.seed), n_frames=cfg.source.n_frames)
     files = write_session(session, workdir or tempfile.mkdtemp(prefix="usx-sim-"))
@@ -186,4 +186,4 @@ def build_node(cfg: LaunchConfig, *, source=None, xray=None, engines=None, publi
 
 def default_launch_dir() -> Path:
     """The repository's ``launch/`` folder (next to the package in a source checkout)."""
-    return Path(__file__).resolve().parents[1] / "launch"
+    return Path(__file__).resolve().parents[2] / "launch"

@@ -26,7 +26,7 @@ from usx_stream.io.plus_config import read_device_set
 from usx_stream.sources.replay_server import ReplayServer
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PHANTOM_CENTRE_MM = np.array([-41.5, 195.8, 51.6])   # centroid of the phantom's bone points (one vertebra)
 SAFETY_S = 120.0                                     # a broken node fails the test here rather than hang CI
 

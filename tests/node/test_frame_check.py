@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from usx_stream.config import parse_launch
-from usx_stream.frame_check import image_reason, pose_reason
+from usx_stream.node.launch import parse_launch
+from usx_stream.node.frame_check import image_reason, pose_reason
 from usx_stream.frames import TrackedFrame
-from usx_stream.ingest import IngestStage
+from usx_stream.node.ingest import IngestStage
 
 PIXEL_MM = 0.3
 

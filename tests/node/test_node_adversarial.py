@@ -16,7 +16,7 @@ import torch
 
 from usx_stream.completion.engine import CompletionEngine
 from usx_stream.completion.nets import ModelConfig, build_model
-from usx_stream.config import parse_launch
+from usx_stream.node.launch import parse_launch
 from usx_stream.frames import LEVELS
 from usx_stream.igtl.codec import HEADER_SIZE, Message, encode_bytes
 from usx_stream.igtl.codec_basic import StatusContent
@@ -24,7 +24,7 @@ from usx_stream.igtl.codec_image import ImageContent
 from usx_stream.igtl.crc import crc64
 from usx_stream.igtl.endpoints import Server
 from usx_stream.igtl.receiver import ReceiverConfig
-from usx_stream.pipeline import Node
+from usx_stream.node.pipeline import Node
 from usx_stream.sim.session import simulate_session
 from usx_stream.sources.igtl_source import IgtlFrameSource
 from usx_stream.sources.replay_server import END_OF_STREAM_DEVICE, frame_messages
