@@ -6,9 +6,9 @@ numba, numpy or torch. Configure it from a PlusDeviceSet XML with :func:`load_de
 Only numpy/torch are imported here; numba kernels load when first used.
 """
 
-from .config import HoleFillingElement, ReconstructionConfig, load_device_set
+from .config import DEFAULT_HOLE_FILLING, HoleFillingElement, ReconstructionConfig, load_device_set
 from .geometry import OutputGeometry, geometry_from_frames
 from .reconstructor import Reconstructor, output_geometry
 
-__all__ = ["HoleFillingElement", "OutputGeometry", "ReconstructionConfig", "Reconstructor", "geometry_from_frames",
-           "load_device_set", "output_geometry"]
+__all__ = ["DEFAULT_HOLE_FILLING", "HoleFillingElement", "OutputGeometry", "ReconstructionConfig", "Reconstructor",
+           "geometry_from_frames", "load_device_set", "output_geometry"]

@@ -1,11 +1,16 @@
 """Volume-reconstruction settings, mirroring PLUS's ``VolumeReconstruction`` element: the one config type.
 
 :class:`ReconstructionConfig` holds every PLUS attribute the reconstructor uses, validated once. It is
-built two ways, both giving the same type:
+built three ways, all giving the same type:
 
 - from a PlusDeviceSet XML: :func:`load_device_set` (the element is parsed straight into it by
   :func:`usx_stream.io.plus_recon.parse_volume_reconstruction`, whose errors name file, attribute and value);
+- from the launch file's ``[compound]`` table: :meth:`ReconstructionConfig.from_launch` (the table's
+  allowed values are this module's constants, so a launch value that loads is one that runs);
 - directly, ``ReconstructionConfig(output_spacing=(0.5, 0.5, 0.5), ...)``.
+
+:data:`DEFAULT_HOLE_FILLING` is the element PLUS's spine-phantom device sets use (one STICK element,
+StickLengthLimit 9, NumberOfSticksToUse 1).
 """
 
 from __future__ import annotations
@@ -84,6 +89,11 @@ class HoleFillingElement:
             if value is not None:
                 kwargs[f.name] = value
         return cls(**kwargs)
+
+
+# PLUS's spine-phantom device sets (PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml and the NN/LN
+# MEAN test sets) fill holes with one STICK element: StickLengthLimit 9, NumberOfSticksToUse 1.
+DEFAULT_HOLE_FILLING = (HoleFillingElement("STICK", stick_length_limit=9, number_of_sticks_to_use=1),)
 
 
 def _vector(value, n: int, name: str, dtype=float) -> np.ndarray | None:
@@ -221,6 +231,49 @@ class ReconstructionConfig:
 
     def replace(self, **changes) -> "ReconstructionConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_launch(cls, section: Any) -> "ReconstructionConfig":
+        """The launch file's ``[compound]`` table (validated by ``usx_stream.config.parse_launch``) as a config.
+
+        Parameters
+        ----------
+        section : launch section or mapping
+            Keys of ``SCHEMA["compound"]``: ``spacing_mm`` (isotropic voxel size, mm), ``interpolation``,
+            ``compounding_mode``, ``clip_rectangle_origin`` / ``clip_rectangle_size`` (pixels; empty = none),
+            ``pixel_rejection_threshold`` (0 = off), ``fill_holes`` and the hole-filling element
+            ``hole_filling`` (type), ``stick_length_limit``, ``number_of_sticks_to_use`` (STICK, voxels),
+            ``hole_filling_size`` (kernel edge, voxels), ``hole_filling_stdev`` (voxels) and
+            ``hole_filling_min_ratio`` (kernel types). Missing keys take this class's defaults.
+
+        Raises
+        ------
+        ValueError
+            Naming the launch key (``compound.<key>``) and the value.
+        """
+        values = section.as_dict() if hasattr(section, "as_dict") else dict(section)
+        get = values.get
+        try:
+            element = HoleFillingElement(
+                get("hole_filling", DEFAULT_HOLE_FILLING[0].type),
+                size=get("hole_filling_size", 3), stdev=get("hole_filling_stdev", 1.0),
+                min_ratio=get("hole_filling_min_ratio", 0.0),
+                stick_length_limit=get("stick_length_limit", DEFAULT_HOLE_FILLING[0].stick_length_limit),
+                number_of_sticks_to_use=get("number_of_sticks_to_use", DEFAULT_HOLE_FILLING[0].number_of_sticks_to_use))
+        except ValueError as e:
+            raise ValueError(f"compound.hole_filling: {e}") from e
+        kwargs = dict(output_spacing=np.full(3, float(get("spacing_mm", 0.5))), hole_filling=(element,),
+                      fill_holes=bool(get("fill_holes", False)),
+                      pixel_rejection_threshold=get("pixel_rejection_threshold") or None)
+        for key in ("interpolation", "compounding_mode"):
+            if key in values:
+                kwargs[key] = values[key]
+        for key in ("clip_rectangle_origin", "clip_rectangle_size"):
+            kwargs[key] = values.get(key) or None
+        try:
+            return cls(**kwargs)
+        except ValueError as e:  # "ReconstructionConfig.<field>: ..." -> the launch key
+            raise ValueError(f"compound.{str(e).removeprefix('ReconstructionConfig.')}") from e
 
 
 def load_device_set(path: str | Path):
