@@ -94,7 +94,20 @@ class Reconstructor:
     def from_frames(cls, config: ReconstructionConfig, frames: Iterable[TrackedFrame], *,
                     extent_rounding: str = "round", calibration=None, **kwargs) -> "Reconstructor":
         """A reconstructor whose grid encloses ``frames`` (PLUS's automatic extent) unless the config
-        gives OutputOrigin and OutputExtent. The frames are only scanned, not pasted."""
+        gives OutputOrigin and OutputExtent. The frames are only scanned, not pasted: paste them with
+        :meth:`add` (or call :func:`usx_stream.compound.reconstruct`, which does both).
+
+        Raises
+        ------
+        TypeError
+            ``frames`` is a one-shot iterator (a generator, ``iter_frames(path)``): sizing the grid would
+            use it up and leave nothing to paste.
+        """
+        if iter(frames) is frames:
+            raise TypeError("Reconstructor.from_frames: frames is a one-shot iterator "
+                            f"({type(frames).__name__}); sizing the grid would consume it and leave no frame to "
+                            "paste. Pass a list (list(frames)), or call usx_stream.compound.reconstruct(frames "
+                            "or sequence path, ...), which sizes the grid and pastes every frame")
         return cls(config, output_geometry(config, frames, extent_rounding=extent_rounding, calibration=calibration),
                    calibration=calibration, **kwargs)
 
