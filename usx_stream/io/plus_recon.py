@@ -92,7 +92,8 @@ def _hole_filling(elem: ET.Element, where: str) -> list[HoleFillingElement]:
         if missing:
             raise InputError(f"{a.where} Type={kind}: missing required attribute(s) {missing}")
         given = dict(type=kind, size=a.scalar("Size", int), stdev=a.scalar("Stdev"),
-                     min_ratio=a.scalar("MinimumKnownVoxelsRatio"), stick_length_limit=a.scalar("StickLengthLimit", int),
+                     min_ratio=a.scalar("MinimumKnownVoxelsRatio"),
+                     stick_length_limit=a.scalar("StickLengthLimit", int),
                      number_of_sticks_to_use=a.scalar("NumberOfSticksToUse", int))
         try:
             out.append(HoleFillingElement.from_mapping(given))
