@@ -86,9 +86,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from usx_stream.config import load_launch
+    from usx_stream.node.launch import load_launch
     from usx_stream.hostinfo import describe_host, host_line
-    from usx_stream.sim.live import LiveSimulation
+    from usx_stream.demo.live import LiveSimulation
     from usx_stream.sim.session import simulate_session, write_session
 
     host = describe_host()

@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _one(warm: bool) -> dict:
     import numpy as np
 
-    from usx_stream.assemble import default_launch_dir, make_engines
-    from usx_stream.config import load_launch
-    from usx_stream.pipeline import Node
+    from usx_stream.node.assemble import default_launch_dir, make_engines
+    from usx_stream.node.launch import load_launch
+    from usx_stream.node.pipeline import Node
     from usx_stream.sim.session import simulate_session, write_session
     from usx_stream.sources.replay import SequenceReplay
     from usx_stream.xray.cache import XrayCache

@@ -1,4 +1,7 @@
-"""PLUS device-set XML: the shipped PLUS configurations, every VolumeReconstruction attribute, errors."""
+"""PLUS device-set XML: the shipped PLUS configurations, every VolumeReconstruction attribute, errors.
+
+The element is parsed straight into the reconstructor's one config type, ``ReconstructionConfig``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from usx_stream.compound.config import ReconstructionConfig
 from usx_stream.io.plus_config import parse_device_set, read_device_set
 from usx_stream.transforms import TransformError
 
@@ -43,11 +47,12 @@ def test_plus_device_sets(plus_data, name):
         repo.get("ImageToReference")  # the tracking comes from the sequence file, not from here
 
     vr, want = ds.volume_reconstruction, XMLS[name]
-    assert vr.output_spacing == (0.5, 0.5, 0.5)
-    assert vr.clip_rectangle_origin == want["clip_origin"] and vr.clip_rectangle_size == want["clip_size"]
-    assert vr.fan_angles_deg == want["fan"] and vr.fan_clipping == (want["fan"] != (0.0, 0.0))
+    assert isinstance(vr, ReconstructionConfig)
+    assert vr.output_spacing.tolist() == [0.5, 0.5, 0.5]
+    assert tuple(vr.clip_rectangle_origin) == want["clip_origin"] and tuple(vr.clip_rectangle_size) == want["clip_size"]
+    assert tuple(vr.fan_angles_deg) == want["fan"] and vr.fan_clipping == (want["fan"] != (0.0, 0.0))
     assert vr.interpolation == want["interpolation"] and vr.compounding_mode == "MEAN"
-    assert vr.optimization == "FULL" and vr.number_of_threads == 1 and vr.fill_holes is True
+    assert vr.optimization == "FULL" and vr.attributes["NumberOfThreads"] == "1" and vr.fill_holes is True
     assert vr.output_origin is None and vr.output_extent is None and vr.skip_interval == 1
     assert len(vr.hole_filling) == 1
     hf = vr.hole_filling[0]
@@ -58,7 +63,7 @@ def test_plus_device_sets(plus_data, name):
 def test_fan_parameters_of_the_trus_configuration(plus_data):
     path = plus_data / "PlusDeviceSet_VolumeReconstructionOnly_SonixRP_TRUS_D70mm_LN_MEAN.xml"
     vr = read_device_set(path).volume_reconstruction
-    assert vr.fan_origin_pixel == (380.0, 20.0)
+    assert vr.fan_origin_pixel.tolist() == [380.0, 20.0]
     assert (vr.fan_radius_start_pixel, vr.fan_radius_stop_pixel) == (120.0, 360.0)
 
 
@@ -106,25 +111,22 @@ def test_every_volume_reconstruction_attribute():
     assert set(ds.devices) == {"TrackerDevice", "VideoDevice", "CaptureDevice", "VolumeReconstructorDevice"}
     vr = ds.volume_reconstruction
     assert (vr.image_coordinate_frame, vr.reference_coordinate_frame) == ("Image", "Reference")
-    assert vr.output_spacing == (0.15, 0.2, 0.25) and vr.output_origin == (-15.0, -15.0, 30.0)
-    assert vr.output_extent == (0, 300, 0, 200, 0, 100)
-    assert vr.clip_rectangle_origin == (10, 20) and vr.clip_rectangle_size == (600, 400) and vr.clip_rectangle
-    assert vr.fan_angles_deg == (-30.0, 35.0) and vr.fan_origin_pixel == (320.5, -4.0)
+    assert vr.output_spacing.tolist() == [0.15, 0.2, 0.25] and vr.output_origin.tolist() == [-15.0, -15.0, 30.0]
+    assert vr.output_extent.tolist() == [0, 300, 0, 200, 0, 100]
+    assert vr.clip_rectangle_origin.tolist() == [10, 20] and vr.clip_rectangle_size.tolist() == [600, 400]
+    assert vr.fan_angles_deg.tolist() == [-30.0, 35.0] and vr.fan_origin_pixel.tolist() == [320.5, -4.0]
     assert (vr.fan_radius_start_pixel, vr.fan_radius_stop_pixel) == (12.0, 480.0)
-    assert vr.enable_fan_angles_auto_detect is True
-    assert vr.fan_angles_auto_detect_brightness_threshold == 12.5
-    assert vr.fan_angles_auto_detect_filter_radius_pixel == 7
     assert vr.pixel_rejection_threshold == 3.0 and vr.skip_interval == 2
     assert (vr.interpolation, vr.optimization, vr.compounding_mode) == ("LINEAR", "PARTIAL", "MAXIMUM")
-    assert vr.number_of_threads == 4 and vr.fill_holes and vr.importance_mask_filename == "mask.png"
-    kinds = [(h.type, h.size, h.stdev, h.min_ratio, h.stick_length_limit, h.number_of_sticks_to_use)
-             for h in vr.hole_filling]
-    assert kinds == [("GAUSSIAN", 5, 0.6667, 0.50001, None, None),
-                     ("GAUSSIAN_ACCUMULATION", 7, 1.5, 0.25, None, None),
-                     ("DISTANCE_WEIGHT_INVERSE", 3, None, 0.1, None, None),
-                     ("NEAREST_NEIGHBOR", 9, None, 0.05, None, None),
-                     ("STICK", None, None, None, 9, 2)]
-    assert vr.hole_filling[0].attributes["Stdev"] == "0.6667"
+    assert vr.fill_holes
+    # read by PLUS, not acted on here: checked, kept raw
+    assert vr.attributes["NumberOfThreads"] == "4" and vr.attributes["EnableFanAnglesAutoDetect"] == "TRUE"
+    assert vr.attributes["ImportanceMaskFilename"] == "mask.png"
+    kinds = [(h.type, h.size, h.stdev, h.min_ratio) for h in vr.hole_filling[:4]]
+    assert kinds == [("GAUSSIAN", 5, 0.6667, 0.50001), ("GAUSSIAN_ACCUMULATION", 7, 1.5, 0.25),
+                     ("DISTANCE_WEIGHT_INVERSE", 3, 1.0, 0.1), ("NEAREST_NEIGHBOR", 9, 1.0, 0.05)]
+    stick = vr.hole_filling[4]
+    assert (stick.type, stick.stick_length_limit, stick.number_of_sticks_to_use) == ("STICK", 9, 2)
     cds = {cd.name: cd for cd in ds.coordinate_definitions}
     assert cds["StylusTipToStylus"].matrix[0, 3] == 203.772 and cds["StylusTipToStylus"].error == 0.582721
     assert cds["ImageToTransducerOriginPixel"].error is None
@@ -135,15 +137,15 @@ def test_defaults_and_deprecated_attributes_map_like_plus():
     xml = """<PlusConfiguration><VolumeReconstruction OutputSpacing="1 1 1" FanAngles="-20 20"
              FanOrigin="100 5" FanDepth="300" Calculation="MAXIMUM" SkipInterval="0" /></PlusConfiguration>"""
     vr = parse_device_set(xml).volume_reconstruction
-    assert vr.fan_angles_deg == (-20.0, 20.0) and vr.fan_origin_pixel == (100.0, 5.0)
+    assert vr.fan_angles_deg.tolist() == [-20.0, 20.0] and vr.fan_origin_pixel.tolist() == [100.0, 5.0]
     assert vr.fan_radius_stop_pixel == 300.0 and vr.compounding_mode == "MAXIMUM"
     assert vr.skip_interval == 1  # PLUS resets values below 1
     assert (vr.interpolation, vr.optimization) == ("NEAREST_NEIGHBOR", "FULL")
-    assert (vr.fill_holes, vr.number_of_threads) == (False, 0)
-    assert not vr.clip_rectangle and vr.fan_radius_start_pixel == 0.0
+    assert vr.fill_holes is False and vr.hole_filling == ()
+    assert vr.clip_rectangle_size.tolist() == [0, 0] and vr.fan_radius_start_pixel == 0.0
     off = parse_device_set('<PlusConfiguration><VolumeReconstruction OutputSpacing="1 1 1" Compounding="OFF"/>'
                            "</PlusConfiguration>").volume_reconstruction
-    assert off.compounding is False and off.compounding_mode == "LATEST"
+    assert off.compounding_mode == "LATEST"
     assert parse_device_set("<PlusConfiguration/>").volume_reconstruction is None
 
 
@@ -174,6 +176,16 @@ def test_defaults_and_deprecated_attributes_map_like_plus():
      '<HoleFillingElement Type="BLUR"/></HoleFilling></VolumeReconstruction></PlusConfiguration>', "Type='BLUR'"),
     ('<PlusConfiguration><VolumeReconstruction OutputSpacing="1 1 1" CompoundingMode="IMPORTANCE_MASK"/>'
      "</PlusConfiguration>", "ImportanceMaskFilename"),
+    # PLUS modes the reconstructor does not run fail here, naming the attribute, not later in the reconstructor
+    ('<PlusConfiguration><VolumeReconstruction OutputSpacing="1 1 1" CompoundingMode="IMPORTANCE_MASK" '
+     'ImportanceMaskFilename="mask.png"/></PlusConfiguration>',
+     "CompoundingMode='IMPORTANCE_MASK': not supported (ImportanceMaskFilename='mask.png' is not read)"),
+    ('<PlusConfiguration><VolumeReconstruction OutputSpacing="1 1 1" FillHoles="ON"><HoleFilling>'
+     '<HoleFillingElement Type="NEAREST_NEIGHBOR" Size="0" MinimumKnownVoxelsRatio="0.1"/></HoleFilling>'
+     "</VolumeReconstruction></PlusConfiguration>", "HoleFillingElement[0]: HoleFillingElement.size: must be >= 1"),
+    ('<PlusConfiguration><VolumeReconstruction OutputSpacing="1 1 1" OutputOrigin="0 0 0" '
+     'OutputExtent="0 10 5 0 0 10"/></PlusConfiguration>', "test.xml: <VolumeReconstruction>: "
+     "ReconstructionConfig.output_extent: max < min"),
     ('<PlusConfiguration><DataCollection><Device Id="T" LocalTimeOffsetSec="soon"/></DataCollection>'
      "</PlusConfiguration>", "LocalTimeOffsetSec='soon'"),
 ])

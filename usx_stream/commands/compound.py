@@ -49,7 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_inputs(args: argparse.Namespace):
     """``(ReconstructionConfig, calibration)`` after checking that the device set and the sequence go
     together; every problem is an InputError naming the file, the element or field, and the value."""
-    from ..compound.config import ReconstructionConfig
     from ..errors import InputError
     from ..io.plus_config import read_device_set
     from ..io.sequence import iter_frames
@@ -61,15 +60,12 @@ def _read_inputs(args: argparse.Namespace):
         image_frame, reference_frame = split_name(args.image_to_reference_transform)
     except ValueError as e:
         raise InputError(f"--image-to-reference-transform: {e}") from e
-    device_set = read_device_set(args.config)
+    device_set = read_device_set(args.config)  # the element's errors name the file, attribute and value
     if device_set.volume_reconstruction is None:
         raise InputError(f"{args.config}: no <VolumeReconstruction> element: compound takes its settings "
                          "(OutputSpacing, clipping, compounding, hole filling) from it")
-    try:
-        config = ReconstructionConfig.from_plus(device_set.volume_reconstruction)
-        config = config.replace(image_coordinate_frame=image_frame, reference_coordinate_frame=reference_frame)
-    except ValueError as e:  # values the element parser let through but the reconstructor rejects
-        raise InputError(f"{args.config}: <VolumeReconstruction>: {e}") from e
+    config = device_set.volume_reconstruction.replace(image_coordinate_frame=image_frame,
+                                                      reference_coordinate_frame=reference_frame)
     calibration = device_set.transform_repository()
     frames = iter_frames(sequence_path(args.seq))  # header and every frame's fields are checked here
     first = next(frames, None)

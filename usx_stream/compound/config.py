@@ -1,9 +1,16 @@
-"""Volume-reconstruction settings, mirroring PLUS's ``VolumeReconstruction`` element.
+"""Volume-reconstruction settings, mirroring PLUS's ``VolumeReconstruction`` element: the one config type.
 
-:class:`ReconstructionConfig` holds every PLUS attribute the reconstructor uses, validated once.
-:meth:`ReconstructionConfig.from_plus` converts the ``VolumeReconstructionConfig`` that
-``usx_stream.io.plus_config.read_device_set`` returns (or any object with the same snake_case
-attributes), so a PlusDeviceSet XML configures the reconstructor directly.
+:class:`ReconstructionConfig` holds every PLUS attribute the reconstructor uses, validated once. It is
+built three ways, all giving the same type:
+
+- from a PlusDeviceSet XML: :func:`load_device_set` (the element is parsed straight into it by
+  :func:`usx_stream.io.plus_recon.parse_volume_reconstruction`, whose errors name file, attribute and value);
+- from the launch file's ``[compound]`` table: :meth:`ReconstructionConfig.from_launch` (the table's
+  allowed values are this module's constants, so a launch value that loads is one that runs);
+- directly, ``ReconstructionConfig(output_spacing=(0.5, 0.5, 0.5), ...)``.
+
+:data:`DEFAULT_HOLE_FILLING` is the element PLUS's spine-phantom device sets use (one STICK element,
+StickLengthLimit 9, NumberOfSticksToUse 1).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -71,17 +78,22 @@ class HoleFillingElement:
             raise ValueError(f"HoleFillingElement.stdev: must be > 0, got {self.stdev}")
 
     @classmethod
-    def from_any(cls, obj: Any) -> "HoleFillingElement":
-        """Build from another object with the same (snake_case) attribute names, or a mapping."""
-        get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
+    def from_mapping(cls, obj: Mapping[str, Any]) -> "HoleFillingElement":
+        """Build from a mapping of the same (snake_case) names; ``minimum_known_voxels_ratio`` is
+        accepted for ``min_ratio``; None values keep the defaults."""
         kwargs = {}
         for f in dataclasses.fields(cls):
-            value = get(f.name, None)
+            value = obj.get(f.name, None)
             if f.name == "min_ratio" and value is None:
-                value = get("minimum_known_voxels_ratio", None)
+                value = obj.get("minimum_known_voxels_ratio", None)
             if value is not None:
                 kwargs[f.name] = value
         return cls(**kwargs)
+
+
+# PLUS's spine-phantom device sets (PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml and the NN/LN
+# MEAN test sets) fill holes with one STICK element: StickLengthLimit 9, NumberOfSticksToUse 1.
+DEFAULT_HOLE_FILLING = (HoleFillingElement("STICK", stick_length_limit=9, number_of_sticks_to_use=1),)
 
 
 def _vector(value, n: int, name: str, dtype=float) -> np.ndarray | None:
@@ -132,6 +144,10 @@ class ReconstructionConfig:
     fill_holes : bool
         Apply :attr:`hole_filling` when a snapshot is taken.
     hole_filling : tuple of HoleFillingElement
+        Tried in order for each empty voxel (PLUS ``HoleFilling``); a sequence of mappings is accepted.
+    attributes : dict[str, str]
+        The raw attributes of the PLUS ``VolumeReconstruction`` element this was read from (empty
+        otherwise); kept for reports, not used by the reconstructor and not compared.
     """
 
     output_spacing: np.ndarray
@@ -152,6 +168,7 @@ class ReconstructionConfig:
     image_coordinate_frame: str = "Image"
     fill_holes: bool = False
     hole_filling: tuple[HoleFillingElement, ...] = ()
+    attributes: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -181,7 +198,8 @@ class ReconstructionConfig:
             raise ValueError(f"ReconstructionConfig.skip_interval: must be >= 1, got {self.skip_interval}")
         put("skip_interval", int(self.skip_interval))
         put("fill_holes", bool(self.fill_holes))
-        put("hole_filling", tuple(e if isinstance(e, HoleFillingElement) else HoleFillingElement.from_any(e)
+        put("attributes", dict(self.attributes or {}))
+        put("hole_filling", tuple(e if isinstance(e, HoleFillingElement) else HoleFillingElement.from_mapping(e)
                                   for e in (self.hole_filling or ())))
 
     def _put_enums(self, put) -> None:
@@ -215,28 +233,62 @@ class ReconstructionConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_plus(cls, vr: Any) -> "ReconstructionConfig":
-        """Build from a PLUS ``VolumeReconstructionConfig`` (``usx_stream.io.plus_config``).
+    def from_launch(cls, section: Any) -> "ReconstructionConfig":
+        """The launch file's ``[compound]`` table (validated by ``usx_stream.node.launch.parse_launch``) as a config.
 
-        Attributes that are None or missing there keep PLUS's defaults here.
+        Parameters
+        ----------
+        section : launch section or mapping
+            Keys of ``SCHEMA["compound"]``: ``spacing_mm`` (isotropic voxel size, mm), ``interpolation``,
+            ``compounding_mode``, ``clip_rectangle_origin`` / ``clip_rectangle_size`` (pixels; empty = none),
+            ``pixel_rejection_threshold`` (0 = off), ``fill_holes`` and the hole-filling element
+            ``hole_filling`` (type), ``stick_length_limit``, ``number_of_sticks_to_use`` (STICK, voxels),
+            ``hole_filling_size`` (kernel edge, voxels), ``hole_filling_stdev`` (voxels) and
+            ``hole_filling_min_ratio`` (kernel types). Missing keys take this class's defaults.
+
+        Raises
+        ------
+        ValueError
+            Naming the launch key (``compound.<key>``) and the value.
         """
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            value = getattr(vr, f.name, None)
-            if value is not None:
-                kwargs[f.name] = value
-        if "output_spacing" not in kwargs:
-            raise ValueError("VolumeReconstruction.OutputSpacing: required by PLUS, missing from the configuration")
-        elements = getattr(vr, "hole_filling", None) or ()
-        kwargs["hole_filling"] = tuple(HoleFillingElement.from_any(e) for e in elements)
-        return cls(**kwargs)
+        values = section.as_dict() if hasattr(section, "as_dict") else dict(section)
+        get = values.get
+        try:
+            element = HoleFillingElement(
+                get("hole_filling", DEFAULT_HOLE_FILLING[0].type),
+                size=get("hole_filling_size", 3), stdev=get("hole_filling_stdev", 1.0),
+                min_ratio=get("hole_filling_min_ratio", 0.0),
+                stick_length_limit=get("stick_length_limit", DEFAULT_HOLE_FILLING[0].stick_length_limit),
+                number_of_sticks_to_use=get("number_of_sticks_to_use", DEFAULT_HOLE_FILLING[0].number_of_sticks_to_use))
+        except ValueError as e:
+            raise ValueError(f"compound.hole_filling: {e}") from e
+        kwargs = dict(output_spacing=np.full(3, float(get("spacing_mm", 0.5))), hole_filling=(element,),
+                      fill_holes=bool(get("fill_holes", False)),
+                      pixel_rejection_threshold=get("pixel_rejection_threshold") or None)
+        for key in ("interpolation", "compounding_mode"):
+            if key in values:
+                kwargs[key] = values[key]
+        for key in ("clip_rectangle_origin", "clip_rectangle_size"):
+            kwargs[key] = values.get(key) or None
+        try:
+            return cls(**kwargs)
+        except ValueError as e:  # "ReconstructionConfig.<field>: ..." -> the launch key
+            raise ValueError(f"compound.{str(e).removeprefix('ReconstructionConfig.')}") from e
 
 
 def load_device_set(path: str | Path):
-    """Read a PlusDeviceSet XML: ``(ReconstructionConfig, TransformRepository)`` of its calibrations."""
+    """Read a PlusDeviceSet XML: ``(ReconstructionConfig, TransformRepository)`` of its calibrations.
+
+    Raises
+    ------
+    InputError
+        (a ValueError) The file is malformed, an attribute is missing or invalid (the message names the
+        file, the attribute and the value), or there is no ``VolumeReconstruction`` element.
+    """
+    from ..errors import InputError
     from ..io.plus_config import read_device_set
 
     device_set = read_device_set(path)
     if device_set.volume_reconstruction is None:
-        raise ValueError(f"{path}: no VolumeReconstruction element in the device set")
-    return ReconstructionConfig.from_plus(device_set.volume_reconstruction), device_set.transform_repository()
+        raise InputError(f"{path}: no VolumeReconstruction element in the device set")
+    return device_set.volume_reconstruction, device_set.transform_repository()

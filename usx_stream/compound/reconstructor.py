@@ -94,7 +94,20 @@ class Reconstructor:
     def from_frames(cls, config: ReconstructionConfig, frames: Iterable[TrackedFrame], *,
                     extent_rounding: str = "round", calibration=None, **kwargs) -> "Reconstructor":
         """A reconstructor whose grid encloses ``frames`` (PLUS's automatic extent) unless the config
-        gives OutputOrigin and OutputExtent. The frames are only scanned, not pasted."""
+        gives OutputOrigin and OutputExtent. The frames are only scanned, not pasted: paste them with
+        :meth:`add` (or call :func:`usx_stream.compound.reconstruct`, which does both).
+
+        Raises
+        ------
+        TypeError
+            ``frames`` is a one-shot iterator (a generator, ``iter_frames(path)``): sizing the grid would
+            use it up and leave nothing to paste.
+        """
+        if iter(frames) is frames:
+            raise TypeError("Reconstructor.from_frames: frames is a one-shot iterator "
+                            f"({type(frames).__name__}); sizing the grid would consume it and leave no frame to "
+                            "paste. Pass a list (list(frames)), or call usx_stream.compound.reconstruct(frames "
+                            "or sequence path, ...), which sizes the grid and pastes every frame")
         return cls(config, output_geometry(config, frames, extent_rounding=extent_rounding, calibration=calibration),
                    calibration=calibration, **kwargs)
 
@@ -204,17 +217,28 @@ class Reconstructor:
                       weights=weights, channels={name: v for name, (v, _, _) in results.items()},
                       frame=self.config.reference_coordinate_frame)
 
-    def channel_volume(self, name: str) -> Volume:
-        """Only channel ``name`` (e.g. ``"bone"``), as ``data`` and as ``channels[name]``; no hole filling.
+    def channel_volume(self, name: str, *, fill_holes: bool = False) -> Volume:
+        """Only channel ``name`` (e.g. ``"bone"``), as ``data`` and as ``channels[name]``.
 
         A live consumer that needs one map pays for one channel instead of all of them (the intensity
-        MEAN is the costliest to finalise).
+        MEAN is the costliest to finalise). ``fill_holes`` applies the config's ``hole_filling`` to that
+        channel (voxels no pixel reached), as :meth:`snapshot` does to every channel.
         """
         if name not in self.channel_modes:
             raise ValueError(f"Reconstructor.channel_volume: no channel {name!r} (has {sorted(self.channel_modes)})")
+        fill = bool(fill_holes) and bool(self.config.hole_filling)
         with self._lock:
             chan = self._channels.get(name)
-            values = chan.current_values() if chan is not None else np.zeros(self.geometry.shape_zyx, np.float32)
+            if chan is None:
+                values, raw = np.zeros(self.geometry.shape_zyx, np.float32), None
+            elif fill:  # the hole filling needs the weights: copies of values and weights
+                values, _, raw = chan.result()
+            else:
+                values, raw = chan.current_values(), None
+        if raw is not None:
+            from .holes import fill_holes as fill_volume_holes  # numba: imported only when filling
+
+            values = fill_volume_holes(values, raw, self.config.hole_filling)
         return Volume(data=values, origin_mm=self.geometry.origin_mm, spacing_mm=self.geometry.spacing_mm,
                       channels={name: values}, frame=self.config.reference_coordinate_frame)
 

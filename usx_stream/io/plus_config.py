@@ -6,7 +6,7 @@ the PLUS user manual's "Volume reconstruction" page) defines it:
 - ``CoordinateDefinitions/Transform``: ``From``, ``To``, ``Matrix`` (16 numbers, row-major), ``Error``, ``Date``;
 - ``VolumeReconstruction`` (top level, or inside a ``VirtualVolumeReconstructor`` device): every attribute
   of that element, deprecated ones mapped onto their replacements as PLUS does, and its ``HoleFilling``
-  elements;
+  elements, into :class:`~usx_stream.compound.config.ReconstructionConfig`;
 - ``DataCollection/Device``: ``Id``, ``Type`` and ``LocalTimeOffsetSec``.
 
 Raw attribute strings are kept beside the parsed values. Malformed XML, matrices or numbers raise
@@ -25,12 +25,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..transforms import TransformRepository, as_matrix
-from .plus_recon import HoleFillingElement, VolumeReconstructionConfig, parse_volume_reconstruction
+from ..compound.config import ReconstructionConfig
+from .plus_recon import parse_volume_reconstruction
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CoordinateDefinition", "DeviceSet", "HoleFillingElement", "VolumeReconstructionConfig",
-           "read_device_set", "parse_device_set"]
+__all__ = ["CoordinateDefinition", "DeviceSet", "read_device_set", "parse_device_set"]
 
 
 @dataclass
@@ -69,7 +69,9 @@ class DeviceSet:
     Attributes
     ----------
     coordinate_definitions : list of CoordinateDefinition
-    volume_reconstruction : VolumeReconstructionConfig or None
+    volume_reconstruction : ReconstructionConfig or None
+        The ``VolumeReconstruction`` element, parsed into the reconstructor's config (raw attributes in
+        its ``attributes``); None when the device set has none.
     local_time_offsets : dict[str, float]
         ``LocalTimeOffsetSec`` per device ``Id`` (only devices that set it), seconds.
     devices : dict[str, dict[str, str]]
@@ -80,7 +82,7 @@ class DeviceSet:
     """
 
     coordinate_definitions: list[CoordinateDefinition] = field(default_factory=list)
-    volume_reconstruction: VolumeReconstructionConfig | None = None
+    volume_reconstruction: ReconstructionConfig | None = None
     local_time_offsets: dict[str, float] = field(default_factory=dict)
     devices: dict[str, dict[str, str]] = field(default_factory=dict)
     version: str | None = None

@@ -6,21 +6,30 @@ vtkIGSIOFillHolesInVolume::ReadConfiguration (PLUS/IGSIO) and the PLUS user manu
 ``FanRadiusStopPixel``, and ``Compounding`` (ON/OFF) / ``Calculation`` (WEIGHTED_AVERAGE/MAXIMUM) ->
 ``CompoundingMode`` when ``CompoundingMode`` is absent. Pixel quantities (clip rectangle, fan origin and
 radii) are in MF-oriented image pixels.
+
+The element is parsed straight into :class:`~usx_stream.compound.config.ReconstructionConfig`, the one
+compounding config type; every error is an :class:`~usx_stream.errors.InputError` naming the file, the
+element, the attribute and the value. Attributes PLUS reads that the reconstructor does not act on
+(``NumberOfThreads``: threads are a reconstructor option here; ``EnableFanAnglesAutoDetect``: the fan comes
+from ``FanAnglesDeg``) are checked, kept in ``ReconstructionConfig.attributes`` and, when they would
+change PLUS's volume, logged once.
 """
 
 from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from typing import Any
 
+from ..compound.config import COMPOUNDING_MODES as SUPPORTED_COMPOUNDING_MODES
+from ..compound.config import HoleFillingElement, ReconstructionConfig
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
 INTERPOLATIONS = ("NEAREST_NEIGHBOR", "LINEAR")
 OPTIMIZATIONS = ("NONE", "PARTIAL", "FULL", "GPU")
-COMPOUNDING_MODES = ("MEAN", "LATEST", "MAXIMUM", "IMPORTANCE_MASK")
+COMPOUNDING_MODES = ("MEAN", "LATEST", "MAXIMUM", "IMPORTANCE_MASK")  # PLUS's; the reconstructor has no mask
 CALCULATIONS = ("WEIGHTED_AVERAGE", "MAXIMUM")
 HOLE_FILLING_TYPES = ("GAUSSIAN", "GAUSSIAN_ACCUMULATION", "STICK", "NEAREST_NEIGHBOR", "DISTANCE_WEIGHT_INVERSE")
 # Attributes each hole-filling type requires (vtkIGSIOFillHolesInVolume fails without them).
@@ -31,83 +40,6 @@ _REQUIRED = {
     "DISTANCE_WEIGHT_INVERSE": ("Size", "MinimumKnownVoxelsRatio"),
     "STICK": ("StickLengthLimit", "NumberOfSticksToUse"),
 }
-
-
-@dataclass
-class HoleFillingElement:
-    """One ``HoleFilling/HoleFillingElement``; elements are tried in order until one fills the hole.
-
-    Attributes
-    ----------
-    type : str
-        One of :data:`HOLE_FILLING_TYPES`.
-    size : int or None
-        Largest kernel diameter, voxels (odd).
-    stdev : float or None
-        Gaussian standard deviation, voxels.
-    min_ratio : float or None
-        ``MinimumKnownVoxelsRatio``: fraction of known voxels the kernel needs (0..1).
-    stick_length_limit : int or None
-        Longest stick, voxels.
-    number_of_sticks_to_use : int or None
-    attributes : dict[str, str]
-        Raw attributes.
-    """
-
-    type: str
-    size: int | None = None
-    stdev: float | None = None
-    min_ratio: float | None = None
-    stick_length_limit: int | None = None
-    number_of_sticks_to_use: int | None = None
-    attributes: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class VolumeReconstructionConfig:
-    """Every attribute of PLUS's ``VolumeReconstruction`` element (defaults as in PLUS).
-
-    Spacing/origin are mm in the reference frame; extent is voxel index bounds ``(x0, x1, y0, y1, z0, z1)``;
-    pixel quantities are in MF image pixels; angles in degrees. ``output_origin``/``output_extent`` are
-    None when absent (PLUS then fits the volume to the frames). ``attributes`` keeps every raw string.
-    """
-
-    output_spacing: tuple[float, float, float]
-    reference_coordinate_frame: str | None = None
-    image_coordinate_frame: str | None = None
-    output_origin: tuple[float, float, float] | None = None
-    output_extent: tuple[int, int, int, int, int, int] | None = None
-    clip_rectangle_origin: tuple[int, int] = (0, 0)
-    clip_rectangle_size: tuple[int, int] = (0, 0)
-    fan_angles_deg: tuple[float, float] = (0.0, 0.0)
-    fan_origin_pixel: tuple[float, float] = (0.0, 0.0)
-    fan_radius_start_pixel: float = 0.0
-    fan_radius_stop_pixel: float = 500.0
-    enable_fan_angles_auto_detect: bool = False
-    fan_angles_auto_detect_brightness_threshold: float = 30.0
-    fan_angles_auto_detect_filter_radius_pixel: int = 10
-    pixel_rejection_threshold: float | None = None
-    skip_interval: int = 1
-    interpolation: str = "NEAREST_NEIGHBOR"
-    optimization: str = "FULL"
-    compounding_mode: str = "MEAN"
-    number_of_threads: int = 0
-    fill_holes: bool = False
-    importance_mask_filename: str | None = None
-    compounding: bool | None = None
-    calculation: str | None = None
-    hole_filling: list[HoleFillingElement] = field(default_factory=list)
-    attributes: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def fan_clipping(self) -> bool:
-        """True when a fan is defined (PLUS: either fan angle non-zero)."""
-        return self.fan_angles_deg != (0.0, 0.0)
-
-    @property
-    def clip_rectangle(self) -> bool:
-        """True when a clip rectangle is set (size 0 0 means the whole frame)."""
-        return self.clip_rectangle_size[0] > 0 and self.clip_rectangle_size[1] > 0
 
 
 class _Attrs:
@@ -149,6 +81,7 @@ class _Attrs:
 
 
 def _hole_filling(elem: ET.Element, where: str) -> list[HoleFillingElement]:
+    """The ``HoleFillingElement`` children of ``HoleFilling``, in order."""
     out = []
     for i, item in enumerate(elem.findall("HoleFillingElement")):
         a = _Attrs(item, f"{where}/HoleFilling/HoleFillingElement[{i}]")
@@ -158,9 +91,14 @@ def _hole_filling(elem: ET.Element, where: str) -> list[HoleFillingElement]:
         missing = [n for n in _REQUIRED[kind] if item.get(n) is None]
         if missing:
             raise InputError(f"{a.where} Type={kind}: missing required attribute(s) {missing}")
-        out.append(HoleFillingElement(kind, a.scalar("Size", int), a.scalar("Stdev"),
-                                      a.scalar("MinimumKnownVoxelsRatio"), a.scalar("StickLengthLimit", int),
-                                      a.scalar("NumberOfSticksToUse", int), dict(item.attrib)))
+        given = dict(type=kind, size=a.scalar("Size", int), stdev=a.scalar("Stdev"),
+                     min_ratio=a.scalar("MinimumKnownVoxelsRatio"),
+                     stick_length_limit=a.scalar("StickLengthLimit", int),
+                     number_of_sticks_to_use=a.scalar("NumberOfSticksToUse", int))
+        try:
+            out.append(HoleFillingElement.from_mapping(given))
+        except ValueError as e:  # e.g. Size="0": "HoleFillingElement.size: must be >= 1, got 0"
+            raise InputError(f"{a.where}: {e}") from e
     return out
 
 
@@ -171,68 +109,90 @@ def _deprecated(a: _Attrs, old: str, new: str, value):
     return value
 
 
-def _compounding_mode(a: _Attrs, cfg: VolumeReconstructionConfig) -> str:
+def _compounding_mode(a: _Attrs) -> str:
+    # deprecated: Calculation (WEIGHTED_AVERAGE/MAXIMUM) and Compounding (ON/OFF), used when CompoundingMode is absent
+    calculation = _deprecated(a, "Calculation", "CompoundingMode", a.enum("Calculation", CALCULATIONS))
+    compounding = _deprecated(a, "Compounding", "CompoundingMode", a.boolean("Compounding", "ON", "OFF"))
     mode = a.enum("CompoundingMode", COMPOUNDING_MODES)
+    if mode == "IMPORTANCE_MASK":
+        raise a._fail("CompoundingMode", a.elem.get("CompoundingMode"),
+                      f"not supported (ImportanceMaskFilename={a.elem.get('ImportanceMaskFilename')!r} is not "
+                      f"read); use one of {', '.join(SUPPORTED_COMPOUNDING_MODES)}")
     if mode is not None:
         return mode
-    if cfg.calculation == "MAXIMUM":
+    if calculation == "MAXIMUM":
         return "MAXIMUM"
-    if cfg.compounding is False:
+    if compounding is False:
         return "LATEST"
     return "MEAN"
 
 
-def parse_volume_reconstruction(elem: ET.Element, *, source: str = "<string>") -> VolumeReconstructionConfig:
-    """``VolumeReconstruction`` element -> :class:`VolumeReconstructionConfig` (InputError names bad attributes)."""
+def parse_volume_reconstruction(elem: ET.Element, *, source: str = "<string>") -> ReconstructionConfig:
+    """``VolumeReconstruction`` element -> :class:`~usx_stream.compound.config.ReconstructionConfig`.
+
+    Parameters
+    ----------
+    elem : Element
+        The ``VolumeReconstruction`` element.
+    source : str
+        The file it comes from, for messages.
+
+    Raises
+    ------
+    InputError
+        Naming the file, the element, the attribute and the value: a missing OutputSpacing, a malformed
+        number, an unknown enumeration value, FillHoles=ON without ``HoleFilling``, an unsupported
+        CompoundingMode (IMPORTANCE_MASK), a value PLUS reads but the reconstructor rejects.
+    """
     a = _Attrs(elem, f"{source}: <VolumeReconstruction>")
     spacing = a.vector("OutputSpacing", 3)
     if spacing is None or min(spacing) <= 0:
         raise InputError(f"{a.where}: attribute OutputSpacing (3 positive numbers, mm) is required, "
                          f"got {elem.get('OutputSpacing')!r}")
-    cfg = VolumeReconstructionConfig(output_spacing=spacing, attributes=dict(elem.attrib))
-    cfg.reference_coordinate_frame = elem.get("ReferenceCoordinateFrame")
-    cfg.image_coordinate_frame = elem.get("ImageCoordinateFrame")
-    cfg.output_origin = a.vector("OutputOrigin", 3)
-    cfg.output_extent = a.vector("OutputExtent", 6, int)
-    cfg.clip_rectangle_origin = a.vector("ClipRectangleOrigin", 2, int) or (0, 0)
-    cfg.clip_rectangle_size = a.vector("ClipRectangleSize", 2, int) or (0, 0)
+    kw: dict[str, Any] = dict(output_spacing=spacing, attributes=dict(elem.attrib))
+    for name, attr in (("reference_coordinate_frame", "ReferenceCoordinateFrame"),
+                       ("image_coordinate_frame", "ImageCoordinateFrame")):
+        if elem.get(attr) is not None:
+            kw[name] = elem.get(attr)
+    kw["output_origin"] = a.vector("OutputOrigin", 3)
+    kw["output_extent"] = a.vector("OutputExtent", 6, int)
+    kw["clip_rectangle_origin"] = a.vector("ClipRectangleOrigin", 2, int) or (0, 0)
+    kw["clip_rectangle_size"] = a.vector("ClipRectangleSize", 2, int) or (0, 0)
     fan = a.vector("FanAnglesDeg", 2) or _deprecated(a, "FanAngles", "FanAnglesDeg", a.vector("FanAngles", 2))
-    cfg.fan_angles_deg = fan or (0.0, 0.0)
+    kw["fan_angles_deg"] = fan or (0.0, 0.0)
     origin = a.vector("FanOriginPixel", 2) or _deprecated(a, "FanOrigin", "FanOriginPixel", a.vector("FanOrigin", 2))
-    cfg.fan_origin_pixel = origin or (0.0, 0.0)
-    cfg.fan_radius_start_pixel = a.scalar("FanRadiusStartPixel") or 0.0
+    kw["fan_origin_pixel"] = origin or (0.0, 0.0)
+    kw["fan_radius_start_pixel"] = a.scalar("FanRadiusStartPixel") or 0.0
     stop = a.scalar("FanRadiusStopPixel")
     stop = stop if stop is not None else _deprecated(a, "FanDepth", "FanRadiusStopPixel", a.scalar("FanDepth"))
-    cfg.fan_radius_stop_pixel = stop if stop is not None else 500.0
-    _read_options(a, cfg)
-    if cfg.fill_holes:
+    kw["fan_radius_stop_pixel"] = stop if stop is not None else 500.0
+    _read_options(a, kw)
+    if kw["fill_holes"]:
         hf = elem.find("HoleFilling")
         if hf is None:
             raise InputError(f"{a.where} FillHoles=ON: the nested <HoleFilling> element is required")
-        cfg.hole_filling = _hole_filling(hf, a.where)
-    if cfg.compounding_mode == "IMPORTANCE_MASK" and not cfg.importance_mask_filename:
-        raise InputError(f"{a.where} CompoundingMode=IMPORTANCE_MASK: attribute ImportanceMaskFilename is required")
-    return cfg
+        kw["hole_filling"] = tuple(_hole_filling(hf, a.where))
+    try:
+        return ReconstructionConfig(**kw)
+    except ValueError as e:  # a value PLUS reads but cannot use, e.g. an extent with max < min
+        raise InputError(f"{a.where}: {e}") from e
 
 
-def _read_options(a: _Attrs, cfg: VolumeReconstructionConfig) -> None:
+def _read_options(a: _Attrs, kw: dict[str, Any]) -> None:
+    """The attributes after the geometry: fan auto-detection, rejection, interpolation, compounding..."""
     auto = a.enum("EnableFanAnglesAutoDetect", ("TRUE", "FALSE"))
-    cfg.enable_fan_angles_auto_detect = auto == "TRUE"
-    threshold = a.scalar("FanAnglesAutoDetectBrightnessThreshold")
-    cfg.fan_angles_auto_detect_brightness_threshold = 30.0 if threshold is None else threshold
-    radius = a.scalar("FanAnglesAutoDetectFilterRadiusPixel", int)
-    cfg.fan_angles_auto_detect_filter_radius_pixel = 10 if radius is None else radius
-    cfg.pixel_rejection_threshold = a.scalar("PixelRejectionThreshold")
+    a.scalar("FanAnglesAutoDetectBrightnessThreshold")       # checked; kept in attributes only
+    a.scalar("FanAnglesAutoDetectFilterRadiusPixel", int)
+    if auto == "TRUE":
+        log.warning("%s: EnableFanAnglesAutoDetect=TRUE is not supported; the fan is FanAnglesDeg=%s",
+                    a.where, kw["fan_angles_deg"])
+    kw["pixel_rejection_threshold"] = a.scalar("PixelRejectionThreshold")
     skip = a.scalar("SkipInterval", int)
     if skip is not None and skip < 1:
         log.warning("%s: SkipInterval=%d must be >= 1; using 1 as PLUS does", a.where, skip)
-    cfg.skip_interval = 1 if skip is None or skip < 1 else skip
-    cfg.interpolation = a.enum("Interpolation", INTERPOLATIONS) or "NEAREST_NEIGHBOR"
-    cfg.optimization = a.enum("Optimization", OPTIMIZATIONS) or "FULL"
-    threads = a.scalar("NumberOfThreads", int)
-    cfg.number_of_threads = 0 if threads is None else threads
-    cfg.fill_holes = bool(a.boolean("FillHoles", "ON", "OFF"))
-    cfg.importance_mask_filename = a.elem.get("ImportanceMaskFilename")
-    cfg.compounding = _deprecated(a, "Compounding", "CompoundingMode", a.boolean("Compounding", "ON", "OFF"))
-    cfg.calculation = _deprecated(a, "Calculation", "CompoundingMode", a.enum("Calculation", CALCULATIONS))
-    cfg.compounding_mode = _compounding_mode(a, cfg)
+    kw["skip_interval"] = 1 if skip is None or skip < 1 else skip
+    kw["interpolation"] = a.enum("Interpolation", INTERPOLATIONS) or "NEAREST_NEIGHBOR"
+    kw["optimization"] = a.enum("Optimization", OPTIMIZATIONS) or "FULL"
+    a.scalar("NumberOfThreads", int)                           # checked; kept in attributes only
+    kw["fill_holes"] = bool(a.boolean("FillHoles", "ON", "OFF"))
+    kw["compounding_mode"] = _compounding_mode(a)

@@ -89,13 +89,7 @@ class IngestStage:
         self.image_to_reference = image_to_reference
         self.calibration = calibration
         self.bootstrap_frames = int(bootstrap_frames)
-        self.recon_config = ReconstructionConfig(
-            output_spacing=np.full(3, compound.spacing_mm),
-            interpolation=compound.interpolation, compounding_mode=compound.compounding_mode,
-            clip_rectangle_origin=compound.clip_rectangle_origin or None,
-            clip_rectangle_size=compound.clip_rectangle_size or None,
-            pixel_rejection_threshold=compound.pixel_rejection_threshold or None,
-        )
+        self.recon_config = ReconstructionConfig.from_launch(compound)
         self.reconstructor: Reconstructor | None = None
         self._pending: list[tuple[TrackedFrame, np.ndarray, dict]] = []
         self._detector: BoneDetector | None = None
@@ -236,10 +230,11 @@ class IngestStage:
             m[:3, 3] = 1.0
             channels = {name: np.full((16, 16), 0.5, np.float32) for name in self.reconstructor.channel_modes}
             self.reconstructor.add(TrackedFrame(pixels=dummy, timestamp=0.0), image_to_reference=m, channels=channels)
+            fill = self.recon_config.fill_holes  # the hole-filling kernels too, when snapshots will use them
             if channels:
-                self.reconstructor.channel_volume(next(iter(channels)))
+                self.reconstructor.channel_volume(next(iter(channels)), fill_holes=fill)
             else:
-                self.reconstructor.snapshot(fill_holes=False)
+                self.reconstructor.snapshot(fill_holes=fill)
         finally:
             self.reconstructor = real
 
@@ -273,7 +268,8 @@ class IngestStage:
                     "frames": self.frames_pasted}
         if self.reconstructor is None:
             return None, info
+        fill = self.recon_config.fill_holes  # compound.fill_holes: the launch table's hole-filling element
         with self.telemetry.time("snapshot"):
             if "bone" in self.reconstructor.channel_modes:
-                return self.reconstructor.channel_volume("bone"), info
-            return self.reconstructor.snapshot(fill_holes=False), info
+                return self.reconstructor.channel_volume("bone", fill_holes=fill), info
+            return self.reconstructor.snapshot(fill_holes=fill), info

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..compound import config as _recon
 from ..errors import InputError
 from ..frames import LEVELS
 
@@ -60,6 +61,9 @@ class Key:
     length: int | None = None
 
 
+_HOLE = _recon.DEFAULT_HOLE_FILLING[0]
+
+
 def _port(default: int, doc: str) -> Key:
     return Key("int", default, doc, lo=1, hi=65535)
 
@@ -87,10 +91,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "origin_mm": Key("floats", [], "grid origin in Reference, mm (empty: from the first sweep)", length=3),
         "extent_mm": Key("floats", [], "grid size along x, y, z, mm (empty: from the first sweep)", length=3),
         "margin_mm": Key("float", 10.0, "margin added around the first sweep when the grid is automatic, mm", lo=0),
-        "interpolation": Key("str", "NEAREST_NEIGHBOR", "pixel pasting", choices=("NEAREST_NEIGHBOR", "LINEAR")),
-        "compounding_mode": Key("str", "MEAN", "how overlapping pixels combine",
-                                choices=("MEAN", "MAXIMUM", "LATEST", "IMPORTANCE_MASK")),
-        "fill_holes": Key("bool", False, "hole filling on snapshots"),
+        # choices are the reconstructor's own (compound/config.py): a value that loads is a value that runs
+        "interpolation": Key("str", "NEAREST_NEIGHBOR", "pixel pasting", choices=_recon.INTERPOLATIONS),
+        "compounding_mode": Key("str", "MEAN", "how overlapping pixels combine", choices=_recon.COMPOUNDING_MODES),
+        "fill_holes": Key("bool", False, "fill the voxels no pixel reached in the node's snapshots (the bone "
+                          "channel it reads, or every channel), with the hole_filling element below; a cost per "
+                          "snapshot"),
+        "hole_filling": Key("str", _HOLE.type, "hole-filling element type (PLUS HoleFillingElement Type; default: "
+                            "STICK 9 / 1 as PLUS's spine-phantom device sets)", choices=_recon.HOLE_FILLING_TYPES),
+        "stick_length_limit": Key("int", _HOLE.stick_length_limit, "STICK: longest stick, voxels", lo=1),
+        "number_of_sticks_to_use": Key("int", _HOLE.number_of_sticks_to_use, "STICK: best sticks averaged", lo=1),
+        "hole_filling_size": Key("int", _HOLE.size, "GAUSSIAN*, NEAREST_NEIGHBOR, DISTANCE_WEIGHT_INVERSE: kernel "
+                                 "edge, voxels (odd)", lo=1),
+        "hole_filling_stdev": Key("float", _HOLE.stdev, "GAUSSIAN*: kernel standard deviation, voxels", gt=0),
+        "hole_filling_min_ratio": Key("float", _HOLE.min_ratio, "kernel types: fraction of known voxels the "
+                                      "kernel must exceed (PLUS MinimumKnownVoxelsRatio)", lo=0, hi=1),
         "clip_rectangle_origin": Key("floats", [], "clip rectangle origin (i, j), pixels (empty: none)", length=2),
         "clip_rectangle_size": Key("floats", [], "clip rectangle size (w, h), pixels (empty: none)", length=2),
         "pixel_rejection_threshold": Key("float", 0.0, "pixels at or below this are not pasted (0: off)", lo=0),
