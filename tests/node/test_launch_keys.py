@@ -37,11 +37,7 @@ NOT_REACHED: dict[str, str] = {}
 
 # Keys the node does not honour yet. Each is a known defect, listed so that it stays visible; the test
 # fails once one is read, so the entry goes when the key is wired.
-NOT_WIRED = {
-    # ingest.IngestStage.snapshot passes fill_holes=False (and a bone-channel volume is never filled), so
-    # the launch value reaches nothing; the reconstructor itself honours ReconstructionConfig.fill_holes.
-    "compound.fill_holes": "ingest snapshots ignore it",
-}
+NOT_WIRED: dict[str, str] = {}
 
 # The simulator's Reference: origin at the L3 body centre, x left, y posterior, z cranial.
 ROI = {"spacing_mm": 1.0, "origin_mm": [-70.0, 0.0, -120.0], "extent_mm": [140.0, 115.0, 240.0]}

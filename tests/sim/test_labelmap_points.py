@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from usx_stream.frames import Surface
-from usx_stream.sim import dataset, labelmap_points
+from usx_stream.datasets import pairs as dataset
+from usx_stream.sim import labelmap_points
 from usx_stream.sim.labelmap_points import render_body_labelmap
 from usx_stream.xray import backproject
 from usx_stream.xray.backproject import backproject_levels, backproject_to_plane

@@ -251,8 +251,11 @@ class ReconstructionConfig:
         ValueError
             Naming the launch key (``compound.<key>``) and the value.
         """
-        values = section.as_dict() if hasattr(section, "as_dict") else dict(section)
-        get = values.get
+        if isinstance(section, dict):
+            get = section.get
+        else:  # a launch section: read key by key (what reads each key is checked by a test)
+            def get(key, default=None):
+                return getattr(section, key, default)
         try:
             element = HoleFillingElement(
                 get("hole_filling", DEFAULT_HOLE_FILLING[0].type),
@@ -266,10 +269,10 @@ class ReconstructionConfig:
                       fill_holes=bool(get("fill_holes", False)),
                       pixel_rejection_threshold=get("pixel_rejection_threshold") or None)
         for key in ("interpolation", "compounding_mode"):
-            if key in values:
-                kwargs[key] = values[key]
+            if get(key) is not None:
+                kwargs[key] = get(key)
         for key in ("clip_rectangle_origin", "clip_rectangle_size"):
-            kwargs[key] = values.get(key) or None
+            kwargs[key] = get(key) or None
         try:
             return cls(**kwargs)
         except ValueError as e:  # "ReconstructionConfig.<field>: ..." -> the launch key
