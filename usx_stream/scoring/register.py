@@ -126,7 +126,7 @@ def register_fiducials(path: str | Path) -> Registration:
     Raises
     ------
     InputError
-        Missing columns, a non-numeric value (row and column named), fewer than 3 pairs, or collinear points.
+        Missing columns, a non-numeric value (the fiducial named), fewer than 3 pairs, or collinear points.
     """
     path = Path(path)
     cols = ("ct_x", "ct_y", "ct_z", "ref_x", "ref_y", "ref_z")
@@ -135,13 +135,14 @@ def register_fiducials(path: str | Path) -> Registration:
     if rows and (missing := [c for c in ("name", *cols) if c not in rows[0]]):
         raise InputError(f"{path}: missing column(s) {missing}; expected name,{','.join(cols)}")
     names, values = [], []
-    for n, row in enumerate(rows, 2):
+    for n, row in enumerate(rows, 1):
         try:
             vals = [float(row[c]) for c in cols]
         except (TypeError, ValueError):
-            raise InputError(f"{path} row {n}: non-numeric coordinate in {[row.get(c) for c in cols]}") from None
+            raise InputError(f"{path}: fiducial {n} ({row.get('name')!r}): non-numeric coordinate in "
+                             f"{[row.get(c) for c in cols]}") from None
         if not np.all(np.isfinite(vals)):
-            raise InputError(f"{path} row {n}: non-finite coordinate {vals}")
+            raise InputError(f"{path}: fiducial {n} ({row.get('name')!r}): non-finite coordinate {vals}")
         names.append(row["name"])
         values.append(vals)
     if len(values) < 3:

@@ -177,6 +177,9 @@ def load_truth(path: str | Path, *, labels: str = "auto", smooth_voxels: float =
         raise InputError(f"--truth {path}: {e}") from e
     present = np.unique(volume)
     label_set, chosen_by = choose_label_set(present, labels)
+    if label_set == "verse" and present.max() > VERSE_MAX_LABEL:
+        log.warning("--labels verse on %s, which holds labels up to %d (TotalSegmentator's organs sit on "
+                    "20..24): is it a TotalSegmentator map?", path.name, int(present.max()))
     levels = LABEL_SETS[label_set]
     missing = [lv for v, lv in levels.items() if v not in set(present.tolist())]
     if len(missing) == len(levels):
