@@ -12,7 +12,6 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import require_shared
 
 from usx_stream.cli import main
 from usx_stream.completion.checkpoint import load_default
@@ -217,8 +216,9 @@ def test_label_set_rule():
         choose_label_set({0, 1, 2, 3})
 
 
-def test_real_truths_load_totalsegmentator_auto_and_a_verse_spine():
-    path = require_shared("vertebrae", "totalsegmentator", "labelmaps", "s0004_labels.nii.gz")
+def test_real_truths_load_totalsegmentator_auto_and_a_verse_spine(vertebrae_data):
+    # vertebrae_data: conftest's require_shared("vertebrae") (skipped when absent, fails in CI)
+    path = vertebrae_data / "totalsegmentator" / "labelmaps" / "s0004_labels.nii.gz"
     truth = load_truth(path, labels="auto")
     assert truth.kind == "labelmap" and truth.label_set == "totalsegmentator" and truth.chosen_by == "auto"
     assert list(truth.meshes) == list(LEVELS)
@@ -228,6 +228,6 @@ def test_real_truths_load_totalsegmentator_auto_and_a_verse_spine():
     assert np.all((gaps > 20) & (gaps < 45)), gaps                    # neighbours, L1 to L5 in order
     assert np.all(np.diff(centres[:, 2]) < 0)                         # LPS: L1 is the most superior
 
-    verse = load_truth(require_shared("vertebrae", "verse_spines", "Verse561"))
+    verse = load_truth(vertebrae_data / "verse_spines" / "Verse561")
     assert verse.kind == "meshes" and list(verse.meshes) == ["L1", "L2", "L3", "L4"]
     assert all(len(m.triangles) > 1000 for m in verse.meshes.values())
