@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("usx_stream.commands.eval", "evaluate completion models and compare them"),
     "export": ("usx_stream.commands.export", "export the completion network (torch.export / ONNX) and check it"),
     "calibrate-xray": ("usx_stream.commands.calibrate_xray", "compute XrayToReference from fiducial pairs"),
+    "score": ("usx_stream.commands.score", "score a recording's published surfaces against a CT or meshes, registered"),
 }
 
 
