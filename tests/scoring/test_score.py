@@ -16,12 +16,12 @@ import pytest
 from usx_stream.cli import main
 from usx_stream.completion.checkpoint import load_default
 from usx_stream.completion.engine import CompletionEngine
-from usx_stream.config import parse_launch
+from usx_stream.node.launch import parse_launch
 from usx_stream.errors import InputError
 from usx_stream.frames import LEVELS, Surface
 from usx_stream.io.meshes import write_mesh
 from usx_stream.io.sequence import write_sequence
-from usx_stream.pipeline import Node
+from usx_stream.node.pipeline import Node
 from usx_stream.scoring.recording import last_surfaces
 from usx_stream.scoring.truth import choose_label_set, load_truth
 from usx_stream.sim.anatomy import make_spine

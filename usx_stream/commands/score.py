@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import default_launch, load_launch
+    from ..node.launch import default_launch, load_launch
     from ..errors import InputError
     from ..scoring.score import score_recording
     from ._inputs import read_calibration

@@ -1,6 +1,6 @@
 """What a node recording holds for scoring: the last published surface per level and the tracked frames.
 
-A recording folder is written by :class:`usx_stream.recording.SessionRecorder`: ``surfaces/index.jsonl``
+A recording folder is written by :class:`usx_stream.node.recording.SessionRecorder`: ``surfaces/index.jsonl``
 (one line per published surface: ``update``, ``file``, ``name``, ...), ``surfaces/NNNNNN_<name>.ply``,
 ``inputs_NNNN.igs.mha`` sequence chunks (numbered in order) and ``xray_NNNN.npz``. A ``*.part`` file is
 an interrupted write and is ignored. Surface names may carry the launch file's device prefix

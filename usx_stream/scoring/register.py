@@ -1,7 +1,7 @@
 """Registration of the truth frame (a CT's) to Reference: none, paired fiducials, or automatic from ultrasound.
 
 ``auto`` never looks at the completed surfaces being scored (that would hide their error). It recompounds
-the recording's frames with the node's own ingest stage (:class:`usx_stream.ingest.IngestStage`, the launch
+the recording's frames with the node's own ingest stage (:class:`usx_stream.node.ingest.IngestStage`, the launch
 file's ``[compound]`` and ``[bone]`` tables) and takes the bone points of the bone channel
 (:func:`usx_stream.bone.points.extract_bone_points`): what ultrasound saw, in Reference. Those points are
 registered onto the truth's *visible posterior surface*:
@@ -191,7 +191,7 @@ def bone_points_from_frames(frames: Iterable[TrackedFrame], poses: np.ndarray, s
         Bone surface points in Reference, mm (``(0, 3)`` when none).
     """
     from ..bone.points import extract_bone_points
-    from ..ingest import MAX_AUTO_GRID_VOXELS, IngestStage, robust_frames
+    from ..node.ingest import MAX_AUTO_GRID_VOXELS, IngestStage, robust_frames
 
     if len(poses) == 0:
         return np.zeros((0, 3))

@@ -79,7 +79,7 @@ def score_recording(recording: str | Path, truth_path: str | Path, *, labels: st
     InputError
         Bad input or a registration that cannot be trusted (one line naming why).
     """
-    from ..config import default_launch
+    from ..node.launch import default_launch
 
     method, pairs = parse_register(register)
     launch = launch or default_launch()
