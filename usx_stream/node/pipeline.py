@@ -179,7 +179,8 @@ class Node:
             self._take_landmarks()
             pasted = self.ingest.frames_pasted
             if pasted < self.cfg.completion.min_frames and not self._ingest_done.is_set():
-                self.set_status(f"waiting for frames ({pasted} of {self.cfg.completion.min_frames} compounded)"
+                # one state, not one per frame: the count would change the status (and log it) 30 times a second
+                self.set_status(f"compounding the first {self.cfg.completion.min_frames} frames"
                                 if pasted or self.ingest.frames_received else "waiting for frames from the source")
                 continue
             if pasted == last_frames and not self._landmarks_changed:
