@@ -14,6 +14,14 @@ Examples:
   usx-stream dataset --out ct.h5 --labelmaps segmentations/     # VerSe-style label volumes
   usx-stream dataset --out node.h5 --node-sessions 100 --seed 11  # the node's own inputs (datasets.node_sessions)
 
+Sharded over processes or machines: --shard I/N generates part I (0-based) of N, a contiguous range of the
+spines / sessions / files with the random streams they have in the whole run; --merge joins the parts
+(any order) into exactly the file the unsharded command writes, after checking they share the settings
+and cover every item once:
+  usx-stream dataset --out part0.h5 --procedural 400 --seed 1 --shard 0/2
+  usx-stream dataset --out part1.h5 --procedural 400 --seed 1 --shard 1/2
+  usx-stream dataset --merge train.h5 part0.h5 part1.h5
+
 CT segmentations: one integer label per vertebra (VerSe: 20..24 = L1..L5), NIfTI (RAS world) or NRRD /
 MetaImage (LPS); each label is meshed in place, so the vertebrae occlude each other as in the patient.
 
@@ -35,8 +43,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output HDF5 file")
+    parser.add_argument("--out", help="output HDF5 file (required unless --merge)")
     src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--merge", nargs="+", metavar=("OUT", "PART"),
+                     help="join the parts of a --shard generation: the merged file, then every part")
     src.add_argument("--procedural", type=int, metavar="N", help="number of procedural spines (5 vertebrae each)")
     src.add_argument("--node-sessions", type=int, metavar="N", dest="node_sessions",
                      help="number of simulated sessions run through the node's own ingest and update inputs "
@@ -64,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launch", default=None,
                         help="--node-sessions: the launch file whose compounding, bone and X-ray settings "
                              "the node uses (default launch/demo.toml)")
+    parser.add_argument("--shard", metavar="I/N", help="generate only part I (0-based) of N (see --merge)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -84,11 +95,17 @@ def _sweep_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets.pairs import PairConfig, generate
+    from ..datasets.pairs import PairConfig, generate, parse_shard
+    from ..errors import InputError
     from ..sim.visibility import SweepConfig
 
+    if args.merge is not None:
+        return _run_merge(args)
+    if not args.out:
+        raise InputError("--out: the output file is required")
+    shard = None if args.shard is None else parse_shard(args.shard)
     if args.node_sessions is not None:
-        return _run_node(args)
+        return _run_node(args, shard)
     try:
         cfg = PairConfig(sweep=SweepConfig(**_sweep_options(args)), variation=args.variation,
                          mesh_spacing_mm=args.mesh_spacing)
@@ -96,21 +113,37 @@ def run(args: argparse.Namespace) -> int:
                           seed=args.seed,
                           workers=args.workers, cfg=cfg, scale=args.scale, frame=args.frame,
                           repeats=args.repeats, command="usx-stream " + shlex.join(sys.argv[1:]),
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, shard=shard)
     except ValueError as e:
         log.error("dataset: %s", e)
         return 2
     return _print_report(report)
 
 
-def _run_node(args: argparse.Namespace) -> int:
+def _run_merge(args: argparse.Namespace) -> int:
+    """``--merge OUT PART...``: InputError (one line, exit 2) for parts that do not make one generation."""
+    from ..errors import InputError
+    from ..train.data import merge_pairs, read_pairs
+
+    if len(args.merge) < 2:
+        raise InputError("--merge: expected OUT.h5 and at least one part file")
+    if args.out or args.shard:
+        raise InputError("--merge: --out and --shard do not apply (the merged file is the first argument)")
+    out, parts = args.merge[0], args.merge[1:]
+    path = merge_pairs(out, parts, command="usx-stream " + shlex.join(sys.argv[1:]))
+    print(f"wrote {path}: {len(read_pairs(path))} samples from {len(parts)} parts")
+    return 0
+
+
+def _run_node(args: argparse.Namespace, shard=None) -> int:
     from ..node.assemble import default_launch_dir
     from ..datasets.node_sessions import generate_node
 
     try:
         report = generate_node(args.out, sessions=args.node_sessions, seed=args.seed,
                                launch=args.launch or default_launch_dir() / "demo.toml", workers=args.workers,
-                               command="usx-stream " + shlex.join(sys.argv[1:]), progress=not args.no_progress)
+                               command="usx-stream " + shlex.join(sys.argv[1:]), progress=not args.no_progress,
+                               shard=shard)
     except ValueError as e:
         log.error("dataset: %s", e)
         return 2

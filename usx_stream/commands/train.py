@@ -5,10 +5,15 @@ at epochs 5/15/30) + 20 x (KL_rec + KL_gen); Adam, learning rate decayed x0.7 ev
 checkpoint with the lowest validation CD_t (best.pt) and the latest one (last.pt); --resume continues a run.
 Options override the [train] table of --config.
 
+Several processes (data-parallel, DDP): start the same options under torchrun; --batch-size is the global
+batch (each of N processes takes batch/N, a multiple of N), the result equals one process with the same
+batch, and only rank 0 writes files (NCCL on GPUs, each process on cuda:LOCAL_RANK; gloo on the CPU).
+
 Examples:
   usx-stream train --data train.h5 --val val.h5 --variant multimodal --out runs/mm --epochs 100
   usx-stream train --config train.toml --max-minutes 20 --lr 5e-4
   usx-stream train --config train.toml --resume
+  torchrun --nproc-per-node 4 -m usx_stream.train --config train.toml --device cuda --batch-size 32
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment-mirror", action="store_const", const=True, dest="augment_mirror",
                         help="mirror a random half of each batch left-right")
     parser.add_argument("--init", help="start from these weights (checkpoint path, or 'default' for the shipped one)")
+    parser.add_argument("--dtype", choices=("float32", "float64"),
+                        help="float64: a slow reference run, reproducible to ~1e-9 (default float32)")
+    parser.add_argument("--dist-backend", choices=("auto", "gloo", "nccl"), dest="dist_backend",
+                        help="process-group backend under torchrun (default auto: nccl on CUDA, gloo on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt and OUT/state.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -54,13 +63,15 @@ def run(args: argparse.Namespace) -> int:
 
     keys = ("data", "val", "variant", "model", "out", "epochs", "batch_size", "lr", "seed", "max_minutes",
             "val_every", "val_samples", "threads", "gt_points", "device", "augment_rotate_deg", "augment_shift_mm",
-            "augment_mirror", "init")
+            "augment_mirror", "init", "dtype", "dist_backend")
     try:
         cfg = load_train_config(args.config, **{k: getattr(args, k) for k in keys})
         result = train(cfg, resume=args.resume, progress=not args.no_progress)
     except ValueError as e:
         log.error("train: %s", e)
         return 2
+    if result.rank != 0:
+        return 0
     print(f"{cfg.variant}: {result.step} steps, epoch {result.epoch}, {result.seconds / 60:.1f} min"
           f"{' (time budget reached)' if result.stopped_by_budget else ''}; best validation CD_t "
           f"{result.best_cd_t * 1e4:.3f} e-4 -> {result.best_path}")

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..frames import LEVELS
 from ..surface.mesh import sample_surface
-from .pairs import SCALE_MM, GenerateReport, PairedSample, collect_pairs
+from .pairs import SCALE_MM, GenerateReport, PairedSample, collect_pairs, shard_attrs, shard_bounds
 
 
 def session_seed(seed: int, index: int) -> int:
@@ -82,9 +82,11 @@ def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048
 
 
 def generate_node(out: str | Path, *, sessions: int, seed: int, launch: str | Path, workers: int = 1,
-                  command: str = "", progress: bool = True) -> GenerateReport:
+                  command: str = "", progress: bool = True, shard: tuple[int, int] | None = None
+                  ) -> GenerateReport:
     """Write the :func:`node_pairs` of ``sessions`` simulated sessions to ``out`` (the layout of
-    :mod:`usx_stream.train.data`, like ``usx-stream dataset``)."""
+    :mod:`usx_stream.train.data`, like ``usx-stream dataset``); ``shard = (i, n)`` writes only part ``i``
+    of ``n`` (:func:`~usx_stream.datasets.pairs.shard_bounds`), for ``usx-stream dataset --merge``."""
     from ..train.data import write_pairs
 
     if sessions < 1:
@@ -92,9 +94,10 @@ def generate_node(out: str | Path, *, sessions: int, seed: int, launch: str | Pa
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
     fn = functools.partial(node_pairs, seed=seed, launch=launch)
-    samples, skipped = collect_pairs(fn, list(range(sessions)), workers=workers, progress=progress)
+    start, stop = shard_bounds(sessions, shard)
+    samples, skipped = collect_pairs(fn, list(range(start, stop)), workers=workers, progress=progress)
     attrs = {"seed": int(seed), "source": "node", "command": command, "skipped": skipped,
-             "launch": str(launch), "frame": "estimated"}
+             "launch": str(launch), "frame": "estimated", **shard_attrs(sessions, shard)}
     path = write_pairs(out, samples, attrs=attrs, mm_per_unit=SCALE_MM)
     counts = {lv: sum(s.level == lv for s in samples) for lv in LEVELS}
     return GenerateReport(path, len(samples), skipped, counts)

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..frames import LEVELS, Surface
 from ..transforms import apply
 from ..completion.normalize import SCALE_MM, canonical_center, normalize
@@ -273,10 +274,44 @@ def _files(folder: Path, suffixes: tuple[str, ...], option: str) -> list[str]:
     return files
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0-based part ``i`` of ``n``) as ``(i, n)``; :class:`InputError` when malformed."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise InputError(f"--shard: expected I/N (part I of N, 0-based), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard: part {i} of {n}: I must be in 0..N-1")
+    return i, n
+
+
+def shard_bounds(n_items: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """``[start, stop)`` of the source items (spines, sessions, files) part ``shard = (i, n)`` generates.
+
+    The parts are contiguous and disjoint and tile ``[0, n_items)`` in order, so the parts of a sharded
+    generation, concatenated in part order (``usx-stream dataset --merge``), are the unsharded file.
+    """
+    if shard is None:
+        return 0, n_items
+    i, n = shard
+    if n > n_items:
+        raise InputError(f"--shard: {n} parts for {n_items} items; use at most {n_items}")
+    return i * n_items // n, (i + 1) * n_items // n
+
+
+def shard_attrs(n_items: int, shard: tuple[int, int] | None) -> dict:
+    """File attributes that let :func:`usx_stream.train.data.merge_pairs` check a set of parts."""
+    attrs: dict = {"items": int(n_items)}
+    if shard is not None:
+        attrs["shard"] = [int(shard[0]), int(shard[1])]
+        attrs["shard_items"] = list(shard_bounds(n_items, shard))
+    return attrs
+
+
 def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Path | None = None,
              labelmaps: str | Path | None = None, seed: int = 0, workers: int = 1, cfg: PairConfig | None = None, scale: float = 1.0,
-             frame: str | None = None, repeats: int = 1, command: str = "", progress: bool = True
-             ) -> GenerateReport:
+             frame: str | None = None, repeats: int = 1, command: str = "", progress: bool = True,
+             shard: tuple[int, int] | None = None) -> GenerateReport:
     """Generate a paired-data HDF5 file from procedural spines or a folder of meshes, in parallel.
 
     Parameters
@@ -299,6 +334,9 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
         User meshes: unit scale to mm, patient-frame convention (None = register), samples per mesh.
     command : str, keyword-only
         Stored in the file for provenance.
+    shard : (int, int), keyword-only
+        ``(i, n)``: generate only part ``i`` (0-based) of ``n`` (:func:`shard_bounds`: a contiguous range of
+        the spines / files, each with the random stream it has in the whole run); None = everything.
     """
     from ..train.data import write_pairs
 
@@ -317,9 +355,11 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
     else:
         fn = functools.partial(labelmap_pairs, seed=seed, cfg=cfg)
         items, source = _files(Path(labelmaps), LABELMAP_SUFFIXES, "labelmaps"), f"labelmaps:{Path(labelmaps).name}"
-    samples, skipped = collect_pairs(fn, items, workers=workers, progress=progress)
+    start, stop = shard_bounds(len(items), shard)
+    samples, skipped = collect_pairs(fn, items[start:stop], workers=workers, progress=progress)
     attrs = {"seed": int(seed), "source": source, "command": command, "skipped": skipped,
-             "config": _config_dict(cfg), "frame": frame or "registered", "scale": float(scale)}
+             "config": _config_dict(cfg), "frame": frame or "registered", "scale": float(scale),
+             "repeats": int(repeats), **shard_attrs(len(items), shard)}
     path = write_pairs(out, samples, attrs=attrs, mm_per_unit=SCALE_MM)
     counts = {lv: sum(s.level == lv for s in samples) for lv in LEVELS}
     return GenerateReport(path, len(samples), skipped, counts)

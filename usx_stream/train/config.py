@@ -9,7 +9,7 @@ Example ``train.toml``::
     model = "small"             # ModelConfig preset: "small" (CPU) or "paper"
     out = "runs/multimodal"
     epochs = 100
-    batch_size = 8
+    batch_size = 8              # the global batch: under torchrun each of N processes takes batch_size / N
     lr = 1e-4                   # Adam; the paper's value
     lr_decay = 0.7              # multiply the learning rate ...
     decay_every = 40            # ... every 40 epochs
@@ -42,7 +42,11 @@ class TrainConfig:
         ``ModelConfig`` preset.
     out : str
         Output folder: ``best.pt``, ``last.pt``, ``state.pt``, ``train.log``, ``history.json``.
-    epochs, batch_size : int
+    epochs : int
+    batch_size : int
+        The global batch: a run on N processes (``torchrun``) gives each ``batch_size / N`` samples of it
+        (a multiple of N is required) and trains the same network as one process with ``batch_size``
+        (:mod:`usx_stream.train.distributed`).
     lr, lr_decay : float
     decay_every : int
         Epochs between learning-rate decays.
@@ -74,6 +78,14 @@ class TrainConfig:
     init : str
         Start from these weights instead of a random initialisation (fine-tuning): a checkpoint path, or
         ``"default"`` for the shipped checkpoint of ``variant``. The optimiser and counters start afresh.
+    dtype : str
+        ``"float32"`` (training) or ``"float64"``: a slower reference run whose result is reproducible to
+        ~1e-9, e.g. to check that N processes train what one process trains (in float32 the two agree to
+        rounding, which near-ties in kNN / furthest-point choices and Adam's normalisation amplify).
+        Checkpoints keep the training dtype.
+    dist_backend : str
+        Process-group backend of a ``torchrun`` run: ``"auto"`` (NCCL on CUDA, gloo on the CPU),
+        ``"gloo"`` or ``"nccl"``. Ignored in a single process.
     """
 
     data: str = ""
@@ -98,6 +110,8 @@ class TrainConfig:
     augment_shift_mm: float = 0.0
     augment_mirror: bool = False
     init: str = ""
+    dtype: str = "float32"
+    dist_backend: str = "auto"
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ValueError naming the field and its value."""
@@ -118,6 +132,10 @@ class TrainConfig:
             raise ValueError(f"train.lr: must be > 0, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"train.lr_decay: must be in (0, 1], got {self.lr_decay!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"train.dtype: expected float32 or float64, got {self.dtype!r}")
+        if self.dist_backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(f"train.dist_backend: expected auto, gloo or nccl, got {self.dist_backend!r}")
         if not (self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ValueError(f"train.device: expected cpu, cuda, cuda:N or auto, got {self.device!r}")
         return self

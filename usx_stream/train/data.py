@@ -10,8 +10,11 @@ Datasets (keys of the original code, one row per vertebra, model frame, unit sca
 
 Added here: ``names`` (N,) — source of each sample (``spine00012/L3`` or a file name); ``centers_mm``
 (N, 3) — origin of each sample's unit frame in its canonical vertebra frame (mm); file attributes
-``mm_per_unit`` (mm per model unit), ``seed``, ``source``, ``command``, ``config`` (JSON) and ``skipped``
-(JSON list of the vertebrae that gave no sample, with the reason).
+``mm_per_unit`` (mm per model unit), ``seed``, ``source``, ``command``, ``config`` (JSON), ``skipped``
+(JSON list of the vertebrae that gave no sample, with the reason) and ``items`` (source spines, sessions
+or files of the whole generation). A part of a sharded generation (``usx-stream dataset --shard I/N``)
+also has ``shard`` ([I, N]) and ``shard_items`` ([start, stop) of the items); :func:`merge_pairs` joins
+the parts into the file the unsharded generation writes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..frames import LEVELS
 
 KEYS = ("incomplete_pcds", "labelmaps", "complete_pcds", "labels")
@@ -75,25 +79,113 @@ def write_pairs(path: str | Path, samples: Sequence, *, attrs: dict | None = Non
         Extra file attributes (str, numbers; dicts and lists are stored as JSON).
     mm_per_unit : float, keyword-only
     """
-    import h5py
-
     if len(samples) == 0:
         raise ValueError("samples: nothing to write (every vertebra was skipped?)")
+    datasets = {
+        "incomplete_pcds": np.stack([s.partial for s in samples]).astype(np.float32),
+        "labelmaps": np.stack([s.labelmap for s in samples]).astype(np.float32),
+        "complete_pcds": np.stack([s.complete for s in samples]).astype(np.float32),
+        "labels": np.array([LEVELS.index(s.level) for s in samples], dtype=np.int64),
+        "names": [s.name for s in samples],
+        "centers_mm": np.stack([s.center_mm for s in samples]).astype(np.float64),
+    }
+    file_attrs = {k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in (attrs or {}).items()}
+    return _write(path, datasets, {"mm_per_unit": float(mm_per_unit), **file_attrs})
+
+
+def _write(path: str | Path, datasets: dict, attrs: dict) -> Path:
+    """The file of :func:`write_pairs` from its datasets (``number_per_class`` is derived from ``labels``)."""
+    import h5py
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    labels = np.array([LEVELS.index(s.level) for s in samples], dtype=np.int64)
     with h5py.File(path, "w") as f:
-        f.create_dataset("incomplete_pcds", data=np.stack([s.partial for s in samples]).astype(np.float32))
-        f.create_dataset("labelmaps", data=np.stack([s.labelmap for s in samples]).astype(np.float32))
-        f.create_dataset("complete_pcds", data=np.stack([s.complete for s in samples]).astype(np.float32))
-        f.create_dataset("labels", data=labels)
-        f.create_dataset("number_per_class", data=np.bincount(labels, minlength=len(LEVELS)).astype(np.int64))
-        f.create_dataset("names", data=np.array([s.name for s in samples], dtype=h5py.string_dtype()))
-        f.create_dataset("centers_mm", data=np.stack([s.center_mm for s in samples]).astype(np.float64))
-        f.attrs["mm_per_unit"] = float(mm_per_unit)
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+        for key in ("incomplete_pcds", "labelmaps", "complete_pcds", "labels"):
+            f.create_dataset(key, data=datasets[key])
+        f.create_dataset("number_per_class", data=np.bincount(datasets["labels"], minlength=len(LEVELS)).astype(np.int64))
+        f.create_dataset("names", data=np.array(datasets["names"], dtype=h5py.string_dtype()))
+        f.create_dataset("centers_mm", data=datasets["centers_mm"])
+        for key, value in attrs.items():
+            f.attrs[key] = value
     return path
+
+
+# Attributes allowed to differ between the parts of one sharded generation (the rest are its settings).
+_PART_ATTRS = ("command", "skipped", "shard", "shard_items")
+
+
+def merge_pairs(out: str | Path, parts: Sequence[str | Path], *, command: str = "") -> Path:
+    """Join the parts of a sharded generation into the file the unsharded generation writes.
+
+    Parameters
+    ----------
+    out : path
+        Merged ``.h5`` (replaced).
+    parts : sequence of paths
+        Every part ``0..N-1`` of one ``usx-stream dataset ... --shard I/N`` generation, in any order.
+    command : str, keyword-only
+        Stored as the merged file's ``command`` attribute.
+
+    Raises
+    ------
+    InputError
+        A part that is missing, not a shard, made with other settings (seed, source, configuration,
+        point counts, ...) or given twice, or a set of parts that does not cover every item once.
+    """
+    import h5py
+
+    if not parts:
+        raise InputError("--merge: no part files given")
+    loaded = []
+    for path in parts:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"--merge: part not found: {path}")
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            if "shard" not in attrs or "shard_items" not in attrs:
+                raise InputError(f"--merge: {path} is not a part of a sharded generation (no shard attribute)")
+            data = {k: f[k][()] for k in ("incomplete_pcds", "labelmaps", "complete_pcds", "labels", "names",
+                                          "centers_mm") if k in f}
+        if len(data) < 6:
+            raise InputError(f"--merge: {path}: not a usx-stream pair file (datasets {sorted(data)})")
+        loaded.append((path, attrs, data))
+    first_path, first_attrs, first_data = loaded[0]
+    settings = {k: v for k, v in first_attrs.items() if k not in _PART_ATTRS}
+    for path, attrs, data in loaded[1:]:
+        for key in sorted(set(settings) | {k for k in attrs if k not in _PART_ATTRS}):
+            if attrs.get(key) != settings.get(key):
+                raise InputError(f"--merge: {path} and {first_path} come from different generations: {key} "
+                                 f"{attrs.get(key)!r} vs {settings.get(key)!r}")
+        for key in ("incomplete_pcds", "labelmaps", "complete_pcds"):
+            if data[key].shape[1:] != first_data[key].shape[1:]:
+                raise InputError(f"--merge: {path}: {key} shape {data[key].shape[1:]} differs from {first_path}'s "
+                                 f"{first_data[key].shape[1:]}")
+    n_parts, n_items = json.loads(first_attrs["shard"])[1], int(settings.get("items", -1))
+    by_index: dict[int, tuple] = {}
+    for path, attrs, data in loaded:
+        i, n = json.loads(attrs["shard"])
+        if n != n_parts:
+            raise InputError(f"--merge: {path} is part {i} of {n}, {first_path} a part of {n_parts}")
+        if i in by_index:
+            raise InputError(f"--merge: part {i} of {n} given twice ({by_index[i][0]} and {path})")
+        by_index[i] = (path, attrs, data)
+    missing = sorted(set(range(n_parts)) - set(by_index))
+    if missing:
+        raise InputError(f"--merge: parts {missing} of {n_parts} missing (have {sorted(by_index)})")
+    ordered = [by_index[i] for i in range(n_parts)]
+    covered = 0
+    for path, attrs, _ in ordered:
+        start, stop = json.loads(attrs["shard_items"])
+        if start != covered:
+            raise InputError(f"--merge: {path} covers items {start}..{stop - 1}, expected to start at {covered}")
+        covered = stop
+    if covered != n_items:
+        raise InputError(f"--merge: the parts cover items 0..{covered - 1} of {n_items}")
+    merged = {key: np.concatenate([d[key] for _, _, d in ordered]) for key in first_data if key != "names"}
+    merged["names"] = [n.decode() if isinstance(n, bytes) else str(n) for _, _, d in ordered for n in d["names"]]
+    skipped = [r for _, a, _ in ordered for r in json.loads(a.get("skipped", "[]"))]
+    return _write(out, merged, {**settings, "command": command, "skipped": json.dumps(skipped)})
 
 
 def read_pairs(path: str | Path) -> PairedArrays:
