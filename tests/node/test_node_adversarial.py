@@ -148,3 +148,28 @@ def test_hostile_frames_among_valid_ones_leave_the_node_compounding_and_publishi
     assert decode_rejected.get("bad_content") == 2, decode_rejected
     assert set(result.surfaces) == set(LEVELS)
     assert all(np.isfinite(s.vertices_mm).all() for s in result.surfaces.values())
+
+
+def test_a_message_the_receiver_cannot_place_is_skipped_and_the_source_goes_on(session):
+    # A well-formed IMAGE whose Timestamp field is not a number once raised on the source thread and
+    # ended the stream: it is counted (messages_rejected) and every valid frame still arrives.
+    server = Server("127.0.0.1", 0).start()
+    source = IgtlFrameSource("127.0.0.1", server.port, config=ReceiverConfig(), queue_size=1024).start()
+    try:
+        assert server.wait_for_clients(1, timeout=30)
+        frames = session.frames[:5]
+        for k, frame in enumerate(frames):
+            msgs = frame_messages(frame, calibration=session.calibration)
+            for m in msgs:
+                assert server.broadcast(m, block_s=5.0) == 1
+            if k == 1:
+                bad = msgs[0]
+                server.broadcast(Message(bad.type, bad.device_name, bad.content, bad.timestamp + 1e-3,
+                                         {**bad.metadata, "Timestamp": "not a time"}, 2), block_s=5.0)
+        server.broadcast(Message("STATUS", END_OF_STREAM_DEVICE, StatusContent(1, 0, "", "end"), None, {}, 2))
+        got = list(source)
+    finally:
+        source.stop()
+        server.stop()
+    assert [f.index for f in got] == list(range(len(frames)))
+    assert source.stats()["messages_rejected"] == 1

@@ -18,12 +18,14 @@ def make_source(cfg: LaunchConfig):
     """The frame source of ``[source]``: a PlusServer connection or a sequence-file replay."""
     s = cfg.source
     if s.kind == "igtl":
+        from ..igtl.options import TransportOptions
         from ..igtl.receiver import ReceiverConfig
         from ..sources.igtl_source import IgtlFrameSource
 
         rc = ReceiverConfig(image_device=s.image_device, xray_device=cfg.xray.image_device,
                             xray_labelmap_device=cfg.xray.labelmap_device)
         return IgtlFrameSource(s.host, s.port, config=rc, queue_size=s.queue_frames,
+                               options=TransportOptions(body_timeout_s=s.body_timeout_s),
                                connect_timeout_s=s.connect_timeout_s,
                                backoff_s=(min(0.05, s.reconnect_interval_s), s.reconnect_interval_s))
     if s.kind == "replay":

@@ -85,6 +85,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "connect_timeout_s": Key("float", 5.0, "connect timeout, s", gt=0),
         "reconnect_interval_s": Key("float", 1.0, "wait between reconnect attempts, s", gt=0),
         "queue_frames": Key("int", 256, "ingest queue depth, frames (a full queue counts drops)", lo=1),
+        "body_timeout_s": Key("float", 2.0, "a message must arrive whole within this long of its first bytes, "
+                              "else it is dropped and counted (stalled_body): one stalled body cannot hold "
+                              "ingest up; 2 s passes a 64 MiB body at 270 Mbit/s", gt=0),
     },
     "compound": {
         "spacing_mm": Key("float", 0.5, "isotropic voxel size, mm", gt=0),

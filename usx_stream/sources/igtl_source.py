@@ -10,11 +10,15 @@ releasing every frame still waiting for its transforms.
 
 from __future__ import annotations
 
+import logging
+
 from ..igtl.endpoints import Client, hello_message
 from ..igtl.receiver import PlusReceiver, ReceiverConfig
 from ..igtl.transport import TransportOptions
 from .base import FrameSource
 from .replay_server import END_OF_STREAM_DEVICE
+
+logger = logging.getLogger(__name__)
 
 
 class IgtlFrameSource(FrameSource):
@@ -40,6 +44,7 @@ class IgtlFrameSource(FrameSource):
         self.receiver = PlusReceiver(config)
         self.client = Client(host, port, options=options, hello=hello_message(), backoff_s=backoff_s,
                              connect_timeout_s=connect_timeout_s)
+        self._rejected_kinds: set[str] = set()
         # Wake often enough to release images whose pairing wait ran out.
         self._poll_s = max(0.005, self.receiver.config.max_wait_s / 4)
 
@@ -59,9 +64,24 @@ class IgtlFrameSource(FrameSource):
                     self._emit(item)
                 self.counts["end_of_stream"] += 1
                 return
-            items = self.receiver.poll() if msg is None else self.receiver.feed(msg)
+            try:
+                items = self.receiver.poll() if msg is None else self.receiver.feed(msg)
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                # A message our codecs decoded but PLUS conventions cannot place (a garbled Timestamp field,
+                # an X-ray IMAGE without a plane...): skip it, count it, log the first of each kind; the
+                # source thread must outlive whatever the upstream sends.
+                self._reject(msg, e)
+                continue
             for item in items:
                 self._emit(item)
+
+    def _reject(self, msg, error: Exception) -> None:
+        key = f"{getattr(msg, 'type', '?')}:{type(error).__name__}"
+        self.counts["messages_rejected"] += 1
+        if key not in self._rejected_kinds:
+            self._rejected_kinds.add(key)
+            logger.warning("message %s %r skipped: %s (later %s errors are only counted)",
+                           getattr(msg, "type", "?"), getattr(msg, "device_name", "?"), error, key)
 
     def stats(self) -> dict:
         out = super().stats()
