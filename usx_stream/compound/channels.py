@@ -187,6 +187,25 @@ class ExactChannel:
                 out[a:b] = q[:n]
         return out
 
+    def grown(self, shape_zyx, offset_zyx) -> "ExactChannel":
+        """A channel over a larger grid holding this one's accumulators at voxel ``offset_zyx`` (z, y, x):
+        every pasted value is kept exactly; the new voxels are unreached. For a sweep that leaves its grid."""
+        shape, off = tuple(int(v) for v in shape_zyx), tuple(int(v) for v in offset_zyx)
+        if any(o < 0 or o + n > m for o, n, m in zip(off, self.shape, shape)):
+            raise ValueError(f"ExactChannel.grown: {self.shape} at {off} does not fit in {shape}")
+        out = ExactChannel(shape, self.dtype, interpolation=self.interpolation, mode=self.mode,
+                           pixel_rejection_threshold=self.threshold, backend=self.backend, threads=self.threads)
+        box = tuple(slice(o, o + n) for o, n in zip(off, self.shape))
+        for key, old in self.state.items():
+            if key in ("dims", "sum", "weight") and "pair" in self.state:
+                continue  # views of "pair"
+            if key == "dims":
+                continue
+            per_voxel = old.size // int(np.prod(self.shape))      # 2 for the interleaved sum/weight pair
+            new = out.state[key].reshape(shape + ((per_voxel,) if per_voxel > 1 else ()))
+            new[box] = old.reshape(self.shape + ((per_voxel,) if per_voxel > 1 else ()))
+        return out
+
     @property
     def nbytes(self) -> int:
         # views (the interleaved sum and weight) are counted in the array they view

@@ -242,6 +242,32 @@ class Reconstructor:
         return Volume(data=values, origin_mm=self.geometry.origin_mm, spacing_mm=self.geometry.spacing_mm,
                       channels={name: values}, frame=self.config.reference_coordinate_frame)
 
+    def grow(self, geometry: OutputGeometry) -> None:
+        """Move every pasted frame onto ``geometry``, a larger grid on the same voxel lattice (same spacing,
+        origin a whole number of voxels away) that contains the current one; values are kept exactly.
+
+        Raises
+        ------
+        ValueError
+            ``geometry`` is not such a grid, or a channel cannot grow (the torch backend, ``plus``
+            semantics: their state is not kept voxel by voxel here).
+        """
+        old = self.geometry
+        if not np.allclose(geometry.spacing_mm, old.spacing_mm):
+            raise ValueError(f"Reconstructor.grow: spacing {geometry.spacing_mm.tolist()} differs from "
+                             f"{old.spacing_mm.tolist()}")
+        shift = (old.origin_mm - geometry.origin_mm) / old.spacing_mm
+        if not np.allclose(shift, np.round(shift), atol=1e-6):
+            raise ValueError(f"Reconstructor.grow: origin {geometry.origin_mm.tolist()} is off the voxel lattice")
+        off_xyz = np.round(shift).astype(int)
+        with self._lock:
+            grown = {}
+            for name, chan in self._channels.items():
+                if not hasattr(chan, "grown"):
+                    raise ValueError(f"Reconstructor.grow: {type(chan).__name__} channels cannot grow")
+                grown[name] = chan.grown(geometry.shape_zyx, tuple(off_xyz[::-1]))
+            self._channels, self.geometry = grown, geometry
+
     def reset(self) -> None:
         """Forget every pasted frame (same geometry and settings)."""
         with self._lock:

@@ -5,7 +5,8 @@ frame (2D) and pastes the frame and its bone probability into the volume with
 :class:`~usx_stream.compound.reconstructor.Reconstructor`. The grid comes from the launch file
 (``compound.origin_mm`` / ``extent_mm``); when those are empty it is derived from the first
 ``completion.min_frames`` frames plus ``compound.margin_mm`` (frames seen before the grid exists are held
-and pasted as soon as it does, so none is lost).
+and pasted as soon as it does, so none is lost; tracking outliers among them do not size it), and it grows
+when the sweep moves on beyond it, keeping every compounded value (:meth:`Reconstructor.grow`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 # A grid derived from the first frames never exceeds this many voxels (2 GiB of float32 accumulators at
 # the node's two channels): a tracking glitch among them must not allocate the machine away.
 MAX_AUTO_GRID_VOXELS = 256 * 1024 * 1024
+# An automatic grid grows towards a frame that lies at most this far outside it (the sweep moving on); a
+# frame farther away is a tracking glitch and is only counted (frames_outside_grid).
+GROW_REACH_MM = 100.0
 
 
 def _frame_corners(m: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
@@ -102,6 +106,7 @@ class IngestStage:
         self.frames_received = 0
         self.newest_arrival_s = float("nan")   # monotonic time the newest pasted frame arrived
         self.newest_timestamp = float("nan")
+        self._fixed_grid = bool(compound.origin_mm and compound.extent_mm)
         if compound.origin_mm and compound.extent_mm:
             dims = tuple(int(np.ceil(e / compound.spacing_mm)) + 1 for e in compound.extent_mm)
             self._make_reconstructor(OutputGeometry(np.asarray(compound.origin_mm), np.full(3, compound.spacing_mm), dims))
@@ -160,7 +165,8 @@ class IngestStage:
                         error, key)
 
     def _paste(self, frame: TrackedFrame, image_to_reference: np.ndarray, channels: dict) -> None:
-        if not self._inside(image_to_reference, np.asarray(frame.pixels).shape[:2]):
+        shape_hw = np.asarray(frame.pixels).shape[:2]
+        if not self._inside(image_to_reference, shape_hw) and not self._grow_to(image_to_reference, shape_hw):
             # Pixels outside the grid are lost; say so (the launch file's compound ROI is too small).
             self.telemetry.count("frames_outside_grid")
             if not self._outside_logged:
@@ -170,6 +176,36 @@ class IngestStage:
                             "(or a larger compound.margin_mm)", frame.index)
         with self.telemetry.time("compound"):
             self.reconstructor.add(frame, image_to_reference=image_to_reference, channels=channels)
+
+    def _grow_to(self, image_to_reference: np.ndarray, shape_hw) -> bool:
+        """Grow an automatic grid so that it holds this frame (plus the margin), when the sweep has moved on
+        from where the first frames were: the frame must touch the grid's neighbourhood (GROW_REACH_MM),
+        the grown grid stays under MAX_AUTO_GRID_VOXELS, and the backend keeps its accumulators voxel by
+        voxel (numba/numpy). A launch-file grid (compound.origin_mm / extent_mm) never grows."""
+        if self._fixed_grid or self.reconstructor.backend == "torch":
+            return False
+        g = self.reconstructor.geometry
+        pts = _frame_corners(image_to_reference, shape_hw)
+        lo_g, hi_g = g.origin_mm, g.origin_mm + (np.asarray(g.dims) - 1) * g.spacing_mm
+        gap = np.maximum(np.maximum(lo_g - pts.min(axis=0), pts.max(axis=0) - hi_g), 0.0)
+        if np.any(gap > GROW_REACH_MM):
+            return False  # far from everything compounded so far: a tracking glitch, not a sweep
+        margin = self._compound.margin_mm
+        lo = np.minimum(lo_g, np.floor((pts.min(axis=0) - margin - lo_g) / g.spacing_mm) * g.spacing_mm + lo_g)
+        hi = np.maximum(hi_g, pts.max(axis=0) + margin)
+        dims = tuple(int(np.ceil((b - a) / sp - 1e-9)) + 1 for a, b, sp in zip(lo, hi, g.spacing_mm))
+        if int(np.prod(dims, dtype=np.int64)) > MAX_AUTO_GRID_VOXELS:
+            return False
+        try:
+            self.reconstructor.grow(OutputGeometry(lo, g.spacing_mm, dims))
+        except ValueError as e:
+            log.warning("compounding grid cannot grow (%s); frames outside it are counted", e)
+            self._fixed_grid = True
+            return False
+        self.telemetry.count("grid_grown")
+        log.info("compounding grid grown to %s voxels, origin %s mm (the sweep left the first frames' grid)",
+                 dims, np.round(lo, 1).tolist())
+        return True
 
     def _inside(self, image_to_reference: np.ndarray, shape_hw) -> bool:
         h, w = shape_hw
