@@ -193,6 +193,9 @@ class Surface:
         Travels with the surface (e.g. ``{"fusion": "us_only"}``).
     timestamp : float
         Timestamp of the newest frame that went into it.
+    point_data : dict[str, (V,) float32 ndarray]
+        Per-vertex scalars by name (e.g. ``"uncertainty_mm"``, the completion uncertainty in mm); published
+        as POLYDATA point scalar attributes and ZeroMQ arrays of the same name. Empty: none.
     """
 
     vertices_mm: np.ndarray
@@ -202,3 +205,4 @@ class Surface:
     name: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     timestamp: float = 0.0
+    point_data: dict[str, np.ndarray] = field(default_factory=dict)

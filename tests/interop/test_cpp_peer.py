@@ -170,3 +170,22 @@ def test_our_messages_unpacked_by_cpp_with_crc_check(peer):
     attr = poly["attribute"].split()
     assert attr[:7] == ["Normals", "type", "2", "comps", "3", "n", "12"]
     np.testing.assert_array_equal(np.array(attr[8:], dtype=np.float32).reshape(-1, 3), surface.normals.astype(np.float32))
+
+
+def test_uncertainty_point_scalar_read_by_cpp(peer):
+    """The reference library reads ``uncertainty_mm`` as a point scalar (type 0) of one component per vertex."""
+    rng = np.random.default_rng(1)
+    surface = Surface(rng.normal(size=(10, 3)) * 10, rng.integers(0, 10, (6, 3)), rng.normal(size=(10, 3)),
+                      name="L5_Completed", timestamp=1700000004.0,
+                      point_data={"uncertainty_mm": rng.uniform(0.0, 3.0, 10).astype(np.float32)})
+    with SurfacePublisher(port=0, header_version=1) as pub:
+        proc = subprocess.Popen([str(peer), "receive", "127.0.0.1", str(pub.port), "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert pub.endpoint.wait_for_clients(1, 20)
+        pub.publish(surface)
+        out = proc.communicate(timeout=30)[0]
+    attrs = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("attribute ")}
+    assert "UNPACK_FAILED" not in out and set(attrs) == {"Normals", "uncertainty_mm"}, out
+    assert attrs["uncertainty_mm"][:6] == ["type", "0", "comps", "1", "n", "10"]
+    np.testing.assert_array_equal(np.array(attrs["uncertainty_mm"][7:], dtype=np.float32),
+                                  surface.point_data["uncertainty_mm"])

@@ -224,6 +224,37 @@ class CompletionEngine:
             return torch.zeros(0, self.cfg.num_out, 3, device=self.device)
         return torch.cat(outputs)
 
+    def run_device_samples(self, partial: torch.Tensor, labelmap: torch.Tensor | None,
+                           eps: torch.Tensor) -> torch.Tensor:
+        """The mean completion and K latent draws, one decoder batch of B x (1 + K) per chunk of vertebrae.
+
+        (B, num_partial, 3) [and (B, num_labelmap, 3)] device tensors in the unit frame, ``eps`` (K, B, latent)
+        standard normal draws (any device) -> (B, 1 + K, num_out, 3) float32 (row 0: the mean, as
+        :meth:`run_device` up to rounding; rows 1..: the draws, :meth:`CompletionNet.mean_and_samples`).
+
+        Runs eager on every backend (k-d tree neighbours on the CPU, the engine's autocast on CUDA): the
+        draws are an extra view, not the surface, and a second compiled graph per K is not worth its
+        start-up time here.
+        """
+        b = partial.shape[0]
+        if self.cfg.multimodal and (labelmap is None or labelmap.shape[0] != b):
+            raise ValueError(f"labelmap must have {b} rows for a multimodal model, got "
+                             f"{None if labelmap is None else labelmap.shape[0]}")
+        if eps.dim() != 3 or eps.shape[1] != b:
+            raise ValueError(f"eps must be (K, {b}, latent), got {tuple(eps.shape)}")
+        knn_context = ops.tree_knn if self.device.type == "cpu" else contextlib.nullcontext
+        lm = labelmap if self.cfg.multimodal else None
+        outputs = []
+        with torch.inference_mode(), self._autocast(), knn_context():
+            for start in range(0, b, self.max_batch):
+                stop = start + self.max_batch
+                outputs.append(self.model.mean_and_samples(
+                    partial[start:stop], None if lm is None else lm[start:stop],
+                    eps[:, start:stop].to(self.device)).float())
+        if not outputs:
+            return torch.zeros(0, 1 + eps.shape[0], self.cfg.num_out, 3, device=self.device)
+        return torch.cat(outputs)
+
     def complete(self, partials_mm: Sequence[np.ndarray], labelmaps_mm: Sequence[np.ndarray | None] | None = None,
                  *, rotations: Sequence[np.ndarray | None] | None = None, seed: int = 0) -> list[np.ndarray]:
         """Complete vertebrae given in millimetres (:func:`~usx_stream.completion.front.complete_levels`,

@@ -8,6 +8,9 @@ frame (the node's Reference), with the rotation to the vertebra's canonical axes
 2. ``complete``: runs all vertebrae through the engine as one batch;
 3. ``body_fit`` (optional, multimodal): fits each completed body to its X-ray silhouette
    (``completion.body_fit``);
+4. ``uncertainty`` (``samples`` = K > 0): the same ``complete`` call decodes the posterior-mean latent and K
+   draws in one batch of B x (1 + K) (``CompletionEngine.run_device_samples``) and each completed point gets
+   its spread in mm (``completion.uncertainty``: RMS distance to the corresponding point of the draws);
 
 and maps the completed points back to the input frame. The node's surface update and
 :meth:`CompletionEngine.complete <usx_stream.completion.engine.CompletionEngine.complete>` both call it, so a
@@ -90,6 +93,10 @@ class LevelCompletion:
     points_mm : (num_out, 3) float64 ndarray, mm, input frame; (0, 3) when the vertebra had nothing to complete
     prepared : PreparedLevel or None
         The network's input (None when nothing was completed).
+    spread_mm : (num_out,) float32 ndarray or None
+        Per point of ``points_mm``: its completion uncertainty in mm (``completion.uncertainty``), measured
+        on the network's output before the body fit (the fit moves and scales the body, not the spread);
+        None when no draws were asked for.
     metadata : dict
         ``xray_body_shift_mm`` (cranial, mm) and ``xray_body_scale`` when the body fit was applied;
         ``xray_body_fit`` (why not) when it was asked for and not applied; empty otherwise.
@@ -98,6 +105,7 @@ class LevelCompletion:
     level: str
     points_mm: np.ndarray
     prepared: PreparedLevel | None = None
+    spread_mm: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
 
 
@@ -138,7 +146,8 @@ def prepare_levels(levels: Sequence[LevelPoints], *, num_partial: int, num_label
 
 
 def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = False, seed: int = 0,
-                    timer: Timer | None = None) -> list[LevelCompletion]:
+                    timer: Timer | None = None, samples: int = 0,
+                    correspondence: str = "auto") -> list[LevelCompletion]:
     """Complete vertebrae given in millimetres, in one batch.
 
     Parameters
@@ -154,14 +163,25 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
         Seed of the thinning of very large clouds before furthest-point sampling.
     timer : callable, optional
         ``timer(step)`` gives a context manager timing ``step`` (``"prepare"``, ``"complete"``,
-        ``"body_fit"``), e.g. ``Telemetry.time``.
+        ``"body_fit"``, ``"uncertainty"``), e.g. ``Telemetry.time``.
+    samples : int
+        K latent draws decoded with the mean for the per-point spread (0: none, and the points are exactly
+        those of a call without draws). The draws are seeded by ``seed``: the same every call.
+    correspondence : {"auto", "index", "nearest"}
+        How a draw's point corresponds to a mean point (``completion.uncertainty``).
 
     Returns
     -------
     list of LevelCompletion, in the order of ``levels``; ``points_mm`` (num_out, 3) float64 in the input frame,
-    (0, 3) for a vertebra without partial points (or, multimodal, without labelmap points).
+    (0, 3) for a vertebra without partial points (or, multimodal, without labelmap points); ``spread_mm``
+    (num_out,) float32 mm when ``samples`` > 0.
     """
     import torch
+
+    from usx_stream.completion import uncertainty as unc
+
+    if not isinstance(samples, (int, np.integer)) or samples < 0:
+        raise ValueError(f"complete_levels: samples must be an integer >= 0, got {samples!r}")
 
     multimodal = bool(engine.cfg.multimodal)
     if fit_body and not multimodal:
@@ -180,7 +200,20 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
         labelmap = (torch.from_numpy(np.ascontiguousarray(np.stack([p.labelmap_unit for _, p in done]))).to(dev)
                     if multimodal else None)
         with torch.inference_mode():
-            completed = list(engine.run_device(partial, labelmap).float().cpu().numpy())
+            if samples:
+                eps = unc.latent_draws(int(samples), len(done), engine.cfg.latent, seed=seed)
+                out = engine.run_device_samples(partial, labelmap, eps)
+                completed = list(out[:, 0].cpu().numpy())
+            else:
+                completed = list(engine.run_device(partial, labelmap).float().cpu().numpy())
+    if samples:
+        with timer("uncertainty"):
+            how = unc.resolve_correspondence(correspondence, bool(getattr(engine.model, "index_correspondence",
+                                                                          False)))
+            spread_unit = unc.point_spread(out[:, 0], out[:, 1:], correspondence=how).cpu().numpy()
+            for k, (i, p) in enumerate(done):
+                scale_mm = float(np.cbrt(abs(np.linalg.det(p.model_to_input[:3, :3]))))  # mm per unit
+                results[i].spread_mm = (spread_unit[k] * scale_mm).astype(np.float32)
     if fit_body:
         with timer("body_fit"):
             for k, (i, p) in enumerate(done):

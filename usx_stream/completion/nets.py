@@ -25,8 +25,10 @@ CPU) and ``ModelConfig.paper(multimodal=True)`` (the published configuration); `
   deterministic: the latent is the posterior mean.
 
 ``net.sample(partial, labelmap, k)`` -> (B, k, num_out, 3): k completions with the latent drawn from the
-posterior; with "ordered" sampling point i of every sample comes from the same network slot, so
-``point_uncertainty(samples)`` (B, num_out) is a per-point spread (unit scale). ``InferenceModule(net)`` is the
+posterior; ``net.mean_and_samples(partial, labelmap, eps)`` -> (B, 1 + K, num_out, 3): the mean completion and
+K draws in one decoder batch. When ``net.index_correspondence`` (the "ordered" configurations) point i of every
+draw comes from the same network slot, so ``point_uncertainty(samples)`` (B, num_out) is a per-point spread
+(unit scale); ``completion.uncertainty`` turns draws into the spread in mm the node publishes. ``InferenceModule(net)`` is the
 export/engine wrapper (``forward(partial[, labelmap]) -> fine``).
 
 Architecture (DESIGN §4, module names as the public code so its checkpoints load): PCN encoders for the
@@ -303,32 +305,76 @@ class CompletionNet(nn.Module):
             "kl_gen": _kl(p_mu.detach(), p_std.detach(), q_mu, q_std),
         }
 
+    @property
+    def index_correspondence(self) -> bool:
+        """True when output point i of every latent draw comes from the same network slot.
+
+        The output is then a fixed function of the slots: ``fine`` is ``coarse_high`` itself or a fixed
+        ``index_select`` of it ("ordered" sampling), and slot i of ``coarse_high`` is always the head's output
+        for refinement input i (coarse slot, partial point or labelmap point, which are the same inputs for
+        every draw). With furthest point sampling of ``coarse_high`` (``ModelConfig.paper()``) the kept points
+        and their order depend on the draw, and point i of two draws are unrelated.
+        """
+        d = self.decoder
+        return d.out_index is not None or self.cfg.num_refine * self.cfg.up_ratio == self.cfg.num_out
+
+    def mean_and_samples(self, partial: torch.Tensor, labelmap: torch.Tensor | None,
+                         eps: torch.Tensor) -> torch.Tensor:
+        """The posterior-mean completion and K draws of the latent, decoded in one batch of B x (1 + K).
+
+        Parameters
+        ----------
+        partial : (B, num_partial, 3) tensor, unit frame
+        labelmap : (B, num_labelmap, 3) tensor or None (US-only models)
+        eps : (K, B, latent) tensor
+            Standard normal draws; draw k of vertebra b uses ``z = mu + std * eps[k, b]``. Given by the
+            caller (no random generator inside), so a graph of this function can be traced and a run replayed.
+
+        Returns
+        -------
+        (B, 1 + K, num_out, 3) tensor, unit frame: row 0 is what ``forward`` returns (latent = posterior
+        mean), rows 1.. the draws.
+        """
+        self._check(partial, labelmap)
+        b = partial.shape[0]
+        if eps.dim() != 3 or eps.shape[1] != b or eps.shape[2] != self.cfg.latent:
+            raise ValueError(f"eps must be (K, {b}, {self.cfg.latent}), got {tuple(eps.shape)}")
+        k = eps.shape[0]
+        lm = labelmap if self.cfg.multimodal else None
+        feat = self.encoder_pcd(partial)
+        q_mu, q_std = self._posterior(feat, lm)
+        z = torch.cat([q_mu.unsqueeze(0), q_mu + q_std * eps.to(q_mu.dtype)], dim=0).reshape((1 + k) * b, -1)
+        feat_k = feat.repeat(1 + k, 1) + self.generator(z)
+        lm_k = lm.repeat(1 + k, 1, 1) if lm is not None else None
+        _, _, fine = self.decoder(feat_k, partial.repeat(1 + k, 1, 1), lm_k)
+        return fine.reshape(1 + k, b, self.cfg.num_out, 3).transpose(0, 1)
+
     @torch.no_grad()
     def sample(self, partial: torch.Tensor, labelmap: torch.Tensor | None, k: int, *,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """k completions per input with the latent drawn from the posterior.
 
+        ``generator`` is a CPU generator (the draws are made on the CPU and moved to the inputs' device, so
+        the same seed gives the same draws on every device).
+
         Returns
         -------
-        (B, k, num_out, 3) tensor
+        (B, k, num_out, 3) tensor, unit frame
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self._check(partial, labelmap)
-        b = partial.shape[0]
-        lm = labelmap if self.cfg.multimodal else None
-        feat = self.encoder_pcd(partial)
-        q_mu, q_std = self._posterior(feat, lm)
-        eps = torch.randn((k, *q_mu.shape), generator=generator, device=q_mu.device, dtype=q_mu.dtype)
-        z = (q_mu + q_std * eps).reshape(k * b, -1)
-        feat_k = feat.repeat(k, 1) + self.generator(z)
-        lm_k = lm.repeat(k, 1, 1) if lm is not None else None
-        _, _, fine = self.decoder(feat_k, partial.repeat(k, 1, 1), lm_k)
-        return fine.reshape(k, b, self.cfg.num_out, 3).transpose(0, 1)
+        eps = torch.randn((k, partial.shape[0], self.cfg.latent), generator=generator).to(partial.device)
+        return self.mean_and_samples(partial, labelmap, eps)[:, 1:]
 
 
 def point_uncertainty(samples: torch.Tensor) -> torch.Tensor:
-    """Per-point spread of ``CompletionNet.sample`` output: (B, K, N, 3) -> (B, N), sqrt of summed variance."""
+    """Per-point spread of ``CompletionNet.sample`` output about the samples' own mean.
+
+    (B, K, N, 3) -> (B, N), same unit as the input: ``sqrt(sum over xyz of the variance over K)``. Point i of
+    every sample must be the same network slot (``CompletionNet.index_correspondence``); the spread the node
+    publishes is measured about the posterior-mean completion instead (``completion.uncertainty``).
+    """
     return samples.var(dim=1, unbiased=False).sum(-1).sqrt()
 
 

@@ -57,7 +57,10 @@ def _decimated(surface: Surface, max_triangles: int) -> tuple[np.ndarray, np.nda
     return np.asarray(mesh.vertices), np.asarray(mesh.triangles)
 
 
-def _add_mesh(ax, surface: Surface, colour: str, alpha: float, max_triangles: int = 3000) -> None:
+def _add_mesh(ax, surface: Surface, colour: str, alpha: float, max_triangles: int = 3000,
+              scalars: tuple[str, float] | None = None) -> None:
+    """``scalars`` = (point_data name, value at the top of the colour map): faces coloured by the mean of their
+    vertices' values (``viridis``, 0 to the top value) instead of ``colour``, where the surface has them."""
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     vertices, tris = _decimated(surface, max_triangles)
@@ -70,6 +73,15 @@ def _add_mesh(ax, surface: Surface, colour: str, alpha: float, max_triangles: in
     import matplotlib.colors as mcolors
 
     base = np.array(mcolors.to_rgb(colour))
+    values = surface.point_data.get(scalars[0]) if scalars else None
+    if values is not None and len(values) == len(surface.vertices_mm):
+        import matplotlib
+        from scipy.spatial import cKDTree
+
+        if vertices is not surface.vertices_mm:      # decimated: each new vertex takes its nearest old one's value
+            values = np.asarray(values)[cKDTree(surface.vertices_mm).query(vertices)[1]]
+        per_face = np.asarray(values, dtype=np.float64)[tris].mean(axis=1) / max(scalars[1], 1e-9)
+        base = matplotlib.colormaps["viridis"](np.clip(per_face, 0.0, 1.0))[:, :3]
     face = np.c_[light[:, None] * base, np.full(len(light), alpha)]
     ax.add_collection3d(Poly3DCollection(poly, facecolors=face, edgecolors="none"))
 
@@ -112,6 +124,7 @@ class Panel:
     view: tuple[float, float] = (15, -60)
     title: str = ""
     mesh_alpha: float = 0.9
+    colour_by: str | None = None        # a Surface.point_data name (e.g. "uncertainty_mm"): meshes coloured by it
 
 
 def _bounds(panels: Sequence[Panel]) -> np.ndarray:
@@ -132,8 +145,19 @@ def render_panels(path: str | Path, panels: Sequence[Panel], *, title: str = "",
     allpts = _bounds(panels)
     for n, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), n + 1, projection="3d")
+        scalars = None
+        if panel.colour_by:
+            found = [s.point_data[panel.colour_by] for s in panel.meshes.values() if panel.colour_by in s.point_data]
+            top = float(np.quantile(np.concatenate(found), 0.98)) if found and sum(map(len, found)) else 0.0
+            scalars = (panel.colour_by, top) if found else None
+            if scalars:
+                import matplotlib
+
+                norm = matplotlib.colors.Normalize(vmin=0.0, vmax=top)
+                fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, shrink=0.5,
+                             label=panel.colour_by)
         for name, surface in panel.meshes.items():
-            _add_mesh(ax, surface, LEVEL_COLOURS.get(name[:2], "#bdbdbd"), panel.mesh_alpha)
+            _add_mesh(ax, surface, LEVEL_COLOURS.get(name[:2], "#bdbdbd"), panel.mesh_alpha, scalars=scalars)
         for plane in panel.planes:
             _add_plane(ax, plane, plane_stride)
         for (name, pts), colour in zip((panel.points or {}).items(), ("#08519c", "#ff7f00", "#6a3d9a")):
@@ -157,7 +181,8 @@ def render_panels(path: str | Path, panels: Sequence[Panel], *, title: str = "",
 def render_scene(path: str | Path, *, meshes: dict[str, Surface], planes: Sequence[ImagePlane] = (),
                  points: dict[str, np.ndarray] | None = None, title: str = "",
                  views: Sequence[tuple[float, float]] = ((15, -60), (5, 0)), plane_stride: int = 4,
-                 mesh_alpha: float = 0.9) -> Path:
-    """The same scene from each of ``views`` (elevation, azimuth in degrees); see :func:`render_panels`."""
-    panels = [Panel(meshes, planes, points, view, mesh_alpha=mesh_alpha) for view in views]
+                 mesh_alpha: float = 0.9, colour_by: str | None = None) -> Path:
+    """The same scene from each of ``views`` (elevation, azimuth in degrees); see :func:`render_panels`.
+    ``colour_by``: colour the meshes by that per-vertex value (``"uncertainty_mm"``) where they carry it."""
+    panels = [Panel(meshes, planes, points, view, mesh_alpha=mesh_alpha, colour_by=colour_by) for view in views]
     return render_panels(path, panels, title=title, plane_stride=plane_stride)

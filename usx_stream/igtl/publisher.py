@@ -8,7 +8,9 @@ Two roles, one class:
 
 Each :class:`~usx_stream.frames.Surface` becomes one POLYDATA message: points in mm in ``surface.frame``
 (Reference unless the launch file says otherwise), triangles as polygons, per-point normals as a
-``Normals`` attribute, device name ``surface.name`` (e.g. ``L1_Completed``; names over 20 bytes travel in
+``Normals`` attribute, every entry of ``surface.point_data`` (e.g. ``uncertainty_mm``, the completion
+uncertainty in mm) as a point *scalar* attribute of that name (type 0x00, one float32 component, big-endian;
+Slicer lists it under the model's scalars and colours the model by it), device name ``surface.name`` (e.g. ``L1_Completed``; names over 20 bytes travel in
 metadata ``IGTL_DEVICE_NAME``), and with header version 2 the metadata ``MRMLNodeName`` (the node Slicer
 creates or updates), ``CoordinateFrame`` and ``surface.metadata``. Slicer treats coordinates as RAS: apply
 the ``ReferenceToRas`` transform to the node in Slicer (or publish in a frame that is RAS).
@@ -35,7 +37,7 @@ import numpy as np
 
 from ..frames import Surface
 from .codec import Message
-from .codec_polydata import PolyData
+from .codec_polydata import PolyAttribute, PolyData
 from .endpoints import Client, Server
 from .transport import TransportOptions, publish_only_options
 
@@ -65,20 +67,27 @@ def surface_to_message(surface: Surface, *, header_version: int = 2, device_pref
     vertices = np.asarray(surface.vertices_mm, dtype=np.float32).reshape(-1, 3)
     poly = PolyData.from_triangles(vertices, np.asarray(surface.triangles).reshape(-1, 3),
                                    normals=surface.normals)
+    for key, values in surface.point_data.items():
+        data = np.asarray(values, dtype=np.float32).reshape(-1)
+        if len(data) != len(vertices):
+            raise ValueError(f"Surface.point_data[{key!r}]: {len(data)} values for {len(vertices)} vertices")
+        poly.attributes.append(PolyAttribute(str(key), data.reshape(-1, 1), "scalar"))
     metadata = {"MRMLNodeName": name, "CoordinateFrame": surface.frame}
     metadata.update({str(k): str(v) for k, v in surface.metadata.items()})
     return Message("POLYDATA", name, poly, surface.timestamp, metadata, header_version)
 
 
 def message_to_surface(msg: Message) -> Surface:
-    """Inverse of :func:`surface_to_message` (triangles only)."""
+    """Inverse of :func:`surface_to_message` (triangles only; one-component point scalars -> ``point_data``)."""
     poly: PolyData = msg.content
     normals = poly.attribute("Normals")
+    point_data = {a.name: a.data.reshape(-1).astype(np.float32) for a in poly.attributes
+                  if a.kind == "scalar" and not a.on_cells and a.data.shape[1:] == (1,)}
     metadata = {k: v for k, v in msg.metadata.items() if k not in ("MRMLNodeName", "CoordinateFrame", "IGTL_DEVICE_NAME")}
     return Surface(vertices_mm=poly.points.astype(np.float64), triangles=poly.triangles(),
                    normals=None if normals is None else normals.data.astype(np.float64),
                    frame=msg.metadata.get("CoordinateFrame", "Reference"), name=msg.device_name,
-                   metadata=metadata, timestamp=msg.timestamp)
+                   metadata=metadata, timestamp=msg.timestamp, point_data=point_data)
 
 
 class SurfacePublisher:

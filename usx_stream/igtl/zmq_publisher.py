@@ -12,9 +12,14 @@ part     content
               "timestamp": 1764147600.123, "metadata": {...},
               "arrays": [{"name": "vertices_mm", "dtype": "<f4", "shape": [V, 3]},
                          {"name": "triangles",   "dtype": "<u4", "shape": [T, 3]},
-                         {"name": "normals",     "dtype": "<f4", "shape": [V, 3]}]}
+                         {"name": "normals",     "dtype": "<f4", "shape": [V, 3]},
+                         {"name": "uncertainty_mm", "dtype": "<f4", "shape": [V]}]}
 
-         ``normals`` is listed only when the surface has them. Units: mm; timestamp: UTC seconds.
+         ``normals`` is listed only when the surface has them; after it, one ``<f4`` array of shape ``[V]`` per
+         per-vertex scalar of the surface (``Surface.point_data``), named as it: ``uncertainty_mm`` is the
+         completion uncertainty of each vertex in mm (the node's ``completion.uncertainty_samples`` > 0;
+         the level's ``uncertainty_mean_mm`` / ``uncertainty_max_mm`` are in ``metadata``). A reader
+         takes arrays by name and ignores names it does not know. Units: mm; timestamp: UTC seconds.
 2 ...    one part per entry of ``arrays``, in that order: the raw C-order bytes of the array with
          exactly the listed dtype (little-endian) and shape.
 =======  ======================================================================================
@@ -46,6 +51,13 @@ def encode_surface(surface: Surface) -> list[bytes]:
               ("triangles", np.ascontiguousarray(surface.triangles, dtype="<u4").reshape(-1, 3))]
     if surface.normals is not None:
         arrays.append(("normals", np.ascontiguousarray(surface.normals, dtype="<f4").reshape(-1, 3)))
+    n_vertices = len(arrays[0][1])
+    for key, values in surface.point_data.items():
+        data = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
+        if key in ("vertices_mm", "triangles", "normals") or len(data) != n_vertices:
+            raise ValueError(f"Surface.point_data[{key!r}]: {len(data)} values for {n_vertices} vertices "
+                             "(and not a reserved name)")
+        arrays.append((str(key), data))
     header = {"schema": SCHEMA, "name": surface.name, "frame": surface.frame, "timestamp": float(surface.timestamp),
               "metadata": {str(k): str(v) for k, v in surface.metadata.items()},
               "arrays": [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays]}
@@ -71,7 +83,9 @@ def decode_surface(parts: list[bytes]) -> Surface:
     return Surface(vertices_mm=arrays["vertices_mm"].astype(np.float64), triangles=arrays["triangles"].astype(np.int64),
                    normals=arrays["normals"].astype(np.float64) if "normals" in arrays else None,
                    frame=header["frame"], name=header["name"], metadata=dict(header["metadata"]),
-                   timestamp=header["timestamp"])
+                   timestamp=header["timestamp"],
+                   point_data={k: a.astype(np.float32) for k, a in arrays.items()
+                               if k not in ("vertices_mm", "triangles", "normals") and a.ndim == 1})
 
 
 class ZmqSurfacePublisher:

@@ -166,6 +166,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_frames": Key("int", 30, "frames compounded before the first completion", lo=1),
         "engine_cache": Key("path", "", "folder for compiled engines (empty: no cache)"),
         "threads": Key("int", 0, "CPU threads for completion (0: torch's default); 1 leaves a core to ingest", lo=0),
+        "uncertainty_samples": Key("int", 0, "K latent draws decoded with the mean completion for the per-vertex "
+                                   "uncertainty_mm on each surface (0: off)", lo=0, hi=32),
+        "uncertainty_period_s": Key("float", 2.0, "on a CPU, time between uncertainty runs, s (the last spread is "
+                                    "reused between them; 0: every update); a GPU runs it every update", lo=0),
     },
     "surface": {
         "method": Key("str", "distance_field", "meshing method",

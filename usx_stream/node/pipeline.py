@@ -61,7 +61,7 @@ class Node:
                                   telemetry=self.telemetry)
         self.updater = SurfaceUpdater(engines, bone=cfg.bone, xray_cfg=cfg.xray, surface=cfg.surface,
                                       publish_frame=cfg.publish.frame, telemetry=self.telemetry,
-                                      seed=int(cfg.source.seed))
+                                      seed=int(cfg.source.seed), completion=cfg.completion)
         self.publishers = list(publishers)
         self.recorder = (SessionRecorder(cfg.record, chunk_frames=cfg.record.chunk_frames,
                                          max_chunk_s=cfg.record.max_chunk_s) if cfg.record.enabled else None)

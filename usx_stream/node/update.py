@@ -13,12 +13,24 @@ never builds a queue. Steps (each timed in telemetry):
    (batched resampling to the network's point counts, unit frames), ``complete`` (every visible level in
    one batch through the engine), ``body_fit`` (multimodal, ``xray.fit_body``: each completed body fitted to
    its X-ray silhouette along the cranial axis);
-4. ``mesh``: completed points -> watertight mesh within the triangle budget.
+   With ``completion.uncertainty_samples`` K > 0 the same call decodes K latent draws with the mean
+   (``uncertainty``): each completed point gets its spread in mm. On a CPU this runs every
+   ``completion.uncertainty_period_s`` (and whenever a level or the fusion has no spread yet); between runs
+   the level's last spread is reused, carried from the points it was measured on. On a GPU it runs every
+   update;
+4. ``mesh``: completed points -> watertight mesh within the triangle budget; the spread is carried to the
+   mesh vertices (``surface.mesh.transfer_point_values``) as ``Surface.point_data["uncertainty_mm"]``.
+
+Every surface's metadata says what coverage produced it: ``bone_points`` (the level's bone points),
+``xray_level`` (``yes`` when its X-ray labelmap points went into the completion), and with K > 0
+``uncertainty_mean_mm``, ``uncertainty_max_mm`` (over the vertices), ``uncertainty_samples`` (K) and
+``uncertainty_age_s`` (how old the reused spread is; 0 when measured in this update).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -29,7 +41,7 @@ from ..bone.split import choose_level_centres, split_levels
 from ..completion import prepare as prep
 from ..completion.front import LevelPoints, complete_levels, prepare_levels
 from ..frames import LEVELS, Surface, VertebraCloud, Volume
-from ..surface.mesh import mesh_points
+from ..surface.mesh import mesh_points, transfer_point_values
 from .telemetry import Telemetry
 from ..xray import backproject as bp
 from ..xray.cache import XraySnapshot
@@ -118,10 +130,11 @@ def xray_level_centres(xray: XraySnapshot, bone_ref_mm: np.ndarray, lateral_hint
 class SurfaceUpdater:
     """Turns snapshots into surfaces. ``engines`` maps ``"multimodal"`` / ``"us_only"`` to
     :class:`~usx_stream.completion.engine.CompletionEngine` objects (the US-only one is the fallback used
-    until an X-ray arrives)."""
+    until an X-ray arrives). ``completion`` is the launch file's ``[completion]`` table (its
+    ``uncertainty_samples`` and ``uncertainty_period_s``); None: no uncertainty."""
 
     def __init__(self, engines: dict, *, bone, xray_cfg, surface, publish_frame: str = "Reference",
-                 telemetry: Telemetry | None = None, seed: int = 0) -> None:
+                 telemetry: Telemetry | None = None, seed: int = 0, completion=None) -> None:
         self.engines = engines
         self._bone, self._xray, self._surface = bone, xray_cfg, surface
         self.publish_frame = publish_frame
@@ -129,6 +142,12 @@ class SurfaceUpdater:
         self.seed = seed
         self.landmarks = {k: np.asarray(v, dtype=np.float64) for k, v in (bone.landmarks_mm or {}).items()}
         self._pool, self._pool_size = None, 0
+        self.uncertainty_samples = int(completion.uncertainty_samples) if completion is not None else 0
+        self.uncertainty_period_s = float(completion.uncertainty_period_s) if completion is not None else 0.0
+        self.clock = time.monotonic
+        # level -> (fusion, completed points mm (N, 3), spread mm (N,), clock time measured); completion thread only
+        self._spread: dict[str, tuple[str, np.ndarray, np.ndarray, float]] = {}
+        self._spread_time = -np.inf
 
     def inputs(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                force_fusion: str | None = None) -> UpdateInputs:
@@ -161,22 +180,56 @@ class SurfaceUpdater:
         result = UpdateResult(fusion=fusion, centres_source=inputs.centres_source, status=node_status(inputs))
         if not inputs.levels:
             return result
-        done = [c for c in complete_levels(self.engines[fusion], inputs.levels, seed=self.seed, timer=t.time,
+        engine, now = self.engines[fusion], self.clock()
+        k = self._draws_now(engine, fusion, [c.level for c in inputs.levels], now)
+        done = [c for c in complete_levels(engine, inputs.levels, seed=self.seed, timer=t.time, samples=k,
                                            fit_body=fusion == "multimodal" and bool(self._xray.fit_body))
                 if c.prepared is not None]
+        for c in done:
+            if c.spread_mm is not None:
+                self._spread[c.level] = (fusion, c.points_mm, c.spread_mm, now)
+        if k:
+            self._spread_time = now
         with t.time("mesh"):
             for c in done:
                 result.points_ref_mm[c.level] = c.points_mm
                 result.partial_ref_mm[c.level] = inputs.per_level[c.level]
-            fit_meta = {c.level: c.metadata for c in done}
+            meta = {c.level: {"fusion": fusion, "level": c.level, "centres": inputs.centres_source,
+                              "bone_points": len(inputs.per_level[c.level]),
+                              "xray_level": "yes" if c.prepared.labelmap_unit is not None else "no", **c.metadata}
+                    for c in done}
             for level, surface in self._mesh_levels(result.points_ref_mm).items():
-                surface.metadata.update({"fusion": fusion, "level": level, "centres": inputs.centres_source,
-                                         **fit_meta[level]})
+                surface.metadata.update(meta[level])
+                self._attach_spread(surface, level, fusion, now)
                 surface.timestamp = timestamp
                 result.surfaces[level] = surface
         result.labelmap_ref_mm = {c.level: c.prepared.to_input_frame(c.prepared.labelmap_unit) for c in done
                                   if c.prepared.labelmap_unit is not None}
         return result
+
+    def _draws_now(self, engine, fusion: str, levels: list[str], now: float) -> int:
+        """K for this update: every update on a GPU (or with period 0), else once per period, or at once when
+        a level has no spread of this fusion yet (the first update, a new level, an X-ray that arrived)."""
+        k = self.uncertainty_samples
+        if k == 0:
+            return 0
+        if getattr(getattr(engine, "device", None), "type", "cpu") == "cuda" or self.uncertainty_period_s == 0:
+            return k
+        stale = any(self._spread.get(lv, ("",))[0] != fusion for lv in levels)
+        return k if stale or now - self._spread_time >= self.uncertainty_period_s else 0
+
+    def _attach_spread(self, surface: Surface, level: str, fusion: str, now: float) -> None:
+        """``uncertainty_mm`` on the vertices of ``surface`` from the level's last spread of ``fusion``."""
+        cached = self._spread.get(level)
+        if self.uncertainty_samples == 0 or cached is None or cached[0] != fusion or not len(surface.vertices_mm):
+            return
+        _, points_mm, spread_mm, measured = cached
+        values = transfer_point_values(surface.vertices_mm, points_mm, spread_mm)
+        surface.point_data["uncertainty_mm"] = values
+        surface.metadata.update({"uncertainty_mean_mm": round(float(values.mean()), 3),
+                                 "uncertainty_max_mm": round(float(values.max()), 3),
+                                 "uncertainty_samples": self.uncertainty_samples,
+                                 "uncertainty_age_s": round(now - measured, 3)})
 
     def _level_points(self, levels, per_level, centres, beam_direction, xray) -> list[LevelPoints]:
         """Each visible level's bone points, labelmap points (``xray`` given) and canonical axes, Reference, mm."""

@@ -137,6 +137,42 @@ def _ball_pivoting(pts):
     return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.triangles, dtype=np.int64)
 
 
+def transfer_point_values(vertices_mm, points_mm, values, *, k: int = 4) -> np.ndarray:
+    """Per-point values of a cloud carried to mesh vertices: inverse-distance mean of the ``k`` nearest points.
+
+    Parameters
+    ----------
+    vertices_mm : (V, 3) array-like
+        Mesh vertices, mm (a mesh of ``points_mm``, or of a cloud close to it).
+    points_mm : (N, 3) array-like
+        The cloud the values belong to, mm, same frame.
+    values : (N,) array-like
+        One value per point (e.g. the completion uncertainty in mm).
+    k : int
+        Neighbours averaged (1: the nearest point's value), weights 1 / (distance + 0.1 mm).
+
+    Returns
+    -------
+    (V,) float32 ndarray; empty when there are no vertices, NaN everywhere when there are no points.
+    """
+    from scipy.spatial import cKDTree
+
+    verts = np.asarray(vertices_mm, dtype=np.float64).reshape(-1, 3)
+    pts = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+    vals = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(vals) != len(pts):
+        raise ValueError(f"transfer_point_values: {len(vals)} values for {len(pts)} points")
+    if k < 1:
+        raise ValueError(f"transfer_point_values: k must be >= 1, got {k}")
+    if len(verts) == 0 or len(pts) == 0:
+        return np.full(len(verts), np.nan, dtype=np.float32)
+    k = min(k, len(pts))
+    dist, idx = cKDTree(pts).query(verts, k=k)
+    dist, idx = dist.reshape(len(verts), k), idx.reshape(len(verts), k)
+    w = 1.0 / (dist + 0.1)
+    return ((w * vals[idx]).sum(axis=1) / w.sum(axis=1)).astype(np.float32)
+
+
 def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     """(V, 3) unit area-weighted vertex normals (zero for unreferenced vertices)."""
     n = np.zeros_like(vertices, dtype=np.float64)
