@@ -9,6 +9,7 @@ under its reason and publish finite surfaces.
 from __future__ import annotations
 
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -104,6 +105,15 @@ CASES = {"nonfinite_pose": "frames_rejected", "multi_component": "frames_rejecte
          "not_2d": "frames_rejected"}
 
 
+def _wait_for_v2_client(server: Server, timeout_s: float = 30.0) -> None:
+    """Like PlusServer, the server talks version 2 (metadata) only once the client's hello has arrived."""
+    assert server.wait_for_clients(1, timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while server.connections[0].peer_header_version < 2:
+        assert time.monotonic() < deadline, "the client's version-2 hello never arrived"
+        time.sleep(0.01)
+
+
 def _engines():
     torch.manual_seed(0)
     return {v: CompletionEngine(build_model(ModelConfig.small(multimodal=v == "multimodal")), device="cpu",
@@ -120,7 +130,7 @@ def test_hostile_frames_among_valid_ones_leave_the_node_compounding_and_publishi
     node = Node(cfg, source=source, engines=_engines(), xray=XrayCache())
     node.start()
     try:
-        assert server.wait_for_clients(1, timeout=30)
+        _wait_for_v2_client(server)
         bad_after = {3 + 3 * i: case for i, case in enumerate(CASES)}   # all among the first 30 frames
         for k, frame in enumerate(session.frames):
             msgs = frame_messages(frame, calibration=session.calibration)
@@ -156,7 +166,7 @@ def test_a_message_the_receiver_cannot_place_is_skipped_and_the_source_goes_on(s
     server = Server("127.0.0.1", 0).start()
     source = IgtlFrameSource("127.0.0.1", server.port, config=ReceiverConfig(), queue_size=1024).start()
     try:
-        assert server.wait_for_clients(1, timeout=30)
+        _wait_for_v2_client(server)
         frames = session.frames[:5]
         for k, frame in enumerate(frames):
             msgs = frame_messages(frame, calibration=session.calibration)
