@@ -139,6 +139,10 @@ class SurfacePublisher:
         self.endpoint.start()
         return self
 
+    def close(self) -> None:
+        """:class:`~.publishing.Publisher` name of :meth:`stop`."""
+        self.stop()
+
     def stop(self) -> None:
         self.endpoint.stop()
 

@@ -117,6 +117,10 @@ class ZmqSurfacePublisher:
         """The node's status line on topic ``status``: ``[b"status", JSON {"schema", "status"}]``."""
         self._sock.send_multipart([b"status", json.dumps({"schema": STATUS_SCHEMA, "status": text}).encode()])
 
+    def take_landmarks(self) -> dict:
+        """Nothing comes back over PUB: no landmarks (see :class:`~.publishing.Publisher`)."""
+        return {}
+
     def close(self) -> None:
         self._sock.close()
 

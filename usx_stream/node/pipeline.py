@@ -44,8 +44,8 @@ class Node:
         ``{"multimodal": CompletionEngine, "us_only": CompletionEngine}``.
     xray : XrayCache, optional
         Pre-filled cache (an X-ray from a file or the simulator); live X-rays from the source update it.
-    publishers : list
-        Objects with ``publish(surface)`` and ``stop()`` / ``close()``.
+    publishers : list of :class:`~usx_stream.igtl.publishing.Publisher`
+        Outputs (OpenIGTLink POLYDATA, ZeroMQ): surfaces, the status line, landmarks coming back.
     calibration : TransformRepository, optional
         ImageToProbe etc. when frames do not carry ImageToReference.
     """
@@ -114,7 +114,7 @@ class Node:
                 t.join(timeout=10.0)
         self.updater.close()
         for p in self.publishers:
-            (getattr(p, "stop", None) or p.close)()
+            p.close()
         self.publishers = []
         if self.recorder is not None:
             self.recorder.close()
@@ -213,16 +213,13 @@ class Node:
         if not self.cfg.publish.status_messages:
             return
         for p in self.publishers:
-            send = getattr(p, "publish_status", None)
-            if send is not None:
-                send(text)
+            p.publish_status(text)
 
     def _take_landmarks(self) -> None:
         """Level centres sent by the navigation display (POINT messages named L1..L5) replace the launch
         file's landmarks, level by level."""
         for p in self.publishers:
-            take = getattr(p, "take_landmarks", None)
-            points = take() if take is not None else {}
+            points = p.take_landmarks()
             if points:
                 self.updater.landmarks.update(points)
                 self._landmarks_changed = True
