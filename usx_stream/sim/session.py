@@ -1,6 +1,7 @@
 """A simulated phantom session: tracked B-mode sweep, lateral X-ray and ground truth, for one seed.
 
-``simulate_session(seed)`` draws a spine (:mod:`~usx_stream.sim.anatomy`), plans a freehand sweep
+``simulate_session(seed)`` draws a spine (:mod:`~usx_stream.sim.anatomy`) or takes a ready one
+(``spine=``, e.g. a real spine from :func:`usx_stream.sim.real_spine.real_spine`), plans a freehand sweep
 (:mod:`~usx_stream.sim.sweep`), renders the B-mode frames (:mod:`~usx_stream.sim.bmode`) and the lateral
 X-ray with its vertebral-body labelmap (:mod:`~usx_stream.sim.xray_projection`). Calibration comes from
 ``calibration/`` (ImageToProbe from ``sim_probe_deviceset.xml``, the C-arm from ``sim_carm.json``).
@@ -107,8 +108,9 @@ def _texture_for(poses: np.ndarray, probe: ProbeGeometry, rng: np.random.Generat
 def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variation: float = 1.0,
                      lordosis_deg: float = 40.0, mesh_spacing_mm: float = 1.0, with_xray: bool = True,
                      device_set: str | Path = DEFAULT_DEVICE_SET, carm: str | Path = DEFAULT_CARM,
-                     bmode: BModeSettings | None = None, frame_rate_hz: float = 30.0) -> Session:
-    """Simulate a tracked freehand sweep and a lateral X-ray of a procedural lumbar spine.
+                     bmode: BModeSettings | None = None, frame_rate_hz: float = 30.0,
+                     spine: Spine | None = None) -> Session:
+    """Simulate a tracked freehand sweep and a lateral X-ray of a procedural (or the given) lumbar spine.
 
     Parameters
     ----------
@@ -125,6 +127,10 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
     bmode : BModeSettings, optional
     frame_rate_hz : float
         Acquisition rate; frame timestamps are ``1.79e9 + index / frame_rate_hz`` s.
+    spine : Spine, optional
+        Use this spine (in Reference; levels may be missing) instead of drawing one; ``variation``,
+        ``lordosis_deg`` and ``mesh_spacing_mm`` are then unused. The sweep, B-mode and X-ray streams of
+        ``seed`` are the same either way.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
@@ -132,7 +138,9 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
                                                    for s in np.random.SeedSequence(int(seed)).spawn(4))
     calibration = load_probe_calibration(device_set)
     probe = ProbeGeometry(calibration.get("ImageToProbe"), IMAGE_SHAPE)
-    spine = make_spine(anatomy_rng, variation=variation, lordosis_deg=lordosis_deg, spacing_mm=mesh_spacing_mm)
+    if spine is None:
+        spine = make_spine(anatomy_rng, variation=variation, lordosis_deg=lordosis_deg,
+                           spacing_mm=mesh_spacing_mm)
     poses, stamps = plan_sweep(spine, probe, sweep_rng, n_frames=n_frames, passes=passes,
                                frame_rate_hz=frame_rate_hz)
     simulator = BModeSimulator(spine, probe.shape, probe.spacing_mm[0], _texture_for(poses, probe, bmode_rng),
@@ -154,6 +162,8 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
         xray = render_lateral_xray(spine, geometry, xray_rng, timestamp=float(stamps[-1]))
     log.info("simulated seed %d: %d frames, lordosis %.1f deg", seed, len(frames), spine.lordosis_deg)
     header = {"UsxSimulationSeed": str(int(seed))}
+    if "source" in spine.metadata:
+        header["UsxSpineSource"] = Path(spine.metadata["source"]).name
     return Session(seed=int(seed), frames=frames, calibration=calibration, xray=xray, spine=spine,
                    bone_masks=masks, header=header, device_set_path=Path(device_set), carm_path=Path(carm))
 
@@ -191,6 +201,7 @@ def _ground_truth(session: Session, files: dict[str, Path], out_dir: Path) -> di
             "mesh": str(files[f"mesh_{level}"].relative_to(out_dir)),
             "body_mesh": str(files[f"body_mesh_{level}"].relative_to(out_dir)),
         }
+    extra = {"spine": dict(session.spine.metadata)} if "source" in session.spine.metadata else {}
     return {
         "seed": session.seed,
         "frames": len(session.frames),
@@ -199,6 +210,7 @@ def _ground_truth(session: Session, files: dict[str, Path], out_dir: Path) -> di
         "lordosis_deg": session.spine.lordosis_deg,
         "levels": levels,
         "files": {k: str(p.relative_to(out_dir)) for k, p in files.items()},
+        **extra,
     }
 
 
