@@ -7,10 +7,10 @@ A procedural vertebra is born as a field; a real one (a closed CT surface) gets 
   grid point takes the distance to its nearest sample (a :class:`scipy.spatial.cKDTree`), within
   ``band_mm`` of the surface; farther away the distance comes from a Euclidean distance transform of the
   inside mask (exact enough where only the sign matters);
-- sign: grid points farther than 0.8 voxel from the surface are outside when their connected region
-  (6-connectivity) of such points touches the grid border, inside otherwise; nearer points take the side
-  of the nearest sample's outward normal. A hole in the mesh narrower than about 1.6 voxels is sealed by
-  that band.
+- sign: the grid points nearest to the samples, dilated by one voxel (26-neighbourhood), form a shell
+  without gaps; a grid point off the shell is outside when its connected region (6-connectivity) of such
+  points touches the grid border, inside otherwise; a point on the shell takes the side of the nearest
+  sample's outward normal. A hole in the mesh narrower than about two voxels is sealed by the shell.
 
 Vertebral body rule (:func:`body_mask`), per level, in the level's anatomical axes (``posterior`` is
 perpendicular to the spine's cranio-caudal axis there, in the sagittal plane):
@@ -46,7 +46,6 @@ from .parts import SampledField
 
 log = logging.getLogger(__name__)
 
-_NEAR_VOXELS = 0.8
 _WALL_SEARCH_MM = (4.0, 40.0)
 _WALL_FALLBACK_MM = 12.0
 _COLUMN_HALF_MM = 3.0
@@ -94,7 +93,7 @@ def _vertex_normals(v: np.ndarray, triangles: np.ndarray, cross: np.ndarray) -> 
 
 
 def mesh_signed_distance(vertices: np.ndarray, triangles: np.ndarray, *, spacing_mm: float = 1.0,
-                         margin_mm: float = 6.0, band_mm: float = 4.0, sample_mm: float = 0.4,
+                         margin_mm: float = 6.0, band_mm: float = 2.0, sample_mm: float = 0.5,
                          to_grid: np.ndarray | None = None, workers: int = 2) -> SampledField:
     """Signed distance (negative inside) of a closed mesh on a regular grid (see the module docstring).
 
@@ -106,8 +105,8 @@ def mesh_signed_distance(vertices: np.ndarray, triangles: np.ndarray, *, spacing
     spacing_mm, margin_mm : float, keyword-only
         Grid spacing, and margin around the mesh's bounding box, mm.
     band_mm : float, keyword-only
-        Nearest-sample distances are exact to about ``sample_mm / 2`` within this band; farther the
-        distance transform of the inside mask is used.
+        Nearest-sample distances are exact to about ``sample_mm / 2`` within this band (at least three
+        voxels); farther the distance transform of the inside mask is used.
     sample_mm : float, keyword-only
         Surface sampling density (see :func:`surface_samples`).
     to_grid : (4, 4) ndarray, keyword-only
@@ -133,14 +132,18 @@ def mesh_signed_distance(vertices: np.ndarray, triangles: np.ndarray, *, spacing
     shape = tuple(int(np.ceil(s)) + 1 for s in (pts.max(axis=0) + margin_mm - lo) / spacing_mm)
     axes = [lo[k] + spacing_mm * np.arange(shape[k]) for k in range(3)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    dist, idx = cKDTree(pts).query(grid, distance_upper_bound=band_mm, workers=workers)
-    near = dist <= _NEAR_VOXELS * spacing_mm
-    labels, _ = ndimage.label(~near.reshape(shape))
+    band = max(band_mm, 3.0 * spacing_mm)  # the whole shell (below) lies within 2.6 voxels of a sample
+    dist, idx = cKDTree(pts).query(grid, distance_upper_bound=band, workers=workers)
+    shell = np.zeros(shape, dtype=bool)
+    k = np.clip(np.rint((pts - lo) / spacing_mm).astype(np.int64), 0, np.array(shape) - 1)
+    shell[k[:, 0], k[:, 1], k[:, 2]] = True
+    shell = ndimage.binary_dilation(shell, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = ndimage.label(~shell)
     border = np.unique(np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(),
                                        labels[:, :, [0, -1]].ravel()]))
-    inside = ~np.isin(labels, border[border > 0]) & (labels > 0)
-    inside = inside.ravel()
-    hit = np.flatnonzero(near)
+    inside = (~np.isin(labels, border[border > 0]) & (labels > 0)).ravel()
+    hit = np.flatnonzero(shell.ravel())
+    hit = hit[np.isfinite(dist[hit])]
     inside[hit] = np.einsum("ij,ij->i", grid[hit] - pts[idx[hit]], normals[idx[hit]]) < 0
     inside = inside.reshape(shape)
     far = ~np.isfinite(dist).reshape(shape)
@@ -148,7 +151,7 @@ def mesh_signed_distance(vertices: np.ndarray, triangles: np.ndarray, *, spacing
     if far.any():
         edt = np.where(inside, ndimage.distance_transform_edt(inside, sampling=spacing_mm),
                        ndimage.distance_transform_edt(~inside, sampling=spacing_mm))
-        dist[far] = np.maximum(edt[far], band_mm)
+        dist[far] = np.maximum(edt[far], band)
     values = np.where(inside, -dist, dist).astype(np.float32)
     return SampledField(values=values, origin_mm=lo, spacing_mm=float(spacing_mm))
 

@@ -17,8 +17,9 @@ Placement. Reference is the patient frame of the procedural simulator: x left, y
 axes), origin at the centre of the L3 vertebral body (of the middle present level when L3 is absent; the
 centre of a body is the middle of its bounding box). The spine is translated there and never rotated: if
 its axes are not the patient axes, a warning says so (the cranial axis, from the body anchors of the top and
-bottom levels, more than 45 degrees from +z; or the arches, whole-vertebra centroid minus body centre,
-more than 45 degrees from +y on average) and ``metadata["axes_warning"]`` keeps it.
+bottom levels, more than 45 degrees from +z; or the arches, whole-vertebra centroid minus body anchor,
+more than 45 degrees from +y on average; the body anchor is the deepest inside point, found whatever the
+axes) and ``metadata["axes_warning"]`` keeps it.
 
 Per level: ``Vertebra.frame`` (VertebraToReference) is a translation to the body centre (patient axes);
 ``field`` is the mesh's signed distance (:func:`usx_stream.sim.mesh_field.mesh_signed_distance`) and
@@ -173,7 +174,7 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
 
 
-def _axes_warning(anchors: dict, centroids: dict, centres: dict) -> str:
+def _axes_warning(anchors: dict, centroids: dict) -> str:
     """Empty when the spine's axes look like the patient axes; else what looks wrong."""
     problems = []
     levels = list(anchors)
@@ -182,7 +183,8 @@ def _axes_warning(anchors: dict, centroids: dict, centres: dict) -> str:
         angle = _angle_deg(cranial, np.array([0.0, 0.0, 1.0]))
         if angle > _AXES_TOLERANCE_DEG:
             problems.append(f"{levels[0]} is not cranial (+z) of {levels[-1]} ({angle:.0f} deg from +z)")
-    arch = np.mean([(centroids[lv] - centres[lv]) / max(np.linalg.norm(centroids[lv] - centres[lv]), 1e-9)
+    # the arch pulls the whole vertebra's centroid posterior of the body's deepest point (axis-free)
+    arch = np.mean([(centroids[lv] - anchors[lv]) / max(np.linalg.norm(centroids[lv] - anchors[lv]), 1e-9)
                     for lv in levels], axis=0)
     angle = _angle_deg(arch, np.array([0.0, 1.0, 0.0]))
     if angle > _AXES_TOLERANCE_DEG:
@@ -232,7 +234,7 @@ def real_spine(path: str | Path, *, labels: str = "auto", scale: float = 1.0, fr
     origin_level = "L3" if "L3" in meshes else present[len(present) // 2]
     origin = centres[origin_level]
     centroids = {lv: mesh_volume_centroid(m.vertices_mm, m.triangles)[1] for lv, m in meshes.items()}
-    warning = _axes_warning(anchors, centroids, centres)
+    warning = _axes_warning(anchors, centroids)
     if warning:
         log.warning("%s: the spine's axes do not look like the patient axes (x left, y posterior, z cranial): "
                     "%s; it is placed as given, not rotated (meshes in RAS? try --frame RAS)", path, warning)

@@ -256,3 +256,71 @@ def write_session(session: Session, out_dir: str | Path) -> dict[str, Path]:
     files["ground_truth"] = truth
     log.info("wrote session seed %d to %s (%d files)", session.seed, out, len(files))
     return files
+
+
+def load_session(folder: str | Path, *, with_frames: bool = True) -> Session:
+    """Read a session folder written by :func:`write_session` (procedural or real spine).
+
+    Parameters
+    ----------
+    folder : str or Path
+    with_frames : bool, keyword-only
+        Read the B-mode frames too (the whole sequence file).
+
+    Returns
+    -------
+    Session
+        ``frames`` (empty without ``with_frames``), ``calibration``, ``xray`` (None when the folder has no
+        X-ray), ``spine`` (the ground truth: per level ``mesh`` and ``body_mesh`` in Reference, ``frame``
+        VertebraToReference and ``centroid_mm``; ``field``, ``body_field`` and ``params`` are None: the
+        folder holds no fields), ``bone_masks`` ((0, rows, cols) when absent).
+
+    Raises
+    ------
+    InputError
+        A file the session needs is missing or unreadable (the message names it).
+    """
+    import json
+
+    from ..errors import InputError
+    from ..frames import XrayImage
+    from ..io.meshes import read_mesh
+    from ..io.sequence import read_sequence
+    from ..io.volumes import read_volume
+    from .anatomy import Vertebra
+
+    out = Path(folder)
+    truth_path = out / "ground_truth.json"
+    if not truth_path.is_file():
+        raise InputError(f"--session {out}: no ground_truth.json (not a folder written by usx-stream simulate)")
+    truth = json.loads(truth_path.read_text(encoding="utf-8"))
+    files = {k: out / v for k, v in truth.get("files", {}).items()}
+    for role in ("sequence", "device_set"):
+        if role not in files or not files[role].is_file():
+            raise InputError(f"--session {out}: {role} file missing ({files.get(role, role)})")
+    calibration = load_probe_calibration(files["device_set"])
+    frames = read_sequence(files["sequence"]).frames if with_frames else []
+    xray = None
+    if "xray" in files and "carm" in files:
+        geometry = load_carm_geometry(files["carm"])
+        image, labelmap = read_volume(files["xray"]), read_volume(files["xray_labelmap"])
+        xray = XrayImage(pixels=image.data[0].astype(np.float32), labelmap=labelmap.data[0].astype(np.uint8),
+                         pixel_spacing_mm=np.asarray(image.spacing_mm[:2], dtype=np.float64),
+                         timestamp=frames[-1].timestamp if frames else 0.0, geometry=geometry)
+    vertebrae = {}
+    for level, entry in truth["levels"].items():
+        vertebrae[level] = Vertebra(level=level, mesh=read_mesh(out / entry["mesh"], frame="Reference"),
+                                    body_mesh=read_mesh(out / entry["body_mesh"], frame="Reference"),
+                                    centroid_mm=np.asarray(entry["centroid_mm"], dtype=np.float64),
+                                    frame=np.asarray(entry["vertebra_to_reference"], dtype=np.float64),
+                                    field=None, body_field=None, params=None)
+    spine = Spine(vertebrae=vertebrae, lordosis_deg=float(truth.get("lordosis_deg", float("nan"))),
+                  metadata={k: str(v) for k, v in truth.get("spine", {}).items()})
+    rows_cols = tuple(truth.get("image_shape_rows_cols") or IMAGE_SHAPE)
+    masks = np.zeros((0, *rows_cols), dtype=bool)
+    if "bone_masks" in files and files["bone_masks"].is_file():
+        with np.load(files["bone_masks"]) as z:
+            masks = z["masks"]
+    return Session(seed=int(truth.get("seed", 0)), frames=frames, calibration=calibration, xray=xray,
+                   spine=spine, bone_masks=masks, header={}, device_set_path=files["device_set"],
+                   carm_path=files.get("carm", DEFAULT_CARM))
