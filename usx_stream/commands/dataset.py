@@ -22,7 +22,8 @@ and cover every item once:
   usx-stream dataset --out part1.h5 --procedural 400 --seed 1 --shard 1/2
   usx-stream dataset --merge train.h5 part0.h5 part1.h5
 
-CT segmentations: one integer label per vertebra (VerSe: 20..24 = L1..L5), NIfTI (RAS world) or NRRD /
+CT segmentations: one integer label per vertebra (--labels: VerSe 20..24 = L1..L5, TotalSegmentator v2
+31..27 = L1..L5, or auto), NIfTI (RAS world) or NRRD /
 MetaImage (LPS); each label is meshed in place, so the vertebrae occlude each other as in the patient.
 
 User meshes: PLY/STL/OBJ, level in the file name (L1..L5, or VerSe segment_20..24), mm unless --scale.
@@ -53,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(5 vertebrae each, ~30 s CPU per session; see --launch)")
     src.add_argument("--meshes", metavar="DIR", help="folder of vertebra meshes (level in the file name)")
     src.add_argument("--labelmaps", metavar="DIR",
-                     help="folder of multi-label CT segmentations (.nii/.nii.gz/.nrrd/.mha; 20..24 = L1..L5)")
+                     help="folder of multi-label CT segmentations (.nii/.nii.gz/.nrrd/.mha; see --labels)")
+    parser.add_argument("--labels", choices=("auto", "verse", "totalsegmentator"), default="auto",
+                        help="--labelmaps label set: verse (20..24 = L1..L5), totalsegmentator (v2: 31 = L1 .. "
+                             "27 = L5) or auto (totalsegmentator when a label above 28 is present; default)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply mesh coordinates to get mm (default 1)")
     parser.add_argument("--frame", choices=("LPS", "RAS"), default=None,
                         help="patient-frame convention of the meshes (default: align by registration)")
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                           seed=args.seed,
                           workers=args.workers, cfg=cfg, scale=args.scale, frame=args.frame,
                           repeats=args.repeats, command="usx-stream " + shlex.join(sys.argv[1:]),
-                          progress=not args.no_progress, shard=shard)
+                          progress=not args.no_progress, shard=shard, labels=args.labels)
     except ValueError as e:
         log.error("dataset: %s", e)
         return 2

@@ -1,4 +1,6 @@
-"""Simulate a phantom session and run it through the whole node (what `make demo` runs).
+"""Simulate a phantom session and run it through the whole node (what `make demo` runs), or run the node
+on an existing session folder (--session, written by `usx-stream simulate`), or on a session simulated
+from a real spine (--spine, see `usx-stream simulate --help` for the placement).
 
 Writes into OUT: session/ (PLUS sequence file, X-ray + labelmap, ground-truth meshes, calibration),
 L1.ply … L5.ply (completed surfaces, Reference frame, mm), demo.png (completed surfaces over the ground
@@ -9,6 +11,8 @@ the stage breakdown), telemetry.json and recording/.
 examples:
   usx-stream demo --out demo_out
   usx-stream demo --out /tmp/demo --seed 3 --frames 120
+  usx-stream demo --session real_out --out /tmp/demo_real
+  usx-stream demo --spine ../shared/data/vertebrae/verse_spines/Verse581 --out /tmp/demo_581
 """
 
 from __future__ import annotations
@@ -22,12 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launch", default=None, help="launch file (default: launch/demo.toml)")
     parser.add_argument("--seed", type=int, default=None, help="session seed (default: the launch file's)")
     parser.add_argument("--frames", type=int, default=None, help="number of simulated frames")
+    parser.add_argument("--session", default=None, metavar="DIR",
+                        help="stream this session folder (usx-stream simulate) instead of simulating one")
+    from .simulate import add_spine_arguments
+
+    add_spine_arguments(parser)
 
 
 def run(args) -> int:
     from ..demo.run import run_demo
 
-    report = run_demo(args.out, launch=args.launch, seed=args.seed, n_frames=args.frames)
+    report = run_demo(args.out, launch=args.launch, seed=args.seed, n_frames=args.frames, session=args.session,
+                      spine=args.spine, labels=args.labels, scale=args.scale, frame=args.frame)
     print(f"wrote {args.out}/: " + ", ".join(report.pop("files")))
     summary = {lv: {f: round(m["body_assd_mm"], 2) for f, m in e.items()} for lv, e in report["levels"].items()}
     print("body ASSD (mm) per level:", json.dumps(summary))

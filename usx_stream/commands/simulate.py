@@ -1,7 +1,15 @@
 """Write a simulated phantom session: tracked B-mode sequence, lateral X-ray + labelmap, ground truth.
 
-A procedural lumbar spine (L1-L5, published morphometry, random variation, lordosis) is swept with a
+A procedural lumbar spine (L1-L5, published morphometry, random variation, lordosis), or a real one
+(--spine: a folder of per-level meshes L1.ply .. L5.ply in place, or a CT label volume), is swept with a
 tracked linear probe (transverse, several cranio-caudal passes) and imaged once with a lateral C-arm.
+
+A real spine is placed in Reference (x left, y posterior, z cranial; origin at the L3 body centre, or the
+middle present level's) by a translation only: NIfTI volumes are read through their affine (RAS, turned
+into LPS), meshes are taken as LPS unless --frame RAS. Axes that do not look like the patient's are
+reported, never silently rotated. Missing levels are simulated as absent. Label volumes: --labels verse
+(20..24 = L1..L5), totalsegmentator (v2: 31 = L1 .. 27 = L5) or auto (totalsegmentator when a label above
+28 is present, else verse).
 Calibration comes from calibration/sim_probe_deviceset.xml (ImageToProbe) and calibration/sim_carm.json
 (C-arm geometry). The same seed always gives the same files.
 
@@ -13,6 +21,8 @@ examples:
   usx-stream simulate --out sim_out
   usx-stream simulate --out sim_out --seed 7 --frames 400 --passes 5
   usx-stream simulate --out sim_out --no-xray
+  usx-stream simulate --out real_out --spine ../shared/data/vertebrae/verse_spines/Verse581
+  usx-stream simulate --out real_out --spine s0004_labels.nii.gz --labels auto
 """
 
 from __future__ import annotations
@@ -31,6 +41,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variation", type=float, default=1.0,
                         help="scale of the anatomical variation, 0 = mean spine (default 1)")
     parser.add_argument("--no-xray", action="store_true", help="skip the X-ray")
+    add_spine_arguments(parser)
+
+
+def add_spine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--spine, --labels, --scale, --frame (shared with ``usx-stream demo``)."""
+    parser.add_argument("--spine", type=Path, default=None, metavar="PATH",
+                        help="a real spine: folder of L1..L5 meshes (.ply/.stl/.obj, in place, mm) or a CT label "
+                             "volume (.nii/.nii.gz/.nrrd/.mha); default: a procedural spine")
+    parser.add_argument("--labels", choices=("auto", "verse", "totalsegmentator"), default="auto",
+                        help="label set of a --spine label volume (default auto)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="--spine meshes: factor to millimetres (default 1; 1000 for metres)")
+    parser.add_argument("--frame", choices=("LPS", "RAS"), default="LPS",
+                        help="--spine meshes: axes convention (default LPS; label volumes use their affine)")
+
+
+def load_spine(args: argparse.Namespace):
+    """The real spine of ``--spine`` (None without it), placed in Reference."""
+    if args.spine is None:
+        return None
+    from usx_stream.sim.real_spine import real_spine
+
+    return real_spine(args.spine, labels=args.labels, scale=args.scale, frame=args.frame)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,11 +77,20 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"usx-stream simulate: need --passes >= 1 and --frames >= --passes, "
                          f"got {args.frames}/{args.passes}")
     t0 = time.perf_counter()
+    spine = load_spine(args)
     session = simulate_session(args.seed, n_frames=args.frames, passes=args.passes, lordosis_deg=args.lordosis,
-                               variation=args.variation, with_xray=not args.no_xray)
+                               variation=args.variation, with_xray=not args.no_xray, spine=spine)
     files = write_session(session, args.out)
     elapsed = time.perf_counter() - t0
     n_bone = int(session.bone_masks.sum())
+    if spine is not None:
+        meta = spine.metadata
+        chosen = f", {meta['label_set']} labels ({meta['labels_chosen_by']})" if "label_set" in meta else ""
+        print(f"real spine {meta['source']}{chosen}: levels {meta['levels']}"
+              + (f", absent {meta['missing_levels']}" if meta["missing_levels"] else "")
+              + f"; Reference origin at the {meta['reference_origin']}")
+        if meta["axes_warning"]:
+            print(f"  warning: axes not the patient axes: {meta['axes_warning']}")
     print(f"simulated seed {session.seed}: {len(session.frames)} frames "
           f"{session.frames[0].pixels.shape[1]}x{session.frames[0].pixels.shape[0]} px, "
           f"lordosis {session.spine.lordosis_deg:.1f} deg, {n_bone} ground-truth bone-echo pixels, "

@@ -34,7 +34,7 @@ from ..transforms import apply
 from ..completion.normalize import SCALE_MM, canonical_center, normalize
 from ..xray.backproject import backproject_to_plane
 from ..xray.geometry import CArmGeometry
-from ..sim.ct_labelmaps import LABELMAP_SUFFIXES, VERSE_LEVELS, label_meshes, read_labels
+from ..sim.ct_labelmaps import LABEL_SETS, LABELMAP_SUFFIXES, choose_label_set, label_meshes, read_labels
 from ..sim.labelmap_points import render_body_labelmap
 from .mesh_alignment import (AlignmentError, CanonicalVertebra, align_vertebra, canonical_user_vertebra,
                              sample_surface)
@@ -222,21 +222,28 @@ def mesh_pairs(path: str, *, seed: int, cfg: PairConfig, scale: float = 1.0, fra
 
 # ------------------------------------------------------------------------------------ CT segmentations
 
-def labelmap_pairs(path: str, *, seed: int, cfg: PairConfig, levels: dict[int, str] | None = None
-                   ) -> tuple[list[PairedSample], list[str]]:
+def labelmap_pairs(path: str, *, seed: int, cfg: PairConfig, levels: dict[int, str] | None = None,
+                   labels: str = "auto") -> tuple[list[PairedSample], list[str]]:
     """Paired samples of every lumbar vertebra of one CT segmentation (they occlude each other).
 
-    The meshes come from :func:`usx_stream.sim.ct_labelmaps.label_meshes` (``levels``: label value of
-    each level, VerSe 20..24 = L1..L5 by default). Each vertebra is aligned to the canonical frame of its
-    level (rigid ICP started from LPS); one that cannot be aligned is skipped with its reason.
+    The meshes come from :func:`usx_stream.sim.ct_labelmaps.label_meshes`. ``levels`` (label value of
+    each level) overrides ``labels``, the label set: ``verse`` (20..24 = L1..L5), ``totalsegmentator``
+    (v2: 31..27 = L1..L5) or ``auto`` (:func:`usx_stream.sim.ct_labelmaps.choose_label_set`, per file).
+    Each vertebra is aligned to the canonical frame of its level (rigid ICP started from LPS); one that
+    cannot be aligned is skipped with its reason.
     """
     name = Path(path).name
     try:
-        meshes = label_meshes(*read_labels(path), levels=levels)
+        volume, ijk_to_lps = read_labels(path)
+        if levels is None:
+            label_set, chosen_by = choose_label_set(np.unique(volume), labels)
+            levels = LABEL_SETS[label_set]
+            log.info("%s: %s labels (%s)", name, label_set, chosen_by)
+        meshes = label_meshes(volume, ijk_to_lps, levels=levels)
     except ValueError as e:
         return [], [f"{name}: {e}"]
     if not meshes:
-        return [], [f"{name}: no lumbar vertebra label ({sorted((levels or VERSE_LEVELS))})"]
+        return [], [f"{name}: no lumbar vertebra label ({sorted(levels)})"]
     vertebrae, skipped = [], []
     for level, mesh in sorted(meshes.items()):
         try:
@@ -311,7 +318,7 @@ def shard_attrs(n_items: int, shard: tuple[int, int] | None) -> dict:
 def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Path | None = None,
              labelmaps: str | Path | None = None, seed: int = 0, workers: int = 1, cfg: PairConfig | None = None, scale: float = 1.0,
              frame: str | None = None, repeats: int = 1, command: str = "", progress: bool = True,
-             shard: tuple[int, int] | None = None) -> GenerateReport:
+             shard: tuple[int, int] | None = None, labels: str = "auto") -> GenerateReport:
     """Generate a paired-data HDF5 file from procedural spines or a folder of meshes, in parallel.
 
     Parameters
@@ -323,8 +330,10 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
     meshes : path, keyword-only
         Folder of PLY/STL/OBJ vertebra meshes (level in the file name).
     labelmaps : path, keyword-only
-        Folder of multi-label CT segmentations (NIfTI/NRRD/MHA, VerSe labels 20..24 = L1..L5); exactly
-        one of ``procedural``, ``meshes``, ``labelmaps``.
+        Folder of multi-label CT segmentations (NIfTI/NRRD/MHA); exactly one of ``procedural``,
+        ``meshes``, ``labelmaps``.
+    labels : {"auto", "verse", "totalsegmentator"}, keyword-only
+        Label set of the segmentations (see :func:`labelmap_pairs`).
     seed : int, keyword-only
         Same seed, same file, whatever ``workers`` is (each spine / mesh has its own derived stream).
     workers : int, keyword-only
@@ -353,7 +362,7 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
         fn = functools.partial(mesh_pairs, seed=seed, cfg=cfg, scale=scale, frame=frame, repeats=repeats)
         items, source = _files(Path(meshes), MESH_SUFFIXES, "meshes"), f"meshes:{Path(meshes).name}"
     else:
-        fn = functools.partial(labelmap_pairs, seed=seed, cfg=cfg)
+        fn = functools.partial(labelmap_pairs, seed=seed, cfg=cfg, labels=labels)
         items, source = _files(Path(labelmaps), LABELMAP_SUFFIXES, "labelmaps"), f"labelmaps:{Path(labelmaps).name}"
     start, stop = shard_bounds(len(items), shard)
     samples, skipped = collect_pairs(fn, items[start:stop], workers=workers, progress=progress)

@@ -12,7 +12,8 @@ Two kinds of truth, each in its own frame (the "truth frame": the CT's, unless i
                         hold organs on 1..26 and labels up to 117).
 
   ``auto`` picks ``totalsegmentator`` when any label above 28 is present (VerSe never uses one), else
-  ``verse`` when any of 20..24 is present, else refuses; the choice is reported.
+  ``verse`` when any of 20..24 is present, else refuses; the choice is reported. The label sets and the
+  choice live in :mod:`usx_stream.sim.ct_labelmaps` (the simulator reads the same volumes).
 
 Vertebral body (DESIGN §3, the paper's split): the truth mesh is sampled evenly; its centroid ``c`` is the
 mean of the samples. With ``posterior`` the unit direction towards the probe in Reference (the opposite
@@ -31,17 +32,14 @@ import numpy as np
 
 from ..errors import InputError
 from ..frames import LEVELS, Surface
+from ..sim.ct_labelmaps import (LABEL_SETS, TOTALSEGMENTATOR_LEVELS, VERSE_LEVELS, VERSE_MAX_LABEL,
+                                choose_label_set)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Truth", "load_truth", "choose_label_set", "sample_with_normals", "body_mask",
            "VERSE_LEVELS", "TOTALSEGMENTATOR_LEVELS"]
 
-VERSE_LEVELS = {20: "L1", 21: "L2", 22: "L3", 23: "L4", 24: "L5"}
-TOTALSEGMENTATOR_LEVELS = {31: "L1", 30: "L2", 29: "L3", 28: "L4", 27: "L5"}
-LABEL_SETS = {"verse": VERSE_LEVELS, "totalsegmentator": TOTALSEGMENTATOR_LEVELS}
-VERSE_MAX_LABEL = 28
-"""VerSe's highest label (T13); a label map holding a higher one is TotalSegmentator's."""
 MESH_SUFFIXES = (".ply", ".stl", ".obj")
 LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -77,28 +75,6 @@ class Truth:
         """JSON-ready summary for the report."""
         return {"path": str(path), "kind": self.kind, "frame": self.frame, "labels": self.label_set,
                 "labels_chosen_by": self.chosen_by, "levels": list(self.meshes), **self.info}
-
-
-def choose_label_set(present: set[int] | np.ndarray, requested: str = "auto") -> tuple[str, str]:
-    """``(label_set, chosen_by)`` for the labels ``present`` in a volume.
-
-    Raises
-    ------
-    InputError
-        ``requested`` is unknown, or ``auto`` finds neither label set.
-    """
-    present = {int(v) for v in np.asarray(list(present)).ravel()}
-    if requested in LABEL_SETS:
-        return requested, "option"
-    if requested != "auto":
-        raise InputError(f"--labels: expected verse, totalsegmentator or auto, got {requested!r}")
-    if any(v > VERSE_MAX_LABEL for v in present):
-        return "totalsegmentator", "auto"
-    if present & set(VERSE_LEVELS):
-        return "verse", "auto"
-    shown = sorted(v for v in present if v)[:20]
-    raise InputError(f"label volume holds no lumbar label of VerSe (20..24) or TotalSegmentator (27..31): "
-                     f"labels {shown}")
 
 
 def _mesh_files(folder: Path) -> dict[str, Path]:

@@ -1,6 +1,13 @@
 """Multi-label CT segmentations (NIfTI / NRRD / MetaImage) to per-vertebra meshes.
 
-A segmentation holds one integer label per vertebra (VerSe convention by default: 20..24 = L1..L5). Each
+A segmentation holds one integer label per vertebra. Two label sets are known (:data:`LABEL_SETS`):
+
+``verse``             20..24 = L1..L5 (VerSe; its highest label is 28 = T13);
+``totalsegmentator``  31 = L1, 30 = L2, 29 = L3, 28 = L4, 27 = L5 (TotalSegmentator v2; its maps also
+                      hold organs on 1..26, some on VerSe's 20..24, and labels up to 117).
+
+:func:`choose_label_set` with ``auto`` picks ``totalsegmentator`` when any label above 28 is present (VerSe
+never uses one), else ``verse`` when any of 20..24 is present, else refuses. Each
 label becomes a closed mesh (light Gaussian smoothing of its mask, then marching tetrahedra in voxel space,
 then the voxel-to-patient affine), all in the scan's LPS patient frame, so the vertebrae keep their
 anatomical positions and occlude each other in the simulated ultrasound sweep. Turning those meshes into
@@ -18,15 +25,96 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..frames import Surface
 from ..transforms import apply
 
 log = logging.getLogger(__name__)
 
 VERSE_LEVELS = {20: "L1", 21: "L2", 22: "L3", 23: "L4", 24: "L5"}
+TOTALSEGMENTATOR_LEVELS = {31: "L1", 30: "L2", 29: "L3", 28: "L4", 27: "L5"}
+LABEL_SETS = {"verse": VERSE_LEVELS, "totalsegmentator": TOTALSEGMENTATOR_LEVELS}
+VERSE_MAX_LABEL = 28
+"""VerSe's highest label (T13); a label map holding a higher one is TotalSegmentator's."""
 LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8"}
+
+
+def choose_label_set(present, requested: str = "auto") -> tuple[str, str]:
+    """``(label_set, chosen_by)`` for the label values ``present`` in a volume.
+
+    Parameters
+    ----------
+    present : set of int or int ndarray
+        Label values found in the volume.
+    requested : {"auto", "verse", "totalsegmentator"}
+        A named set is taken as given (``chosen_by = "option"``); ``auto`` detects it (see the module
+        docstring; ``chosen_by = "auto"``).
+
+    Raises
+    ------
+    InputError
+        ``requested`` is unknown, or ``auto`` finds neither label set.
+    """
+    present = {int(v) for v in np.asarray(list(present)).ravel()}
+    if requested in LABEL_SETS:
+        return requested, "option"
+    if requested != "auto":
+        raise InputError(f"--labels: expected verse, totalsegmentator or auto, got {requested!r}")
+    if any(v > VERSE_MAX_LABEL for v in present):
+        return "totalsegmentator", "auto"
+    if present & set(VERSE_LEVELS):
+        return "verse", "auto"
+    shown = sorted(v for v in present if v)[:20]
+    raise InputError(f"label volume holds no lumbar label of VerSe (20..24) or TotalSegmentator (27..31): "
+                     f"labels {shown}")
+
+
+def lumbar_label_meshes(path: str | Path, *, labels: str = "auto", smooth_voxels: float = 0.7
+                        ) -> tuple[dict[str, Surface], dict]:
+    """Read a CT label volume and mesh its lumbar levels, LPS mm.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd``.
+    labels : {"auto", "verse", "totalsegmentator"}, keyword-only
+        Label set (see :func:`choose_label_set`).
+    smooth_voxels : float, keyword-only
+        Gaussian sigma of each mask before meshing, voxels.
+
+    Returns
+    -------
+    meshes : dict[str, Surface]
+        Per level found, in ``L1``..``L5`` order; frame ``"LPS"``.
+    info : dict
+        ``label_set``, ``chosen_by`` and ``label_values`` (level -> label value of the meshes), JSON-ready.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, no lumbar label of the chosen set.
+    """
+    path = Path(path)
+    try:
+        volume, ijk_to_lps = read_labels(path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: {e}") from e
+    present = np.unique(volume)
+    label_set, chosen_by = choose_label_set(present, labels)
+    if label_set == "verse" and present.max() > VERSE_MAX_LABEL:
+        log.warning("labels verse on %s, which holds labels up to %d (TotalSegmentator's organs sit on "
+                    "20..24): is it a TotalSegmentator map?", path.name, int(present.max()))
+    levels = LABEL_SETS[label_set]
+    if not set(levels) & set(present.tolist()):
+        raise InputError(f"{path}: none of the {label_set} lumbar labels {sorted(levels)} is present")
+    meshes = label_meshes(volume, ijk_to_lps, levels=levels, smooth_voxels=smooth_voxels)
+    order = [lv for lv in ("L1", "L2", "L3", "L4", "L5") if lv in meshes]
+    meshes = {lv: meshes[lv] for lv in order}
+    log.info("%s: %s labels (chosen by %s), levels %s", path.name, label_set, chosen_by, order)
+    values = {lv: v for v, lv in levels.items() if lv in meshes}
+    return meshes, {"label_set": label_set, "chosen_by": chosen_by, "label_values": values}
 
 
 def _nifti_affine(h: bytes, end: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """A simulated phantom session: tracked B-mode sweep, lateral X-ray and ground truth, for one seed.
 
-``simulate_session(seed)`` draws a spine (:mod:`~usx_stream.sim.anatomy`), plans a freehand sweep
+``simulate_session(seed)`` draws a spine (:mod:`~usx_stream.sim.anatomy`) or takes a ready one
+(``spine=``, e.g. a real spine from :func:`usx_stream.sim.real_spine.real_spine`), plans a freehand sweep
 (:mod:`~usx_stream.sim.sweep`), renders the B-mode frames (:mod:`~usx_stream.sim.bmode`) and the lateral
 X-ray with its vertebral-body labelmap (:mod:`~usx_stream.sim.xray_projection`). Calibration comes from
 ``calibration/`` (ImageToProbe from ``sim_probe_deviceset.xml``, the C-arm from ``sim_carm.json``).
@@ -107,8 +108,9 @@ def _texture_for(poses: np.ndarray, probe: ProbeGeometry, rng: np.random.Generat
 def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variation: float = 1.0,
                      lordosis_deg: float = 40.0, mesh_spacing_mm: float = 1.0, with_xray: bool = True,
                      device_set: str | Path = DEFAULT_DEVICE_SET, carm: str | Path = DEFAULT_CARM,
-                     bmode: BModeSettings | None = None, frame_rate_hz: float = 30.0) -> Session:
-    """Simulate a tracked freehand sweep and a lateral X-ray of a procedural lumbar spine.
+                     bmode: BModeSettings | None = None, frame_rate_hz: float = 30.0,
+                     spine: Spine | None = None) -> Session:
+    """Simulate a tracked freehand sweep and a lateral X-ray of a procedural (or the given) lumbar spine.
 
     Parameters
     ----------
@@ -125,6 +127,10 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
     bmode : BModeSettings, optional
     frame_rate_hz : float
         Acquisition rate; frame timestamps are ``1.79e9 + index / frame_rate_hz`` s.
+    spine : Spine, optional
+        Use this spine (in Reference; levels may be missing) instead of drawing one; ``variation``,
+        ``lordosis_deg`` and ``mesh_spacing_mm`` are then unused. The sweep, B-mode and X-ray streams of
+        ``seed`` are the same either way.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
@@ -132,7 +138,9 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
                                                    for s in np.random.SeedSequence(int(seed)).spawn(4))
     calibration = load_probe_calibration(device_set)
     probe = ProbeGeometry(calibration.get("ImageToProbe"), IMAGE_SHAPE)
-    spine = make_spine(anatomy_rng, variation=variation, lordosis_deg=lordosis_deg, spacing_mm=mesh_spacing_mm)
+    if spine is None:
+        spine = make_spine(anatomy_rng, variation=variation, lordosis_deg=lordosis_deg,
+                           spacing_mm=mesh_spacing_mm)
     poses, stamps = plan_sweep(spine, probe, sweep_rng, n_frames=n_frames, passes=passes,
                                frame_rate_hz=frame_rate_hz)
     simulator = BModeSimulator(spine, probe.shape, probe.spacing_mm[0], _texture_for(poses, probe, bmode_rng),
@@ -154,6 +162,8 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
         xray = render_lateral_xray(spine, geometry, xray_rng, timestamp=float(stamps[-1]))
     log.info("simulated seed %d: %d frames, lordosis %.1f deg", seed, len(frames), spine.lordosis_deg)
     header = {"UsxSimulationSeed": str(int(seed))}
+    if "source" in spine.metadata:
+        header["UsxSpineSource"] = Path(spine.metadata["source"]).name
     return Session(seed=int(seed), frames=frames, calibration=calibration, xray=xray, spine=spine,
                    bone_masks=masks, header=header, device_set_path=Path(device_set), carm_path=Path(carm))
 
@@ -191,6 +201,7 @@ def _ground_truth(session: Session, files: dict[str, Path], out_dir: Path) -> di
             "mesh": str(files[f"mesh_{level}"].relative_to(out_dir)),
             "body_mesh": str(files[f"body_mesh_{level}"].relative_to(out_dir)),
         }
+    extra = {"spine": dict(session.spine.metadata)} if "source" in session.spine.metadata else {}
     return {
         "seed": session.seed,
         "frames": len(session.frames),
@@ -199,6 +210,7 @@ def _ground_truth(session: Session, files: dict[str, Path], out_dir: Path) -> di
         "lordosis_deg": session.spine.lordosis_deg,
         "levels": levels,
         "files": {k: str(p.relative_to(out_dir)) for k, p in files.items()},
+        **extra,
     }
 
 
@@ -244,3 +256,71 @@ def write_session(session: Session, out_dir: str | Path) -> dict[str, Path]:
     files["ground_truth"] = truth
     log.info("wrote session seed %d to %s (%d files)", session.seed, out, len(files))
     return files
+
+
+def load_session(folder: str | Path, *, with_frames: bool = True) -> Session:
+    """Read a session folder written by :func:`write_session` (procedural or real spine).
+
+    Parameters
+    ----------
+    folder : str or Path
+    with_frames : bool, keyword-only
+        Read the B-mode frames too (the whole sequence file).
+
+    Returns
+    -------
+    Session
+        ``frames`` (empty without ``with_frames``), ``calibration``, ``xray`` (None when the folder has no
+        X-ray), ``spine`` (the ground truth: per level ``mesh`` and ``body_mesh`` in Reference, ``frame``
+        VertebraToReference and ``centroid_mm``; ``field``, ``body_field`` and ``params`` are None: the
+        folder holds no fields), ``bone_masks`` ((0, rows, cols) when absent).
+
+    Raises
+    ------
+    InputError
+        A file the session needs is missing or unreadable (the message names it).
+    """
+    import json
+
+    from ..errors import InputError
+    from ..frames import XrayImage
+    from ..io.meshes import read_mesh
+    from ..io.sequence import read_sequence
+    from ..io.volumes import read_volume
+    from .anatomy import Vertebra
+
+    out = Path(folder)
+    truth_path = out / "ground_truth.json"
+    if not truth_path.is_file():
+        raise InputError(f"--session {out}: no ground_truth.json (not a folder written by usx-stream simulate)")
+    truth = json.loads(truth_path.read_text(encoding="utf-8"))
+    files = {k: out / v for k, v in truth.get("files", {}).items()}
+    for role in ("sequence", "device_set"):
+        if role not in files or not files[role].is_file():
+            raise InputError(f"--session {out}: {role} file missing ({files.get(role, role)})")
+    calibration = load_probe_calibration(files["device_set"])
+    frames = read_sequence(files["sequence"]).frames if with_frames else []
+    xray = None
+    if "xray" in files and "carm" in files:
+        geometry = load_carm_geometry(files["carm"])
+        image, labelmap = read_volume(files["xray"]), read_volume(files["xray_labelmap"])
+        xray = XrayImage(pixels=image.data[0].astype(np.float32), labelmap=labelmap.data[0].astype(np.uint8),
+                         pixel_spacing_mm=np.asarray(image.spacing_mm[:2], dtype=np.float64),
+                         timestamp=frames[-1].timestamp if frames else 0.0, geometry=geometry)
+    vertebrae = {}
+    for level, entry in truth["levels"].items():
+        vertebrae[level] = Vertebra(level=level, mesh=read_mesh(out / entry["mesh"], frame="Reference"),
+                                    body_mesh=read_mesh(out / entry["body_mesh"], frame="Reference"),
+                                    centroid_mm=np.asarray(entry["centroid_mm"], dtype=np.float64),
+                                    frame=np.asarray(entry["vertebra_to_reference"], dtype=np.float64),
+                                    field=None, body_field=None, params=None)
+    spine = Spine(vertebrae=vertebrae, lordosis_deg=float(truth.get("lordosis_deg", float("nan"))),
+                  metadata={k: str(v) for k, v in truth.get("spine", {}).items()})
+    rows_cols = tuple(truth.get("image_shape_rows_cols") or IMAGE_SHAPE)
+    masks = np.zeros((0, *rows_cols), dtype=bool)
+    if "bone_masks" in files and files["bone_masks"].is_file():
+        with np.load(files["bone_masks"]) as z:
+            masks = z["masks"]
+    return Session(seed=int(truth.get("seed", 0)), frames=frames, calibration=calibration, xray=xray,
+                   spine=spine, bone_masks=masks, header={}, device_set_path=files["device_set"],
+                   carm_path=files.get("carm", DEFAULT_CARM))

@@ -85,7 +85,7 @@ def skin_line(spine: Spine, *, skin_depth_mm: float):
     Returns ``(z_knots, y_knots)`` of a piecewise-linear curve, extended flat beyond L1 and L5.
     """
     tips = []
-    for level in LEVELS:
+    for level in (lv for lv in LEVELS if lv in spine.vertebrae):  # a real spine may lack a level
         v = spine.vertebrae[level].mesh.vertices_mm
         near_mid = v[np.abs(v[:, 0]) < 4.0]
         tips.append(near_mid[np.argmax(near_mid[:, 1])])
