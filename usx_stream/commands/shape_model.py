@@ -80,7 +80,9 @@ def _sample(args) -> int:
     for lv, m in check.measures.items():
         print(f"  {lv}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
     if args.png:
-        more = [sample_checked(model, np.random.default_rng([args.seed, k]), sd=args.sd)[0].spine for k in range(3)]
+        # three more spines from independent streams of the same seed (SeedSequence.spawn)
+        more = [sample_checked(model, np.random.default_rng(ss), sd=args.sd)[0].spine
+                for ss in np.random.SeedSequence(args.seed).spawn(3)]
         preview_png([draw.spine] + more, args.png)
         print(f"wrote {args.png}")
     return 0

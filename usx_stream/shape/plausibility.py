@@ -56,7 +56,7 @@ class Plausibility:
 
 
 def check_spine(model: ShapeModel, spine: dict[str, Surface], coefficients: dict[str, np.ndarray], *,
-                sd: float = 3.0, max_crossing_fraction: float = 0.01, max_penetration_mm: float = 2.0,
+                sd: float = 3.0, max_crossing_fraction: float = 0.05, max_penetration_mm: float = 2.0,
                 local: dict[str, np.ndarray] | None = None) -> Plausibility:
     """Check a spine drawn from ``model``.
 
