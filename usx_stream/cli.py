@@ -40,6 +40,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("usx_stream.commands.export", "export the completion network (torch.export / ONNX) and check it"),
     "calibrate-xray": ("usx_stream.commands.calibrate_xray", "compute XrayToReference from fiducial pairs"),
     "score": ("usx_stream.commands.score", "score a recording's published surfaces against a CT or meshes, registered"),
+    "shape-model": ("usx_stream.commands.shape_model", "build or sample the lumbar spine shape model learnt from real CT surfaces"),
 }
 
 

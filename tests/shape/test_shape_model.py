@@ -1,0 +1,86 @@
+"""Shape model on real CT vertebrae: reproducible build, plausible samples, the spine folder it writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from usx_stream.frames import LEVELS
+from usx_stream.io.meshes import read_mesh
+from usx_stream.shape.plausibility import check_spine
+from usx_stream.shape.sample import build_spine, sample_checked, sample_spine, write_spine
+from usx_stream.shape.ssm import build_model, load_model, save_model
+
+# Two whole spines in place (a TotalSegmentator patient, a VerSe subject) and the Visible Human, small
+# meshes: a few seconds per level. The full build runs from `usx-stream shape-model build`.
+SUBSET = {"s0004", "Verse581", "vhm"}
+SMALL = dict(n_triangles=800, n_points=600, seed=3)
+_CACHE: dict = {}
+
+
+@pytest.fixture
+def model(vertebrae_data, tmp_path_factory):
+    if "model" not in _CACHE:
+        built = build_model(vertebrae_data, subjects=SUBSET, held_out=(), **SMALL)
+        path = save_model(built, tmp_path_factory.mktemp("ssm") / "ssm.npz")
+        _CACHE["model"] = load_model(path)
+        _CACHE["path"] = path
+    return _CACHE["model"]
+
+
+def test_build_is_reproducible(vertebrae_data, tmp_path):
+    a = save_model(build_model(vertebrae_data, subjects={"s0004", "vhm"}, levels=("L3",), held_out=(), **SMALL),
+                   tmp_path / "a.npz")
+    b = save_model(build_model(vertebrae_data, subjects={"s0004", "vhm"}, levels=("L3",), held_out=(), **SMALL),
+                   tmp_path / "b.npz")
+    with np.load(a) as za, np.load(b) as zb:
+        assert sorted(za.files) == sorted(zb.files)
+        for k in za.files:
+            np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+
+
+def test_model_holds_every_level_and_pose(model):
+    assert list(model.levels) == list(LEVELS)
+    for lv, m in model.levels.items():
+        assert m.mean.shape == (len(m.mean), 3) and m.triangles.max() < len(m.mean)
+        assert len(m.variances) >= 1 and np.all(m.variances > 0)
+        assert m.extra["residual_mm"].max() < 1.5, lv  # every real shape is reached within 1.5 mm
+    assert set(model.poses) == {(a, b) for a, b in zip(LEVELS[:-1], LEVELS[1:])}
+    for (a, b), (mean, cov, n) in model.poses.items():
+        assert n == 3
+        assert 25 < np.linalg.norm(mean[:3]) < 50, (a, b)  # neighbouring lumbar levels ~35 mm apart
+        assert np.all(np.linalg.eigvalsh(cov) > 0)
+
+
+def test_mean_spine_is_plausible_and_three_sd_is_not_drawn(model):
+    zeros = {lv: np.zeros(len(m.variances)) for lv, m in model.levels.items()}
+    mean = build_spine(model, zeros)
+    check = check_spine(model, mean.spine, mean.coefficients, sd=2.0, local=mean.local)
+    assert check.ok, check.failures
+    far = {lv: np.eye(len(m.variances))[0] * 3.0 for lv, m in model.levels.items()}
+    for sign in (1.0, -1.0):
+        extreme = build_spine(model, {lv: sign * b for lv, b in far.items()})
+        rejected = check_spine(model, extreme.spine, extreme.coefficients, sd=2.0, local=extreme.local)
+        assert not rejected.ok and any("Mahalanobis" in f for f in rejected.failures)
+    draw, check, tries = sample_checked(model, 7, sd=2.0)
+    assert check.ok and tries >= 1
+    assert all(b @ b <= 4.0 + 1e-9 for b in draw.coefficients.values())
+
+
+def test_sampled_spine_folder_reads_back_in_mm_in_level_order(model, tmp_path):
+    spine = sample_spine(model, 11)
+    again = sample_spine(model, 11)
+    for lv in LEVELS:
+        np.testing.assert_array_equal(spine[lv].vertices_mm, again[lv].vertices_mm)
+    write_spine(spine, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{lv}.ply" for lv in LEVELS]
+    meshes = [read_mesh(tmp_path / f"{lv}.ply") for lv in LEVELS]
+    z = [m.vertices_mm[:, 2].mean() for m in meshes]
+    assert all(hi > lo for hi, lo in zip(z[:-1], z[1:])), z  # L1 most cranial (+z)
+    for m in meshes:
+        extent = np.ptp(m.vertices_mm, axis=0)
+        assert 30 < extent.max() < 130, extent  # mm, not metres or voxels
+    l3 = meshes[2].vertices_mm.mean(0)
+    np.testing.assert_allclose(l3, 0.0, atol=1e-3)  # origin at the L3 centroid
+    body_y = meshes[2].vertices_mm[model.levels["L3"].body, 1].mean()
+    assert body_y < l3[1]  # the body is anterior (-y) of the vertebra's centroid
