@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,12 @@ def test_our_messages_unpacked_by_cpp_with_crc_check(peer):
         server.connections[0].send_encoded([bytes(bad)])
         server.broadcast(Message("TRANSFORM", "ProbeToTracker", matrix, 1700000002.125))
         out, err = proc.communicate(timeout=30)
+        # the first peer has exited: wait until the server has dropped its connection, or the STRING below
+        # could go to that closed connection alone and the second peer would wait for it forever
+        deadline = time.monotonic() + 20
+        while server.client_count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.client_count == 0
         proc2 = subprocess.Popen([str(peer), "receive", "127.0.0.1", str(server.port), "1"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert server.wait_for_clients(1, 20)
