@@ -224,3 +224,49 @@ def _obj_bytes(verts: np.ndarray, tris: np.ndarray, normals: np.ndarray | None, 
     else:
         lines += [f"f {a} {b} {c}" for a, b, c in (tris + 1).tolist()]
     return ("\n".join(lines) + "\n").encode("ascii")
+
+
+LEVEL_MESH_SUFFIXES = (".ply", ".stl", ".obj")
+
+
+def level_mesh_files(folder: str | Path, *, what: str = "folder") -> dict[str, Path]:
+    """``{level: file}`` of a folder of per-vertebra meshes, in L1..L5 order.
+
+    A file belongs to a level when its stem is the level (``L3.ply``) or holds it as a token
+    (``verse561_L3.stl``, ``L3-seg.obj``); an exact name wins over a token match.
+
+    Parameters
+    ----------
+    folder : str or Path
+    what : str, keyword-only
+        How errors name the folder (e.g. ``"--spine"``, ``"--truth"``).
+
+    Raises
+    ------
+    InputError
+        Two files for one level, or no file for any level.
+    """
+    from ..errors import InputError
+    from ..frames import LEVELS
+
+    folder = Path(folder)
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if not (p.is_file() and p.suffix.lower() in LEVEL_MESH_SUFFIXES):
+            continue
+        stem = p.stem.upper()
+        levels = [lv for lv in LEVELS if stem == lv] or [
+            lv for lv in LEVELS if re.search(rf"(?:^|[^A-Z0-9]){lv}(?:[^0-9]|$)", stem)]
+        if len(levels) == 1:
+            found.setdefault(levels[0], []).append(p)
+    out = {}
+    for level in LEVELS:
+        files = found.get(level, [])
+        exact = [p for p in files if p.stem.upper() == level]
+        if len(exact) == 1 or len(files) == 1:
+            out[level] = (exact or files)[0]
+        elif files:
+            raise InputError(f"{what} {folder}: several meshes for {level}: {[p.name for p in files]}")
+    if not out:
+        raise InputError(f"{what} {folder}: no mesh named L1..L5 ({', '.join(LEVEL_MESH_SUFFIXES)}) in the folder")
+    return out

@@ -31,16 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..frames import LEVELS, Surface
-from ..sim.ct_labelmaps import (LABEL_SETS, TOTALSEGMENTATOR_LEVELS, VERSE_LEVELS, VERSE_MAX_LABEL,
-                                choose_label_set)
+from ..frames import Surface
+from ..sim.ct_labelmaps import TOTALSEGMENTATOR_LEVELS, VERSE_LEVELS, choose_label_set
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Truth", "load_truth", "choose_label_set", "sample_with_normals", "body_mask",
            "VERSE_LEVELS", "TOTALSEGMENTATOR_LEVELS"]
 
-MESH_SUFFIXES = (".ply", ".stl", ".obj")
 LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -77,32 +75,6 @@ class Truth:
                 "labels_chosen_by": self.chosen_by, "levels": list(self.meshes), **self.info}
 
 
-def _mesh_files(folder: Path) -> dict[str, Path]:
-    found: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in MESH_SUFFIXES:
-            stem = p.stem.upper()
-            levels = [lv for lv in LEVELS if stem == lv] or [lv for lv in LEVELS if _names_level(stem, lv)]
-            if len(levels) == 1:
-                found.setdefault(levels[0], []).append(p)
-    out = {}
-    for level in LEVELS:
-        files = found.get(level, [])
-        exact = [p for p in files if p.stem.upper() == level]
-        if len(exact) == 1 or len(files) == 1:
-            out[level] = (exact or files)[0]
-        elif files:
-            raise InputError(f"{folder}: several meshes for {level}: {[p.name for p in files]}")
-    return out
-
-
-def _names_level(stem: str, level: str) -> bool:
-    """True when ``level`` (e.g. ``L3``) is a token of ``stem`` (``VERSE561_L3``, ``L3-SEG``)."""
-    import re
-
-    return re.search(rf"(?:^|[^A-Z0-9]){level}(?:[^0-9]|$)", stem) is not None
-
-
 def load_truth(path: str | Path, *, labels: str = "auto", smooth_voxels: float = 0.7) -> Truth:
     """Read the truth: a folder of per-level meshes or a CT label volume.
 
@@ -130,9 +102,9 @@ def load_truth(path: str | Path, *, labels: str = "auto", smooth_voxels: float =
     if not path.exists():
         raise InputError(f"--truth {path}: not found")
     if path.is_dir():
-        files = _mesh_files(path)
-        if not files:
-            raise InputError(f"--truth {path}: no mesh named L1..L5 (.ply, .stl, .obj) in the folder")
+        from ..io.meshes import level_mesh_files
+
+        files = level_mesh_files(path, what="--truth")
         meshes = {}
         for level, file in files.items():
             try:
@@ -145,25 +117,13 @@ def load_truth(path: str | Path, *, labels: str = "auto", smooth_voxels: float =
     if not path.name.lower().endswith(LABEL_SUFFIXES):
         raise InputError(f"--truth {path}: expected a folder of meshes or a label volume "
                          f"({', '.join(LABEL_SUFFIXES)})")
-    from ..sim.ct_labelmaps import label_meshes, read_labels
+    from ..sim.ct_labelmaps import lumbar_label_meshes
 
     try:
-        volume, ijk_to_lps = read_labels(path)
-    except ValueError as e:
-        raise InputError(f"--truth {path}: {e}") from e
-    present = np.unique(volume)
-    label_set, chosen_by = choose_label_set(present, labels)
-    if label_set == "verse" and present.max() > VERSE_MAX_LABEL:
-        log.warning("--labels verse on %s, which holds labels up to %d (TotalSegmentator's organs sit on "
-                    "20..24): is it a TotalSegmentator map?", path.name, int(present.max()))
-    levels = LABEL_SETS[label_set]
-    missing = [lv for v, lv in levels.items() if v not in set(present.tolist())]
-    if len(missing) == len(levels):
-        raise InputError(f"--truth {path}: none of the {label_set} lumbar labels {sorted(levels)} is present")
-    meshes = label_meshes(volume, ijk_to_lps, levels=levels, smooth_voxels=smooth_voxels)
-    meshes = {lv: meshes[lv] for lv in LEVELS if lv in meshes}
-    log.info("truth %s: %s labels (%s), levels %s", path.name, label_set, chosen_by, list(meshes))
-    values = {lv: v for v, lv in levels.items() if lv in meshes}
+        meshes, info = lumbar_label_meshes(path, labels=labels, smooth_voxels=smooth_voxels)
+    except InputError as e:
+        raise InputError(f"--truth {e}") from e
+    label_set, chosen_by, values = info["label_set"], info["chosen_by"], info["label_values"]
     return Truth(meshes, "labelmap", "LPS", label_set, chosen_by, info={"label_values": values})
 
 

@@ -33,7 +33,6 @@ present level's body anchor (deepest inside point), posterior = ``cross(cranial,
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MeasuredBody", "real_spine", "read_level_meshes", "level_mesh_files"]
 
-MESH_SUFFIXES = (".ply", ".stl", ".obj")
 FRAME_TO_LPS = {"LPS": np.diag([1.0, 1.0, 1.0]), "RAS": np.diag([-1.0, -1.0, 1.0])}
 _AXES_TOLERANCE_DEG = 45.0
 
@@ -72,34 +70,10 @@ class MeasuredBody:
 
 
 def level_mesh_files(folder: str | Path) -> dict[str, Path]:
-    """``{level: file}`` of the meshes of a folder, in L1..L5 order (see the module docstring).
+    """``{level: file}`` of the meshes of a folder, in L1..L5 order (:func:`usx_stream.io.meshes.level_mesh_files`)."""
+    from ..io.meshes import level_mesh_files as files_by_level
 
-    Raises
-    ------
-    InputError
-        Two files for one level, or none for any.
-    """
-    folder = Path(folder)
-    found: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if not (p.is_file() and p.suffix.lower() in MESH_SUFFIXES):
-            continue
-        stem = p.stem.upper()
-        levels = [lv for lv in LEVELS if stem == lv] or [
-            lv for lv in LEVELS if re.search(rf"(?:^|[^A-Z0-9]){lv}(?:[^0-9]|$)", stem)]
-        if len(levels) == 1:
-            found.setdefault(levels[0], []).append(p)
-    out = {}
-    for level in LEVELS:
-        files = found.get(level, [])
-        exact = [p for p in files if p.stem.upper() == level]
-        if len(exact) == 1 or len(files) == 1:
-            out[level] = (exact or files)[0]
-        elif files:
-            raise InputError(f"--spine {folder}: several meshes for {level}: {[p.name for p in files]}")
-    if not out:
-        raise InputError(f"--spine {folder}: no mesh named L1..L5 (.ply, .stl, .obj) in the folder")
-    return out
+    return files_by_level(folder, what="--spine")
 
 
 def read_level_meshes(path: str | Path, *, labels: str = "auto", scale: float = 1.0,
