@@ -13,6 +13,7 @@ held; see :class:`Server` for what happens when a client arrives at the limit.
 
 from __future__ import annotations
 
+import abc
 import collections
 import ipaddress
 import logging
@@ -28,7 +29,9 @@ from .transport import Connection, MessageQueue, TransportOptions, TransportStat
 logger = logging.getLogger(__name__)
 
 
-class _Endpoint:
+class _Endpoint(abc.ABC):
+    """What a client and a server share: the inbound queue, the counters and the set of live connections."""
+
     def __init__(self, options: TransportOptions | None):
         self.options = options or TransportOptions()
         self.stats = TransportStats()
@@ -44,8 +47,9 @@ class _Endpoint:
         logger.log(logging.WARNING if first else logging.DEBUG, fmt + (" (further ones at debug level)" if first else ""),
                    *args)
 
+    @abc.abstractmethod
     def _connections(self) -> list[Connection]:
-        raise NotImplementedError
+        """The live connections now (a client has at most one)."""
 
     @property
     def buffered_bytes(self) -> int:
