@@ -39,6 +39,7 @@ class BModeSettings:
     skin_mm: float = 1.2
     fat_mm: float = 6.0
     psf_sigma_px: tuple[float, float] = (0.7, 1.4)  # (axial rows, lateral columns)
+    gain_db: float = 0.0                    # overall receive gain; bone saturates when it is high
 
     def __post_init__(self) -> None:
         if self.dynamic_range_db <= 0:
@@ -47,6 +48,8 @@ class BModeSettings:
             raise ValueError(f"shadow_level: expected 0 <= value < 1, got {self.shadow_level}")
         if not 0.0 <= self.visible_incidence_cos <= 1.0:
             raise ValueError(f"visible_incidence_cos: expected 0..1, got {self.visible_incidence_cos}")
+        if not np.isfinite(self.gain_db):
+            raise ValueError(f"gain_db: must be finite, got {self.gain_db}")
 
 
 class TissueTexture:
@@ -122,6 +125,7 @@ class BModeSimulator:
         env = tissue * speckle * shadow
         env += self._bone_echo(hit, has_hit, cos_inc, speckle)
         env *= 10.0 ** (-s.attenuation_db_per_cm * self._depth_mm / 10.0 / 20.0)
+        env *= 10.0 ** (s.gain_db / 20.0)  # exactly 1.0 at the default: output unchanged
         db = 20.0 * np.log10(env / s.bone_reflectivity + 1e-9)
         pixels = np.clip(255.0 * (1.0 + db / s.dynamic_range_db), 0, 255).astype(np.uint8)
         mask = np.zeros((rows, cols), dtype=bool)

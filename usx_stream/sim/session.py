@@ -109,7 +109,8 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
                      lordosis_deg: float = 40.0, mesh_spacing_mm: float = 1.0, with_xray: bool = True,
                      device_set: str | Path = DEFAULT_DEVICE_SET, carm: str | Path = DEFAULT_CARM,
                      bmode: BModeSettings | None = None, frame_rate_hz: float = 30.0,
-                     spine: Spine | None = None) -> Session:
+                     spine: Spine | None = None, skin_depth_mm: float = 15.0,
+                     sweep_extent: tuple[float, float] = (0.0, 1.0)) -> Session:
     """Simulate a tracked freehand sweep and a lateral X-ray of a procedural (or the given) lumbar spine.
 
     Parameters
@@ -131,6 +132,10 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
         Use this spine (in Reference; levels may be missing) instead of drawing one; ``variation``,
         ``lordosis_deg`` and ``mesh_spacing_mm`` are then unused. The sweep, B-mode and X-ray streams of
         ``seed`` are the same either way.
+    skin_depth_mm : float
+        Skin above the spinous tips, mm (how deep the spine lies; see :func:`plan_sweep`).
+    sweep_extent : (float, float)
+        Part of the cranio-caudal span the sweep covers, fractions from the cranial end (:func:`plan_sweep`).
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
@@ -142,7 +147,7 @@ def simulate_session(seed: int, *, n_frames: int = 240, passes: int = 3, variati
         spine = make_spine(anatomy_rng, variation=variation, lordosis_deg=lordosis_deg,
                            spacing_mm=mesh_spacing_mm)
     poses, stamps = plan_sweep(spine, probe, sweep_rng, n_frames=n_frames, passes=passes,
-                               frame_rate_hz=frame_rate_hz)
+                               frame_rate_hz=frame_rate_hz, skin_depth_mm=skin_depth_mm, extent=sweep_extent)
     simulator = BModeSimulator(spine, probe.shape, probe.spacing_mm[0], _texture_for(poses, probe, bmode_rng),
                                bmode)
     probe_to_ref = probe_to_reference(poses, probe)

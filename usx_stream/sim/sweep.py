@@ -107,8 +107,13 @@ def _pass_layout(passes: int) -> list[tuple[float, float]]:
 
 def plan_sweep(spine: Spine, probe: ProbeGeometry, rng: np.random.Generator, *, n_frames: int = 240,
                passes: int = 3, skin_depth_mm: float = 15.0, frame_rate_hz: float = 30.0,
-               start_time_s: float = 1.79e9, margin_mm: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+               start_time_s: float = 1.79e9, margin_mm: float = 12.0,
+               extent: tuple[float, float] = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """Transducer poses and timestamps for a transverse freehand sweep.
+
+    ``skin_depth_mm`` is the skin's distance above the spinous tips (mm; thicker in heavier patients).
+    ``extent = (start, stop)``, fractions of the cranio-caudal span from its cranial end (``0 <= start <
+    stop <= 1``), limits each pass to part of the spine, as a sonographer who stops short does.
 
     Returns
     -------
@@ -119,9 +124,16 @@ def plan_sweep(spine: Spine, probe: ProbeGeometry, rng: np.random.Generator, *, 
         raise ValueError(f"n_frames/passes: need passes >= 1 and n_frames >= passes, got {n_frames}/{passes}")
     if frame_rate_hz <= 0:
         raise ValueError(f"frame_rate_hz: must be positive, got {frame_rate_hz}")
+    start, stop = (float(e) for e in extent)
+    if not 0.0 <= start < stop <= 1.0:
+        raise ValueError(f"extent: expected 0 <= start < stop <= 1, got {tuple(extent)}")
+    if not skin_depth_mm > 0:
+        raise ValueError(f"skin_depth_mm: must be positive, got {skin_depth_mm}")
     z_knots, y_knots = skin_line(spine, skin_depth_mm=skin_depth_mm)
     all_z = spine.surface().vertices_mm[:, 2]
     z_top, z_bottom = all_z.max() + margin_mm, all_z.min() - margin_mm
+    if (start, stop) != (0.0, 1.0):  # the full span is left untouched so that old seeds replay exactly
+        z_top, z_bottom = z_top + (z_bottom - z_top) * start, z_top + (z_bottom - z_top) * stop
     counts = np.full(passes, n_frames // passes)
     counts[: n_frames % passes] += 1
     poses = []
