@@ -46,7 +46,10 @@ _SCALAR_BOUNDS = {"full_coverage_prob": (0.0, 1.0), "missing_level_prob": (0.0, 
 
 def _check(owner: str, name: str, value, lo: float, hi: float, *, pair: bool) -> None:
     """``ValueError`` naming ``owner.name`` and the value unless it is a finite (pair of) value(s) in [lo, hi]."""
-    v = np.asarray(value, dtype=np.float64) if np.ndim(value) <= 1 else np.full(3, np.nan)
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):  # a string or ragged value: reported below with the rest
+        v = np.full(3, np.nan)
     ok = v.shape == ((2,) if pair else ()) and np.all(np.isfinite(v)) and np.all((v >= lo) & (v <= hi))
     if ok and pair and v[0] > v[1]:
         ok = False
@@ -66,9 +69,9 @@ class ORVariation:
     """
 
     gain_db: Range = (-6.0, 6.0)
-    bone_reflectivity_factor: Range = (0.6, 1.5)
+    bone_reflectivity_factor: Range = (0.7, 1.5)
     dynamic_range_db: Range = (35.0, 55.0)
-    attenuation_db_per_cm: Range = (1.5, 4.0)
+    attenuation_db_per_cm: Range = (1.5, 3.5)
     psf_scale: Range = (0.8, 1.4)
     skin_depth_mm: Range = (10.0, 28.0)
     probe_width: Range = (0.75, 1.0)
@@ -197,13 +200,14 @@ class SessionVariation:
         if session.xray is None:
             return frames, XrayCache()
         told = perturb_geometry(session.xray.geometry, self.carm_translation_mm, self.carm_rotation_deg)
-        labelmap = np.asarray(session.xray.labelmap)
-        present = levels_present(labelmap)
-        drop = self.drop_level
-        if drop is not None and drop not in present:  # e.g. a real spine without that level
-            drop = str(rng.choice(present)) if present else None
-        labelmap = corrupt_labelmap(labelmap, grow_px=self.labelmap_px,
-                                    drop_label=None if drop is None else LEVELS.index(drop) + 1)
+        labelmap = session.xray.labelmap
+        if labelmap is not None:
+            present = levels_present(labelmap)
+            drop = self.drop_level
+            if drop is not None and drop not in present:  # e.g. a real spine without that level
+                drop = str(rng.choice(present)) if present else None
+            labelmap = corrupt_labelmap(labelmap, grow_px=self.labelmap_px,
+                                        drop_label=None if drop is None else LEVELS.index(drop) + 1)
         cache = XrayCache(geometry=told)
         cache.update_from_xray_image(dataclasses.replace(session.xray, labelmap=labelmap, geometry=told))
         return frames, cache
