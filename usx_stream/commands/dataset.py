@@ -13,6 +13,14 @@ Examples:
   usx-stream dataset --out vh.h5 --meshes ../shared/data/vertebrae/visible_human_male_L1-L5 --scale 1000
   usx-stream dataset --out ct.h5 --labelmaps segmentations/     # VerSe-style label volumes
   usx-stream dataset --out node.h5 --node-sessions 100 --seed 11  # the node's own inputs (datasets.node_sessions)
+  usx-stream dataset --out ssm.h5 --ssm ssm.npz 200 --seed 3      # spines drawn from a shape model (ray cast)
+  usx-stream dataset --out node_ssm.h5 --node-sessions 100 --ssm ssm.npz --or-variation   # ... through the node
+  usx-stream dataset --out node_581.h5 --node-sessions 5 --spine ../shared/data/vertebrae/verse_spines/Verse581
+
+Node sessions take their anatomy from --ssm FILE (a new draw per session), --spine PATH|ssm:FILE:SEED (the same
+spine every session, new sweeps and X-rays) or a procedural spine; --or-variation draws, per session, what
+differs between operating rooms (B-mode gain/depth/speckle/probe width, sweep coverage, tracking jitter,
+labelmap dilation/erosion and missing levels, C-arm pose error; usx_stream.sim.or_variation).
 
 Sharded over processes or machines: --shard I/N generates part I (0-based) of N, a contiguous range of the
 spines / sessions / files with the random streams they have in the whole run; --merge joins the parts
@@ -45,13 +53,20 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output HDF5 file (required unless --merge)")
-    src = parser.add_mutually_exclusive_group(required=True)
+    src = parser.add_mutually_exclusive_group()
     src.add_argument("--merge", nargs="+", metavar=("OUT", "PART"),
                      help="join the parts of a --shard generation: the merged file, then every part")
     src.add_argument("--procedural", type=int, metavar="N", help="number of procedural spines (5 vertebrae each)")
     src.add_argument("--node-sessions", type=int, metavar="N", dest="node_sessions",
                      help="number of simulated sessions run through the node's own ingest and update inputs "
                           "(5 vertebrae each, ~30 s CPU per session; see --launch)")
+    parser.add_argument("--ssm", nargs="+", metavar=("FILE", "N"),
+                        help="a shape model (usx-stream shape-model build): --ssm FILE N draws N spines "
+                             "(ray-cast pairs); with --node-sessions, --ssm FILE gives each session a new draw")
+    parser.add_argument("--spine", default=None, metavar="PATH|ssm:FILE:SEED",
+                        help="--node-sessions: the one spine every session sweeps (real, or a fixed draw)")
+    parser.add_argument("--or-variation", action="store_true", dest="or_variation",
+                        help="--node-sessions: vary B-mode, sweep, tracking, labelmap and C-arm per session")
     src.add_argument("--meshes", metavar="DIR", help="folder of vertebra meshes (level in the file name)")
     src.add_argument("--labelmaps", metavar="DIR",
                      help="folder of multi-label CT segmentations (.nii/.nii.gz/.nrrd/.mha; see --labels)")
@@ -110,11 +125,17 @@ def run(args: argparse.Namespace) -> int:
     shard = None if args.shard is None else parse_shard(args.shard)
     if args.node_sessions is not None:
         return _run_node(args, shard)
+    if args.spine is not None or args.or_variation:
+        raise InputError("--spine and --or-variation apply to --node-sessions only")
+    ssm = _ssm_count(args)
+    if ssm is None and args.procedural is None and args.meshes is None and args.labelmaps is None:
+        raise InputError("dataset: give one of --procedural N, --ssm FILE N, --node-sessions N, --meshes DIR, "
+                         "--labelmaps DIR or --merge")
     try:
         cfg = PairConfig(sweep=SweepConfig(**_sweep_options(args)), variation=args.variation,
                          mesh_spacing_mm=args.mesh_spacing)
         report = generate(args.out, procedural=args.procedural, meshes=args.meshes, labelmaps=args.labelmaps,
-                          seed=args.seed,
+                          ssm=ssm, seed=args.seed,
                           workers=args.workers, cfg=cfg, scale=args.scale, frame=args.frame,
                           repeats=args.repeats, command="usx-stream " + shlex.join(sys.argv[1:]),
                           progress=not args.no_progress, shard=shard, labels=args.labels)
@@ -122,6 +143,19 @@ def run(args: argparse.Namespace) -> int:
         log.error("dataset: %s", e)
         return 2
     return _print_report(report)
+
+
+def _ssm_count(args: argparse.Namespace):
+    """``--ssm FILE N`` -> (FILE, N); None without --ssm; InputError naming the value otherwise."""
+    from ..errors import InputError
+
+    if args.ssm is None:
+        return None
+    if args.procedural is not None or args.meshes is not None or args.labelmaps is not None:
+        raise InputError("--ssm FILE N: give it alone, not with --procedural, --meshes or --labelmaps")
+    if len(args.ssm) != 2 or not args.ssm[1].isdigit() or int(args.ssm[1]) < 1:
+        raise InputError(f"--ssm: expected FILE N (N spines >= 1), got {' '.join(args.ssm)!r}")
+    return args.ssm[0], int(args.ssm[1])
 
 
 def _run_merge(args: argparse.Namespace) -> int:
@@ -142,12 +176,24 @@ def _run_merge(args: argparse.Namespace) -> int:
 def _run_node(args: argparse.Namespace, shard=None) -> int:
     from ..node.assemble import default_launch_dir
     from ..datasets.node_sessions import generate_node
+    from ..errors import InputError
 
+    spine = args.spine
+    if args.ssm is not None:
+        if len(args.ssm) != 1 or spine is not None:
+            raise InputError(f"--node-sessions N --ssm FILE: expected one FILE and no --spine, got "
+                             f"--ssm {' '.join(args.ssm)!r}" + (f" --spine {spine!r}" if spine else ""))
+        spine = "ssm:" + args.ssm[0]
+    variation = None
+    if args.or_variation:
+        from ..sim.or_variation import ORVariation
+
+        variation = ORVariation()
     try:
         report = generate_node(args.out, sessions=args.node_sessions, seed=args.seed,
                                launch=args.launch or default_launch_dir() / "demo.toml", workers=args.workers,
                                command="usx-stream " + shlex.join(sys.argv[1:]), progress=not args.no_progress,
-                               shard=shard)
+                               shard=shard, spine=spine, variation=variation)
     except ValueError as e:
         log.error("dataset: %s", e)
         return 2

@@ -1,7 +1,8 @@
 """Write a simulated phantom session: tracked B-mode sequence, lateral X-ray + labelmap, ground truth.
 
-A procedural lumbar spine (L1-L5, published morphometry, random variation, lordosis), or a real one
-(--spine: a folder of per-level meshes L1.ply .. L5.ply in place, or a CT label volume), is swept with a
+A procedural lumbar spine (L1-L5, published morphometry, random variation, lordosis), a real one
+(--spine: a folder of per-level meshes L1.ply .. L5.ply in place, or a CT label volume) or one drawn from
+a shape model of real spines (--spine ssm:FILE[:SEED], FILE from usx-stream shape-model build), is swept with a
 tracked linear probe (transverse, several cranio-caudal passes) and imaged once with a lateral C-arm.
 
 A real spine is placed in Reference (x left, y posterior, z cranial; origin at the L3 body centre, or the
@@ -23,6 +24,7 @@ examples:
   usx-stream simulate --out sim_out --no-xray
   usx-stream simulate --out real_out --spine ../shared/data/vertebrae/verse_spines/Verse581
   usx-stream simulate --out real_out --spine s0004_labels.nii.gz --labels auto
+  usx-stream simulate --out ssm_out --spine ssm:ssm.npz:3
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_spine_arguments(parser: argparse.ArgumentParser) -> None:
     """--spine, --labels, --scale, --frame (shared with ``usx-stream demo``)."""
-    parser.add_argument("--spine", type=Path, default=None, metavar="PATH",
+    parser.add_argument("--spine", default=None, metavar="PATH|ssm:FILE[:SEED]",
                         help="a real spine: folder of L1..L5 meshes (.ply/.stl/.obj, in place, mm) or a CT label "
-                             "volume (.nii/.nii.gz/.nrrd/.mha); default: a procedural spine")
+                             "volume (.nii/.nii.gz/.nrrd/.mha); or ssm:FILE[:SEED], a spine drawn from a shape "
+                             "model (usx-stream shape-model build; SEED defaults to --seed); default: a procedural spine")
     parser.add_argument("--labels", choices=("auto", "verse", "totalsegmentator"), default="auto",
                         help="label set of a --spine label volume (default auto)")
     parser.add_argument("--scale", type=float, default=1.0,
@@ -58,12 +61,10 @@ def add_spine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_spine(args: argparse.Namespace):
-    """The real spine of ``--spine`` (None without it), placed in Reference."""
-    if args.spine is None:
-        return None
-    from usx_stream.sim.real_spine import real_spine
+    """The spine ``--spine`` names (None without it), placed in Reference (:mod:`usx_stream.sim.spine_spec`)."""
+    from usx_stream.sim.spine_spec import load_spine as load
 
-    return real_spine(args.spine, labels=args.labels, scale=args.scale, frame=args.frame)
+    return load(args.spine, seed=getattr(args, "seed", 0), labels=args.labels, scale=args.scale, frame=args.frame)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if spine is not None:
         meta = spine.metadata
         chosen = f", {meta['label_set']} labels ({meta['labels_chosen_by']})" if "label_set" in meta else ""
-        print(f"real spine {meta['source']}{chosen}: levels {meta['levels']}"
+        print(f"spine {meta['source']}{chosen}: levels {meta['levels']}"
               + (f", absent {meta['missing_levels']}" if meta["missing_levels"] else "")
               + f"; Reference origin at the {meta['reference_origin']}")
         if meta["axes_warning"]:

@@ -31,13 +31,38 @@ def session_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048
-               ) -> tuple[list[PairedSample], list[str]]:
+@functools.lru_cache(maxsize=2)
+def _fixed_spine(spec: str):
+    """A spine that every session of a run shares (a real one, or a shape-model draw with its seed),
+    read once per process."""
+    from ..sim.spine_spec import load_spine
+
+    return load_spine(spec)
+
+
+def session_spine(spec: str | None, sim_seed: int):
+    """The spine of one session: None (procedural, drawn by the session's seed), a real spine (the same
+    every session; the sweep and X-ray differ), or for ``ssm:FILE`` a new draw per session."""
+    if spec is None:
+        return None
+    from ..sim.spine_spec import parse_spine, ssm_spine
+
+    parsed = parse_spine(spec)
+    if parsed.kind == "ssm" and parsed.seed is None:
+        return ssm_spine(parsed.path, sim_seed)[0]
+    return _fixed_spine(str(parsed))
+
+
+def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048, spine: str | None = None,
+               variation=None) -> tuple[list[PairedSample], list[str]]:
     """The multimodal network inputs the node computes for session ``index`` at the end of its sweep,
     each with ``complete_points`` ground-truth points in the same unit frame.
 
     ``launch`` is a launch file or a loaded :class:`~usx_stream.node.launch.LaunchConfig`: its ``[compound]``,
-    ``[bone]`` and ``[xray]`` settings and ``source.n_frames`` are the node's."""
+    ``[bone]`` and ``[xray]`` settings and ``source.n_frames`` are the node's. ``spine`` names the anatomy
+    (:func:`session_spine`); ``variation`` (an :class:`~usx_stream.sim.or_variation.ORVariation`) draws
+    what differs between operating rooms for this session: B-mode, sweep, tracking, labelmap and C-arm
+    errors (the ground truth stays exact)."""
     from ..node.assemble import build_node, make_engine
     from ..node.launch import load_launch
     from ..sim.session import simulate_session
@@ -47,17 +72,25 @@ def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048
     cfg = load_launch(launch) if isinstance(launch, (str, Path)) else launch
     cfg = cfg.with_overrides({"record.enabled": False, "publish.igtl_enabled": False, "publish.zmq_enabled": False})
     sim_seed = session_seed(seed, index)
-    session = simulate_session(sim_seed, n_frames=cfg.source.n_frames)
-    xray = XrayCache(geometry=session.xray.geometry)
-    xray.update_from_xray_image(session.xray)
+    anatomy = session_spine(spine, sim_seed)
+    if variation is None:
+        session = simulate_session(sim_seed, n_frames=cfg.source.n_frames, spine=anatomy)
+        frames = session.frames
+        xray = XrayCache(geometry=session.xray.geometry)
+        xray.update_from_xray_image(session.xray)
+    else:
+        vary_rng = np.random.default_rng([sim_seed, 0x0A])
+        drawn = variation.draw(vary_rng)
+        session = simulate_session(sim_seed, spine=anatomy, **drawn.simulate_kwargs(n_frames=cfg.source.n_frames))
+        frames, xray = drawn.apply(session, vary_rng)
     # the engines only give the input point counts here: nothing is completed
     engines = {v: make_engine(v, cfg, warmup=False) for v in ("multimodal", "us_only")}
     # The node's own stages, built by the node's one constructor, driven frame by frame on this thread
     # (no threads or sockets: a dataset worker runs many sessions).
-    node = build_node(cfg, source=MemorySource(session.frames), engines=engines, xray=xray, publishers=[],
+    node = build_node(cfg, source=MemorySource(frames), engines=engines, xray=xray, publishers=[],
                       calibration=session.calibration)
     node.updater.seed = sim_seed
-    for frame in session.frames:
+    for frame in frames:
         node.ingest.add(frame)
     node.ingest.flush()
     volume, info = node.ingest.snapshot()
@@ -82,22 +115,28 @@ def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048
 
 
 def generate_node(out: str | Path, *, sessions: int, seed: int, launch: str | Path, workers: int = 1,
-                  command: str = "", progress: bool = True, shard: tuple[int, int] | None = None
-                  ) -> GenerateReport:
+                  command: str = "", progress: bool = True, shard: tuple[int, int] | None = None,
+                  spine: str | None = None, variation=None) -> GenerateReport:
     """Write the :func:`node_pairs` of ``sessions`` simulated sessions to ``out`` (the layout of
     :mod:`usx_stream.train.data`, like ``usx-stream dataset``); ``shard = (i, n)`` writes only part ``i``
-    of ``n`` (:func:`~usx_stream.datasets.pairs.shard_bounds`), for ``usx-stream dataset --merge``."""
+    of ``n`` (:func:`~usx_stream.datasets.pairs.shard_bounds`), for ``usx-stream dataset --merge``.
+    ``spine`` and ``variation`` as in :func:`node_pairs`."""
+    from ..sim.spine_spec import parse_spine
     from ..train.data import write_pairs
 
     if sessions < 1:
         raise ValueError(f"sessions: must be >= 1, got {sessions}")
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
-    fn = functools.partial(node_pairs, seed=seed, launch=launch)
+    if spine is not None and parse_spine(spine).kind == "path":
+        session_spine(str(spine), 0)  # an unreadable spine fails here, once, not in every worker
+    fn = functools.partial(node_pairs, seed=seed, launch=launch, spine=None if spine is None else str(spine),
+                           variation=variation)
     start, stop = shard_bounds(sessions, shard)
     samples, skipped = collect_pairs(fn, list(range(start, stop)), workers=workers, progress=progress)
     attrs = {"seed": int(seed), "source": "node", "command": command, "skipped": skipped,
-             "launch": str(launch), "frame": "estimated", **shard_attrs(sessions, shard)}
+             "launch": str(launch), "frame": "estimated", "spine": "procedural" if spine is None else str(spine),
+             "or_variation": "none" if variation is None else repr(variation), **shard_attrs(sessions, shard)}
     path = write_pairs(out, samples, attrs=attrs, mm_per_unit=SCALE_MM)
     counts = {lv: sum(s.level == lv for s in samples) for lv in LEVELS}
     return GenerateReport(path, len(samples), skipped, counts)

@@ -318,8 +318,9 @@ def shard_attrs(n_items: int, shard: tuple[int, int] | None) -> dict:
 def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Path | None = None,
              labelmaps: str | Path | None = None, seed: int = 0, workers: int = 1, cfg: PairConfig | None = None, scale: float = 1.0,
              frame: str | None = None, repeats: int = 1, command: str = "", progress: bool = True,
-             shard: tuple[int, int] | None = None, labels: str = "auto") -> GenerateReport:
-    """Generate a paired-data HDF5 file from procedural spines or a folder of meshes, in parallel.
+             shard: tuple[int, int] | None = None, labels: str = "auto",
+             ssm: tuple[str | Path, int] | None = None) -> GenerateReport:
+    """Generate a paired-data HDF5 file from procedural, shape-model or real spines, in parallel.
 
     Parameters
     ----------
@@ -330,8 +331,10 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
     meshes : path, keyword-only
         Folder of PLY/STL/OBJ vertebra meshes (level in the file name).
     labelmaps : path, keyword-only
-        Folder of multi-label CT segmentations (NIfTI/NRRD/MHA); exactly one of ``procedural``,
-        ``meshes``, ``labelmaps``.
+        Folder of multi-label CT segmentations (NIfTI/NRRD/MHA).
+    ssm : (path, int), keyword-only
+        A shape model (``usx-stream shape-model build``) and the number of spines to draw from it
+        (:mod:`.ssm_pairs`); exactly one of ``procedural``, ``ssm``, ``meshes``, ``labelmaps``.
     labels : {"auto", "verse", "totalsegmentator"}, keyword-only
         Label set of the segmentations (see :func:`labelmap_pairs`).
     seed : int, keyword-only
@@ -350,14 +353,23 @@ def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Pa
     from ..train.data import write_pairs
 
     cfg = cfg or PairConfig()
-    if sum(x is not None for x in (procedural, meshes, labelmaps)) != 1:
-        raise ValueError("generate: give exactly one of procedural=N, meshes=DIR or labelmaps=DIR")
+    if sum(x is not None for x in (procedural, meshes, labelmaps, ssm)) != 1:
+        raise ValueError("generate: give exactly one of procedural=N, ssm=(FILE, N), meshes=DIR or labelmaps=DIR")
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
     if procedural is not None:
         if procedural < 1:
             raise ValueError(f"procedural: must be >= 1, got {procedural}")
         fn, items, source = functools.partial(procedural_pairs, seed=seed, cfg=cfg), list(range(procedural)), "procedural"
+    elif ssm is not None:
+        from .ssm_pairs import ssm_pairs
+
+        model_path, n = str(ssm[0]), int(ssm[1])
+        if n < 1:
+            raise ValueError(f"ssm: the number of spines must be >= 1, got {n}")
+        if not Path(model_path).is_file():
+            raise InputError(f"--ssm {model_path}: no such shape model (usx-stream shape-model build makes one)")
+        fn, items, source = functools.partial(ssm_pairs, seed=seed, cfg=cfg, model_path=model_path), list(range(n)), f"ssm:{Path(model_path).name}"
     elif meshes is not None:
         fn = functools.partial(mesh_pairs, seed=seed, cfg=cfg, scale=scale, frame=frame, repeats=repeats)
         items, source = _files(Path(meshes), MESH_SUFFIXES, "meshes"), f"meshes:{Path(meshes).name}"

@@ -61,9 +61,9 @@ def run_demo(out_dir: str | Path, *, launch: str | Path | None = None, seed: int
         Simulation seed and frame count (default: the launch file's); unused with ``session``.
     session : path, keyword-only
         An existing session folder (``usx-stream simulate``) to stream instead of simulating one.
-    spine : path, keyword-only
-        Simulate from this real spine (:func:`usx_stream.sim.real_spine.real_spine`; ``labels``, ``scale``,
-        ``frame`` as there).
+    spine : path or str, keyword-only
+        Simulate from this spine: a real one, or ``ssm:FILE[:SEED]`` (:mod:`usx_stream.sim.spine_spec`;
+        ``labels``, ``scale``, ``frame`` as there).
     """
     from ..errors import InputError
     from ..node.assemble import default_launch_dir
@@ -88,9 +88,9 @@ def run_demo(out_dir: str | Path, *, launch: str | Path | None = None, seed: int
     else:
         real = None
         if spine is not None:
-            from ..sim.real_spine import real_spine
+            from ..sim.spine_spec import load_spine
 
-            real = real_spine(spine, labels=labels, scale=scale, frame=frame)
+            real = load_spine(spine, seed=seed, labels=labels, scale=scale, frame=frame)
         sim = simulate_session(seed, n_frames=n_frames or cfg.source.n_frames, spine=real)
         sequence = write_session(sim, out / "session")["sequence"]
         log.info("simulated %d frames in %.1f s", len(sim.frames), time.monotonic() - t0)

@@ -36,12 +36,16 @@ class Draw:
         Pose of Lb in La (translation mm, rotation vector rad).
     local : dict level -> (V, 3) ndarray
         Each level in its own model frame, mm.
+    to_spine : dict level -> (4, 4) ndarray
+        Each level's model frame (the canonical vertebra frame) to the spine's frame: ``spine[lv]`` is
+        ``local[lv]`` moved by it.
     """
 
     spine: dict[str, Surface]
     coefficients: dict[str, np.ndarray]
     poses: dict[tuple[str, str], np.ndarray]
     local: dict[str, np.ndarray]
+    to_spine: dict[str, np.ndarray]
 
 
 def build_spine(model: ShapeModel, coefficients: dict[str, np.ndarray],
@@ -56,19 +60,27 @@ def build_spine(model: ShapeModel, coefficients: dict[str, np.ndarray],
         to_anchor[names[i]] = to_anchor[names[i - 1]] @ pose_matrix(poses[(names[i - 1], names[i])])
     for i in range(anchor - 1, -1, -1):
         to_anchor[names[i]] = to_anchor[names[i + 1]] @ np.linalg.inv(pose_matrix(poses[(names[i], names[i + 1])]))
-    origin = apply(to_anchor[names[anchor]], local[names[anchor]]).mean(0)
-    spine = {lv: Surface(apply(to_anchor[lv], local[lv]) - origin, model.levels[lv].triangles, frame="LPS", name=lv)
+    shift = np.eye(4)
+    shift[:3, 3] = -apply(to_anchor[names[anchor]], local[names[anchor]]).mean(0)
+    to_spine = {lv: shift @ to_anchor[lv] for lv in names}
+    spine = {lv: Surface(apply(to_spine[lv], local[lv]), model.levels[lv].triangles, frame="LPS", name=lv)
              for lv in names}
-    return Draw(spine, {lv: np.asarray(coefficients[lv], dtype=np.float64) for lv in names}, poses, local)
+    return Draw(spine, {lv: np.asarray(coefficients[lv], dtype=np.float64) for lv in names}, poses, local,
+                to_spine)
 
 
 def _truncated_normal(rng: np.random.Generator, k: int, sd: float) -> np.ndarray:
-    """(k,) standard normal draw with Euclidean norm at most ``sd`` (redrawn until it is)."""
-    for _ in range(10000):
-        b = rng.standard_normal(k)
-        if b @ b <= sd ** 2:
-            return b
-    raise RuntimeError(f"cannot draw {k} modes within {sd} SD")
+    """(k,) standard normal draw conditioned on Euclidean norm at most ``sd``: a uniform direction and a
+    radius from the chi distribution truncated at ``sd`` (exact, and no rejection loop, which for small
+    ``sd`` and several modes almost never accepts)."""
+    from scipy.stats import chi
+
+    if k == 0:
+        return np.zeros(0)
+    direction = rng.standard_normal(k)
+    direction /= max(np.linalg.norm(direction), 1e-300)
+    radius = chi.ppf(rng.uniform(0.0, chi.cdf(sd, k)), k)
+    return radius * direction
 
 
 def draw_spine(model: ShapeModel, rng: np.random.Generator, *, sd: float = 2.0) -> Draw:

@@ -48,7 +48,7 @@ from .parts import SampledField
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MeasuredBody", "real_spine", "read_level_meshes", "level_mesh_files"]
+__all__ = ["MeasuredBody", "real_spine", "read_level_meshes", "level_mesh_files", "spine_from_meshes"]
 
 FRAME_TO_LPS = {"LPS": np.diag([1.0, 1.0, 1.0]), "RAS": np.diag([-1.0, -1.0, 1.0])}
 _AXES_TOLERANCE_DEG = 45.0
@@ -192,6 +192,17 @@ def real_spine(path: str | Path, *, labels: str = "auto", scale: float = 1.0, fr
         Unreadable input, no level found.
     """
     meshes, info = read_level_meshes(path, labels=labels, scale=scale, frame=frame)
+    return spine_from_meshes(meshes, info, spacing_mm=spacing_mm)
+
+
+def spine_from_meshes(meshes: dict[str, Surface], info: dict[str, str], *, spacing_mm: float = 1.0) -> Spine:
+    """A spine from level meshes already in LPS mm, in place, outward-wound (what :func:`read_level_meshes`
+    returns; also a shape-model draw), placed in Reference as :func:`real_spine` does.
+
+    ``info`` goes into ``Spine.metadata`` (it names the source)."""
+    if not meshes:
+        raise InputError(f"{info.get('source', 'spine')}: no lumbar level")
+    path = info.get("source", "spine")
     fields = {lv: mesh_signed_distance(m.vertices_mm, m.triangles, spacing_mm=spacing_mm)
               for lv, m in meshes.items()}
     anchors = {lv: deepest_point(f) for lv, f in fields.items()}
