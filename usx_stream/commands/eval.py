@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="paired HDF5 file (usx-stream dataset)")
+    parser.add_argument("--data", required=True,
+                        help="paired HDF5 file (usx-stream dataset), or several as a,b,c (evaluated as one set)")
     parser.add_argument("--model", default="default", help="checkpoint path, or 'default' (shipped multimodal)")
     parser.add_argument("--compare", help="second model: checkpoint path or 'us-only' (shipped US-only)")
     parser.add_argument("--json", required=True, dest="json_out", help="output JSON with every number")
@@ -45,13 +46,13 @@ def _line(summary: dict, region: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..train.data import read_pairs
+    from ..train.data import read_pairs_many
     from ..train.evaluate import evaluate_model, load_model, summarise, wilcoxon_compare
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        arrays = read_pairs(args.data)
+        arrays = read_pairs_many(args.data)
         if args.limit:
             arrays = _head(arrays, args.limit)
         specs = [args.model] + ([args.compare] if args.compare else [])
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{summary['name']} on {len(arrays)} vertebrae:")
         for region in ("whole", "body", "arch"):
             print(f"  {region:5s} {_line(summary, region)}")
+    _print_body_levels(result)
     if "wilcoxon" in result:
         print("Wilcoxon signed-rank, first model better (one-sided p):")
         for region in ("whole", "body", "arch"):
@@ -85,6 +87,20 @@ def run(args: argparse.Namespace) -> int:
         write_report(args.report, arrays, evals)
         print(f"report: {args.report}")
     return 0
+
+
+def _print_body_levels(result: dict) -> None:
+    """Body ASSD per level, every model side by side (with the paired test when there are two)."""
+    levels = list(result["models"][0]["per_level"])
+    print("body ASSD mm  " + "  ".join(f"{lv:>6s}" for lv in levels) + "    mean")
+    for summary in result["models"]:
+        row = [summary["per_level"][lv]["body"]["assd_mm"]["mean"] for lv in levels]
+        print(f"  {summary['name'][:11]:11s} " + "  ".join(f"{v:6.2f}" for v in row)
+              + f"  {summary['overall']['body']['assd_mm']['mean']:6.2f}")
+    if "wilcoxon" in result:
+        w = result["wilcoxon"]["overall"]["body"]["assd_mm"]
+        print(f"  body ASSD, first better: median diff {w['median_diff']:+.3f} mm, one-sided p = {w['p_a_better']:.3g} "
+              f"(n = {w['n']})")
 
 
 def _head(arrays, n: int):
