@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file with a [train] table")
     parser.add_argument("--data", help="training HDF5 (usx-stream dataset)")
-    parser.add_argument("--val", help="validation HDF5 (best checkpoint by its CD_t)")
+    parser.add_argument("--val", help="validation HDF5 (best checkpoint by its CD_t), or several as a,b")
     parser.add_argument("--variant", choices=("multimodal", "us_only"), help="network variant (default multimodal)")
     parser.add_argument("--model", choices=("small", "paper"), help="ModelConfig preset (default small)")
     parser.add_argument("--out", help="output folder (checkpoints, train.log, history.json)")

@@ -29,7 +29,7 @@ from ..metrics import calc_cd
 from . import distributed
 from .config import TrainConfig
 from .augment import augment_batch
-from .data import PairedArrays, read_pairs, read_pairs_many
+from .data import PairedArrays, read_pairs_many
 from .losses import alpha_for_epoch, completion_loss
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
 def _load_val(cfg: TrainConfig, model_cfg, device: torch.device, dtype: torch.dtype):
     if not cfg.val:
         return None
-    arrays = read_pairs(cfg.val)
+    arrays = read_pairs_many(cfg.val)
     n = cfg.val_samples or len(arrays)
     partial, labelmap = model_inputs(arrays, model_cfg, cfg.val)
     complete = torch.from_numpy(arrays.complete - frame_shift(arrays, model_cfg)[:, None])
