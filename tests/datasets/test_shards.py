@@ -10,7 +10,8 @@ import pytest
 
 from usx_stream.cli import main
 from usx_stream.datasets import node_sessions
-from usx_stream.datasets.pairs import PairedSample, parse_shard, shard_bounds
+from usx_stream.datasets.pairs import PairedSample
+from usx_stream.datasets.shards import parse_shard, shard_bounds
 from usx_stream.errors import InputError
 from usx_stream.train.data import merge_pairs
 

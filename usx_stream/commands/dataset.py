@@ -114,7 +114,8 @@ def _sweep_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets.pairs import PairConfig, generate, parse_shard
+    from ..datasets.pairs import PairConfig, generate
+    from ..datasets.shards import parse_shard
     from ..errors import InputError
     from ..sim.visibility import SweepConfig
 

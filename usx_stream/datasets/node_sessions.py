@@ -23,7 +23,8 @@ import numpy as np
 
 from ..frames import LEVELS
 from ..surface.mesh import sample_surface
-from .pairs import SCALE_MM, GenerateReport, PairedSample, collect_pairs, shard_attrs, shard_bounds
+from .pairs import SCALE_MM, GenerateReport, PairedSample, collect_pairs
+from .shards import shard_attrs, shard_bounds
 
 
 def session_seed(seed: int, index: int) -> int:

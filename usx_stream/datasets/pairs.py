@@ -36,6 +36,7 @@ from ..xray.backproject import backproject_to_plane
 from ..xray.geometry import CArmGeometry
 from ..sim.ct_labelmaps import LABEL_SETS, LABELMAP_SUFFIXES, choose_label_set, label_meshes, read_labels
 from ..sim.labelmap_points import render_body_labelmap
+from .shards import shard_attrs, shard_bounds
 from .mesh_alignment import (AlignmentError, CanonicalVertebra, align_vertebra, canonical_user_vertebra,
                              sample_surface)
 from ..sim.visibility import SweepConfig, simulate_us_visibility
@@ -279,40 +280,6 @@ def _files(folder: Path, suffixes: tuple[str, ...], option: str) -> list[str]:
     if not files:
         raise ValueError(f"{option}: no {'/'.join(suffixes)} file in {folder}")
     return files
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0-based part ``i`` of ``n``) as ``(i, n)``; :class:`InputError` when malformed."""
-    try:
-        i, n = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise InputError(f"--shard: expected I/N (part I of N, 0-based), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise InputError(f"--shard: part {i} of {n}: I must be in 0..N-1")
-    return i, n
-
-
-def shard_bounds(n_items: int, shard: tuple[int, int] | None) -> tuple[int, int]:
-    """``[start, stop)`` of the source items (spines, sessions, files) part ``shard = (i, n)`` generates.
-
-    The parts are contiguous and disjoint and tile ``[0, n_items)`` in order, so the parts of a sharded
-    generation, concatenated in part order (``usx-stream dataset --merge``), are the unsharded file.
-    """
-    if shard is None:
-        return 0, n_items
-    i, n = shard
-    if n > n_items:
-        raise InputError(f"--shard: {n} parts for {n_items} items; use at most {n_items}")
-    return i * n_items // n, (i + 1) * n_items // n
-
-
-def shard_attrs(n_items: int, shard: tuple[int, int] | None) -> dict:
-    """File attributes that let :func:`usx_stream.train.data.merge_pairs` check a set of parts."""
-    attrs: dict = {"items": int(n_items)}
-    if shard is not None:
-        attrs["shard"] = [int(shard[0]), int(shard[1])]
-        attrs["shard_items"] = list(shard_bounds(n_items, shard))
-    return attrs
 
 
 def generate(out: str | Path, *, procedural: int | None = None, meshes: str | Path | None = None,
