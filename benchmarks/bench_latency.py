@@ -10,6 +10,10 @@ snapshot of every channel + open3d Poisson depth 8 meshing) against the node's o
     python benchmarks/bench_latency.py                    # 3 minutes (the figure we report)
     python benchmarks/bench_latency.py --duration 30      # quick look
     python benchmarks/bench_latency.py --json bench_out/latency.json
+    python benchmarks/bench_latency.py --set completion.reuse_change=0   # every level completed every update
+
+``end_to_end_completing`` is the latency of the updates that completed at least one level; the others
+published surfaces kept by ``completion.reuse_change`` (``levels_completed`` / ``levels_reused`` count them).
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--launch", default=str(REPO / "launch" / "latency_bench.toml"))
     ap.add_argument("--frames", type=int, default=240, help="frames in the looped simulated sweep")
     ap.add_argument("--json", default=None, help="write the report here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a launch key (repeatable), e.g. completion.reuse_change=0")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -94,6 +100,10 @@ def main(argv=None) -> int:
     host = describe_host()
     print(f"host: {host_line(host)} (at the start)", flush=True)
     cfg = load_launch(args.launch)
+    if args.set:
+        from usx_stream.commands.run import _overrides
+
+        cfg = cfg.with_overrides(_overrides(args.set))
     session = simulate_session(int(cfg.source.seed), n_frames=args.frames)
     out = Path(args.json).parent if args.json else REPO / "bench_out"
     files = write_session(session, out / "latency_session")
@@ -124,6 +134,10 @@ def main(argv=None) -> int:
         "e2e_p95_ms_quarter_vs_end": [first.get("e2e_p95_ms"), last.get("e2e_p95_ms")],
         "rss_mb_per_min": _slope_per_min(samples, "rss_mb"),
         "e2e_p95_ms_per_min": _slope_per_min(samples, "e2e_p95_ms"),
+        "levels_completed": tel["counters"].get("levels_completed", 0),
+        "levels_reused": tel["counters"].get("levels_reused", 0),
+        "end_to_end_completing_ms": {q: stages.get("end_to_end_completing", {}).get(f"{q}_ms")
+                                     for q in ("p50", "p95", "p99")},
         "stages": stages, "baseline_same_run": baseline, "samples": samples,
         "engine": live.engines["multimodal"].describe(), "host": host,
     }

@@ -110,7 +110,8 @@ def test_uncertainty_on_every_vertex_with_its_summary(engines):
 
 
 def test_cpu_period_reuses_the_last_spread_until_due_or_stale(engines, monkeypatch):
-    updater, state = _updater(engines, {"uncertainty_samples": 3, "uncertainty_period_s": 2.0})
+    # the same inputs every update: reuse_change 0 makes every update complete (a kept surface keeps its spread)
+    updater, state = _updater(engines, {"uncertainty_samples": 3, "uncertainty_period_s": 2.0, "reuse_change": 0.0})
     calls = {"n": 0}
     for engine in engines.values():
         original = engine.run_device_samples

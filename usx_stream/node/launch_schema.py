@@ -142,6 +142,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                    "uncertainty_mm on each surface (0: off)", lo=0, hi=32),
         "uncertainty_period_s": Key("float", 2.0, "on a CPU, time between uncertainty runs, s (the last spread is "
                                     "reused between them; 0: every update); a GPU runs it every update", lo=0),
+        "reuse_change": Key("float", 0.03, "a level keeps its last surface while at most this fraction of its "
+                            "bone-point cells changed since that surface was completed (and its axes and "
+                            "centroids moved within reuse_rotation_deg / reuse_shift_mm); 0: complete every "
+                            "level every update (usx_stream.node.reuse)", lo=0, hi=0.5),
+        "reuse_rotation_deg": Key("float", 1.0, "largest change of a level's canonical axes, degrees, for "
+                                  "keeping its last surface", lo=0),
+        "reuse_shift_mm": Key("float", 0.5, "largest move of a level's bone-point or labelmap centroid, mm, "
+                              "for keeping its last surface", lo=0),
     },
     "surface": {
         "method": Key("str", "distance_field", "meshing method",

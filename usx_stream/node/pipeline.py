@@ -10,7 +10,8 @@
 Ingest never waits for completion: the completion thread takes a snapshot of the volume whenever it is
 free, so a slow update delays only the next update. Latency "newest frame received → surface on the wire"
 is measured per update from the arrival of the newest frame in the snapshot to the return of the publish
-call (``telemetry`` stage ``end_to_end``).
+call (``telemetry`` stage ``end_to_end``; ``end_to_end_completing`` counts only the updates that completed at
+least one level, the others publish surfaces kept by ``completion.reuse_change``, see ``node.reuse``).
 """
 
 from __future__ import annotations
@@ -239,7 +240,10 @@ class Node:
                 for p in self.publishers:
                     p.publish(surface)
         if result.surfaces:
-            self.telemetry.record("end_to_end", time.monotonic() - info["arrival_s"])
+            latency = time.monotonic() - info["arrival_s"]
+            self.telemetry.record("end_to_end", latency)
+            if result.completed:
+                self.telemetry.record("end_to_end_completing", latency)
         if self.recorder is not None:
             self.recorder.add_surfaces(result.surfaces)
         self.latest = result

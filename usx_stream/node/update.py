@@ -21,6 +21,13 @@ never builds a queue. Steps (each timed in telemetry):
 4. ``mesh``: completed points -> watertight mesh within the triangle budget; the spread is carried to the
    mesh vertices (``surface.mesh.transfer_point_values``) as ``Surface.point_data["uncertainty_mm"]``.
 
+Steps 3-4 run only for the levels whose inputs changed since their surface was completed
+(``completion.reuse_change``, ``reuse_rotation_deg``, ``reuse_shift_mm``; :mod:`usx_stream.node.reuse`): every
+other visible level publishes its last surface again (a copy with ``completed_age_s`` in its metadata and the
+timestamp of the frames it was completed from), so nothing disappears and a level the probe is not over costs
+nothing. ``UpdateResult.completed`` / ``reused`` and the telemetry counters ``levels_completed`` /
+``levels_reused`` say which.
+
 Every surface's metadata says what coverage produced it: ``bone_points`` (the level's bone points),
 ``xray_level`` (``yes`` when its X-ray labelmap points went into the completion), and with K > 0
 ``uncertainty_mean_mm``, ``uncertainty_max_mm`` (over the vertices), ``uncertainty_samples`` (K) and
@@ -29,6 +36,7 @@ Every surface's metadata says what coverage produced it: ``bone_points`` (the le
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,6 +50,7 @@ from ..completion import prepare as prep
 from ..completion.front import LevelPoints, complete_levels, prepare_levels
 from ..frames import LEVELS, Surface, VertebraCloud, Volume
 from ..surface.mesh import mesh_points, transfer_point_values
+from .reuse import LevelReuse
 from .telemetry import Telemetry
 from ..xray import backproject as bp
 from ..xray.cache import XraySnapshot
@@ -60,6 +69,8 @@ class UpdateResult:
     fusion: str = "us_only"
     centres_source: str = "none"
     status: str = ""                                                       # what a user is told (see node_status)
+    completed: list[str] = field(default_factory=list)     # levels completed and meshed in this update
+    reused: list[str] = field(default_factory=list)        # levels that kept their last surface (node.reuse)
 
 
 @dataclass
@@ -148,6 +159,10 @@ class SurfaceUpdater:
         # level -> (fusion, completed points mm (N, 3), spread mm (N,), clock time measured); completion thread only
         self._spread: dict[str, tuple[str, np.ndarray, np.ndarray, float]] = {}
         self._spread_time = -np.inf
+        self.reuse = LevelReuse(change=float(getattr(completion, "reuse_change", 0.0) or 0.0),
+                                rotation_deg=float(getattr(completion, "reuse_rotation_deg", 1.0)),
+                                shift_mm=float(getattr(completion, "reuse_shift_mm", 0.5)),
+                                voxel_mm=float(bone.point_voxel_mm))
 
     def inputs(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                force_fusion: str | None = None) -> UpdateInputs:
@@ -173,16 +188,48 @@ class SurfaceUpdater:
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                timestamp: float = 0.0, force_fusion: str | None = None) -> UpdateResult:
-        """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray."""
+        """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray.
+
+        Levels whose inputs are within ``completion.reuse_*`` of those their last surface was completed
+        from keep that surface (:mod:`usx_stream.node.reuse`); the others are completed and meshed."""
         t = self.telemetry
         inputs = self.inputs(volume, beam_direction=beam_direction, xray=xray, force_fusion=force_fusion)
         fusion = inputs.fusion
         result = UpdateResult(fusion=fusion, centres_source=inputs.centres_source, status=node_status(inputs))
         if not inputs.levels:
             return result
-        engine, now = self.engines[fusion], self.clock()
-        k = self._draws_now(engine, fusion, [c.level for c in inputs.levels], now)
-        done = [c for c in complete_levels(engine, inputs.levels, seed=self.seed, timer=t.time, samples=k,
+        now = self.clock()
+        seen = {c.level: self.reuse.inputs_of(c, fusion, now) for c in inputs.levels}
+        todo = [c for c in inputs.levels if not self.reuse.reusable(seen[c.level], c.level)]
+        fresh = self._complete_and_mesh(inputs, todo, seen, timestamp, now) if todo else {}
+        failed = {c.level for c in todo} - set(fresh)          # nothing to complete (no surface, as before)
+        for c in inputs.levels:   # level order, reused or not
+            lv = c.level
+            if lv in failed:
+                continue
+            result.partial_ref_mm[lv] = inputs.per_level[lv]
+            if lv in fresh:
+                result.surfaces[lv] = fresh[lv]
+                result.completed.append(lv)
+            else:
+                result.surfaces[lv] = self._reused_surface(lv, fusion, now)
+                result.reused.append(lv)
+            last = self.reuse.levels[lv]
+            result.points_ref_mm[lv] = last.points_mm
+            if last.labelmap_ref_mm is not None:
+                result.labelmap_ref_mm[lv] = last.labelmap_ref_mm
+        t.count("levels_completed", len(result.completed))
+        if result.reused:
+            t.count("levels_reused", len(result.reused))
+        return result
+
+    def _complete_and_mesh(self, inputs: UpdateInputs, todo: list[LevelPoints], seen: dict, timestamp: float,
+                           now: float) -> dict[str, Surface]:
+        """Complete and mesh the levels ``todo`` (one batch); remembered for reuse; their surfaces by level."""
+        t, fusion = self.telemetry, inputs.fusion
+        engine = self.engines[fusion]
+        k = self._draws_now(engine, fusion, [c.level for c in todo], now)
+        done = [c for c in complete_levels(engine, todo, seed=self.seed, timer=t.time, samples=k,
                                            fit_body=fusion == "multimodal" and bool(self._xray.fit_body))
                 if c.prepared is not None]
         for c in done:
@@ -190,22 +237,34 @@ class SurfaceUpdater:
                 self._spread[c.level] = (fusion, c.points_mm, c.spread_mm, now)
         if k:
             self._spread_time = now
+        surfaces = {}
         with t.time("mesh"):
+            meshes = self._mesh_levels({c.level: c.points_mm for c in done})
             for c in done:
-                result.points_ref_mm[c.level] = c.points_mm
-                result.partial_ref_mm[c.level] = inputs.per_level[c.level]
-            meta = {c.level: {"fusion": fusion, "level": c.level, "centres": inputs.centres_source,
-                              "bone_points": len(inputs.per_level[c.level]),
-                              "xray_level": "yes" if c.prepared.labelmap_unit is not None else "no", **c.metadata}
-                    for c in done}
-            for level, surface in self._mesh_levels(result.points_ref_mm).items():
-                surface.metadata.update(meta[level])
-                self._attach_spread(surface, level, fusion, now)
+                surface = meshes[c.level]
+                surface.metadata.update({"fusion": fusion, "level": c.level, "centres": inputs.centres_source,
+                                         "bone_points": len(inputs.per_level[c.level]),
+                                         "xray_level": "yes" if c.prepared.labelmap_unit is not None else "no",
+                                         **c.metadata})
+                self._attach_spread(surface, c.level, fusion, now)
                 surface.timestamp = timestamp
-                result.surfaces[level] = surface
-        result.labelmap_ref_mm = {c.level: c.prepared.to_input_frame(c.prepared.labelmap_unit) for c in done
-                                  if c.prepared.labelmap_unit is not None}
-        return result
+                surfaces[c.level] = surface
+        for c in done:
+            lm = c.prepared.labelmap_unit
+            record = seen[c.level]
+            record.points_mm, record.surface = c.points_mm, surfaces[c.level]
+            record.labelmap_ref_mm = None if lm is None else c.prepared.to_input_frame(lm)
+            self.reuse.remember(c.level, record)
+        return surfaces
+
+    def _reused_surface(self, level: str, fusion: str, now: float) -> Surface:
+        """The level's last surface again, as a copy saying how old its completion is (``completed_age_s``)."""
+        last = self.reuse.levels[level]
+        surface = dataclasses.replace(last.surface, metadata=dict(last.surface.metadata),
+                                      point_data=dict(last.surface.point_data))
+        surface.metadata["completed_age_s"] = round(now - last.clock, 3)
+        self._attach_spread(surface, level, fusion, now)
+        return surface
 
     def _draws_now(self, engine, fusion: str, levels: list[str], now: float) -> int:
         """K for this update: every update on a GPU (or with period 0), else once per period, or at once when
