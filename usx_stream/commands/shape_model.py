@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--model", required=True, help="ssm.npz from build")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--sd", type=float, default=2.0, help="Mahalanobis limit of each draw (default: %(default)s)")
+    s.add_argument("--sd", type=float, default=None,
+                   help="Mahalanobis limit of each draw (default: usx_stream.sim.spine_spec.SSM_SAMPLE_SD, 0.5)")
     s.add_argument("--png", help="also write a picture of this spine and three more (side and top views)")
 
 
@@ -69,6 +70,11 @@ def _build(args) -> int:
 
 def _sample(args) -> int:
     import numpy as np
+
+    from ..sim.spine_spec import SSM_SAMPLE_SD
+
+    if args.sd is None:
+        args.sd = SSM_SAMPLE_SD
 
     from ..shape.sample import preview_png, sample_checked, write_spine
     from ..shape.ssm import load_model
