@@ -8,9 +8,9 @@ Both paths stream ``launch/latency_bench.toml`` (the same node and sockets as ``
   CUDA graphs, fp16), compounding with the torch backend on CUDA;
 - ``cpu``: ``completion.device = cpu`` (eager fp32), compounding with the numba kernels.
 
-A path that cannot run here (no CUDA) is reported as skipped with the reason; one that fails is reported
-with its error, and the other still runs. Without numba the CPU path compounds with torch on the CPU and
-says so (``substituted``). Everything is imported lazily.
+A path that cannot run here (no CUDA, no scikit-image for the meshing stage) is reported as skipped with the
+reason; one that fails is reported with its error, and the other still runs. Without numba the CPU path
+compounds with torch on the CPU and says so (``substituted``). Everything is imported lazily.
 """
 
 from __future__ import annotations
@@ -33,8 +33,16 @@ PATHS = {
 RATIO_STAGES = ("end_to_end", "end_to_end_completing")
 
 
+# Modules the node needs beyond numpy/scipy/torch on both paths (the GPU machines may lack them).
+NODE_NEEDS = {"skimage": "scikit-image (marching cubes of the node's meshing stage, "
+                         "usx_stream/surface/distance_field.py; with its lazy_loader)"}
+
+
 def skip_reason(path: str) -> str | None:
     """Why ``path`` cannot run on this machine, or None."""
+    for module, what in NODE_NEEDS.items():
+        if importlib.util.find_spec(module) is None:
+            return f"{what} is not installed"
     if path == "gpu":
         try:
             import torch
