@@ -10,12 +10,24 @@ Needs only torch + numpy (+ scipy): it runs on GPU machines with their own torch
 4. times GPU compounding of 820x616 frames (exact-semantics torch channel) when ``usx_stream.compound``
    has its torch backend, frames/s for NEAREST_NEIGHBOR and LINEAR at 0.5 mm.
 
-Without CUDA it runs a reduced version on the CPU (eager only, fewer repeats) and still writes the report.
+5. with ``--end-to-end``, streams the simulated 30 fps session through the whole node (``bench_latency.py``'s
+   path) for ``--e2e-seconds`` on the GPU path (completion on CUDA, torch compounding) and then on the CPU
+   path (eager fp32, numba compounding), and reports frame->surface p50/p95/p99, the stage table, frames
+   compounded/dropped, queue growth, the compute choices made and the GPU/CPU ratios (``gpu_e2e.py``): an
+   ``end_to_end`` section added to the same report, which is rewritten after each path.
+
+Without CUDA it runs a reduced version on the CPU (eager only, fewer repeats) and still writes the report;
+the end-to-end GPU path is then reported as skipped, with the reason, and the CPU path still runs.
 The model is the shipped multimodal checkpoint when present, else the small configuration with seeded
 random weights (timings do not depend on the weights; the report says which).
 
 usage: python benchmarks/gpu_check.py [--out bench_out/gpu_check.json] [--config small|paper]
                                       [--repeats 200] [--frames 120]
+                                      [--end-to-end [--e2e-seconds 60] [--e2e-only]]
+
+One-call GPU check (engines, compounding, then the whole node on the GPU and the CPU path; allow about
+2 x --e2e-seconds plus the engine builds, a few minutes; the report is rewritten after each e2e path):
+    python benchmarks/gpu_check.py --end-to-end --e2e-seconds 60 --out $OUT/gpu_check.json
 """
 
 from __future__ import annotations
@@ -184,6 +196,29 @@ def compounding(device: torch.device, n_frames: int) -> dict:
     return out
 
 
+def _write(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+
+
+def _end_to_end(report: dict, args) -> bool:
+    """The ``end_to_end`` section (gpu_e2e.py); True when it ran without a failing path."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import gpu_e2e
+
+        def checkpoint(section):
+            report["end_to_end"] = section
+            _write(report, args.out)
+
+        report["end_to_end"] = gpu_e2e.end_to_end(args.e2e_seconds, checkpoint=checkpoint)
+        return not gpu_e2e.failed(report["end_to_end"])
+    except Exception as e:  # reported like any other section
+        report["end_to_end"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        print(f"  end_to_end failed: {e}", flush=True)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "gpu_check.json")
@@ -192,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per backend and batch (GPU)")
     parser.add_argument("--frames", type=int, default=120, help="compounded frames per interpolation (GPU)")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".engine_cache")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also stream the whole node on the GPU path and the CPU path (report section end_to_end)")
+    parser.add_argument("--e2e-seconds", type=float, default=60.0, help="streaming seconds per end-to-end path")
+    parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end section (implies --end-to-end)")
     args = parser.parse_args(argv)
+    args.end_to_end = args.end_to_end or args.e2e_only
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reduced = device.type == "cpu"
     report = {"mode": "reduced (no CUDA: eager on CPU only)" if reduced else "full", "environment": environment()}
@@ -200,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg, source = load_model(args.config)
     report["model"] = {"source": source, "config": cfg.to_dict(),
                        "parameters": sum(p.numel() for p in model.parameters())}
-    sections = [("backends", None), ("equivalence", None), ("timing", None), ("compounding", None)]
+    sections = [] if args.e2e_only else [("backends", None), ("equivalence", None), ("timing", None),
+                                         ("compounding", None)]
     engines = {}
     for name, _ in sections:
         try:
@@ -215,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a failing section is reported, and the others still run
             report[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
             print(f"  {name} failed: {e}", flush=True)
+    e2e_ok = _end_to_end(report, args) if args.end_to_end else True
     if device.type == "cuda":
         report["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
+    _write(report, args.out)
     print(f"report: {args.out}", flush=True)
-    return 0 if all("error" not in report.get(n, {}) for n, _ in sections) else 1
+    return 0 if e2e_ok and all("error" not in report.get(n, {}) for n, _ in sections) else 1
 
 
 if __name__ == "__main__":
