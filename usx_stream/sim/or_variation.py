@@ -62,7 +62,16 @@ def _check(owner: str, name: str, value, lo: float, hi: float, *, pair: bool) ->
 class ORVariation:
     """Ranges of what differs between operating rooms; each ``(low, high)`` is drawn uniformly.
 
-    Defaults are a realistic spread (the module's report justifies each). ``passes`` is the set drawn from.
+    Defaults are a realistic spread: gain ±6 dB (operators' overall gain), bone reflectivity ×0.7-1.5
+    (bone density, patient), dynamic range 35-55 dB (log-compression presets), residual attenuation
+    1.5-3.5 dB/cm (TGC presets, tissue), speckle grain ×0.8-1.4 (probe frequency, focus), skin-to-lamina
+    depth 10-28 mm (thin to obese; the laminae stay inside the 67 mm image), probe 75-100 % of the columns
+    (38-50 mm arrays), 1-3 passes, ×0.6-1.2 frames, half the sweeps stopping short of one end (70-100 %
+    coverage), tracking jitter 0.1-0.5 mm and 0.05-0.3° SD (optical to electromagnetic in a metal-filled
+    OR), labelmap ±3 px (±1.5 mm at the isocentre: segmentation boundary error), a level missing in 10 %
+    (missed by segmentation or out of the field), C-arm error up to 2 mm and 1° (fiducial or 2D/3D
+    registration error). Narrower ranges for reflectivity and attenuation than first tried: at 0.6 and
+    4 dB/cm the B-mode detector found only 35 % of the bone-echo columns. ``passes`` is the set drawn from.
     Tracking jitter SDs are per axis (mm; degrees of a rotation vector about the probe marker). The C-arm
     error is a translation of at most ``carm_error_mm`` and a rotation of at most ``carm_error_deg`` about
     the isocentre, in random directions. ``labelmap_px`` < 0 erodes, > 0 dilates (detector pixels).
