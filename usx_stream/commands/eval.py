@@ -92,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
 def _print_body_levels(result: dict) -> None:
     """Body ASSD per level, every model side by side (with the paired test when there are two)."""
     levels = list(result["models"][0]["per_level"])
-    print("body ASSD mm  " + "  ".join(f"{lv:>6s}" for lv in levels) + "    mean")
+    width = max(len(s["name"]) for s in result["models"])  # full names: two multimodal checkpoints must differ
+    print(f"body ASSD mm{'':{width - 9}s}" + "  ".join(f"{lv:>6s}" for lv in levels) + "    mean")
     for summary in result["models"]:
         row = [summary["per_level"][lv]["body"]["assd_mm"]["mean"] for lv in levels]
-        print(f"  {summary['name'][:11]:11s} " + "  ".join(f"{v:6.2f}" for v in row)
+        print(f"  {summary['name']:{width}s} " + "  ".join(f"{v:6.2f}" for v in row)
               + f"  {summary['overall']['body']['assd_mm']['mean']:6.2f}")
     if "wilcoxon" in result:
         w = result["wilcoxon"]["overall"]["body"]["assd_mm"]
