@@ -37,6 +37,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("usx_stream.commands.dataset", "generate paired US/X-ray/ground-truth completion data (HDF5)"),
     "train": ("usx_stream.commands.train", "train the completion network"),
     "eval": ("usx_stream.commands.eval", "evaluate completion models and compare them"),
+    "error-head": ("usx_stream.commands.error_head", "fit or check the per-point completion uncertainty (error head)"),
     "export": ("usx_stream.commands.export", "export the completion network (torch.export / ONNX) and check it"),
     "calibrate-xray": ("usx_stream.commands.calibrate_xray", "compute XrayToReference from fiducial pairs"),
     "score": ("usx_stream.commands.score", "score a recording's published surfaces against a CT or meshes, registered"),

@@ -75,17 +75,24 @@ def _run(updater):
 
 def test_launch_keys_defaults_and_ranges():
     c = parse_launch({}).completion
-    assert c.uncertainty_samples >= 0 and c.uncertainty_period_s == 2.0
-    assert parse_launch({"completion": {"uncertainty_samples": 8}}).completion.uncertainty_samples == 8
+    assert c.uncertainty == "error_head" and c.uncertainty_samples == 0 and c.uncertainty_period_s == 2.0
+    latent = parse_launch({"completion": {"uncertainty": "latent", "uncertainty_samples": 8}}).completion
+    assert latent.uncertainty_samples == 8
     with pytest.raises(ConfigError, match="completion.uncertainty_samples"):
         parse_launch({"completion": {"uncertainty_samples": -1}})
+    with pytest.raises(ConfigError, match=r"completion.uncertainty_samples: must be >= 1 .*'latent', got 0"):
+        parse_launch({"completion": {"uncertainty": "latent"}})
+    with pytest.raises(ConfigError, match=r"completion.uncertainty_samples: applies to .* 'error_head'\), got 4"):
+        parse_launch({"completion": {"uncertainty_samples": 4}})
+    with pytest.raises(ConfigError, match="completion.uncertainty"):
+        parse_launch({"completion": {"uncertainty": "ensemble"}})
     with pytest.raises(ConfigError, match="completion.uncertainty_period_s"):
         parse_launch({"completion": {"uncertainty_period_s": -0.5}})
 
 
 def test_k0_gives_todays_surfaces_and_coverage_metadata(engines):
     today = _run(_updater(engines, None)[0])
-    k0 = _run(_updater(engines, {"uncertainty_samples": 0})[0])
+    k0 = _run(_updater(engines, {"uncertainty": "off"})[0])
     assert list(today.surfaces) == list(k0.surfaces) == ["L2", "L3"]
     for lv in today.surfaces:
         np.testing.assert_array_equal(k0.points_ref_mm[lv], today.points_ref_mm[lv])
@@ -97,7 +104,7 @@ def test_k0_gives_todays_surfaces_and_coverage_metadata(engines):
 
 
 def test_uncertainty_on_every_vertex_with_its_summary(engines):
-    updater, _ = _updater(engines, {"uncertainty_samples": 4})
+    updater, _ = _updater(engines, {"uncertainty": "latent", "uncertainty_samples": 4})
     result = _run(updater)
     for lv, surface in result.surfaces.items():
         values = surface.point_data["uncertainty_mm"]
@@ -111,7 +118,8 @@ def test_uncertainty_on_every_vertex_with_its_summary(engines):
 
 def test_cpu_period_reuses_the_last_spread_until_due_or_stale(engines, monkeypatch):
     # the same inputs every update: reuse_change 0 makes every update complete (a kept surface keeps its spread)
-    updater, state = _updater(engines, {"uncertainty_samples": 3, "uncertainty_period_s": 2.0, "reuse_change": 0.0})
+    updater, state = _updater(engines, {"uncertainty": "latent", "uncertainty_samples": 3, "uncertainty_period_s": 2.0,
+                                        "reuse_change": 0.0})
     calls = {"n": 0}
     for engine in engines.values():
         original = engine.run_device_samples
@@ -144,3 +152,55 @@ def test_cpu_period_reuses_the_last_spread_until_due_or_stale(engines, monkeypat
     updater.clock.t += 0.1
     _run(updater)
     assert calls["n"] == 4
+
+
+@pytest.fixture(scope="module")
+def engines_with_heads():
+    from usx_stream.completion.error_head import ErrorHead
+
+    torch.manual_seed(0)
+    out = {}
+    for variant in ("multimodal", "us_only"):
+        extra = {} if variant == "multimodal" else {"multimodal": False, "num_labelmap": 0, "refine_labelmap": 0}
+        out[variant] = CompletionEngine(build_model(ModelConfig(**{**TINY, **extra})), device="cpu", max_batch=5,
+                                        warmup=False, error_head=ErrorHead(multimodal=variant == "multimodal"))
+    return out
+
+
+@pytest.mark.parametrize("fusion", ["multimodal", "us_only"])
+def test_error_head_by_default_every_update_same_surfaces(engines_with_heads, fusion):
+    off = _run(_updater(engines_with_heads, {"uncertainty": "off"}, fusion)[0])
+    updater, _ = _updater(engines_with_heads, {"reuse_change": 0.0}, fusion)   # the default: error_head
+    calls = {"n": 0}
+    head = engines_with_heads[fusion].error_head
+    original = head.forward
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return original(*a, **k)
+
+    head.forward = counted
+    try:
+        first = _run(updater)
+        updater.clock.t += 0.5
+        second = _run(updater)
+    finally:
+        del head.forward
+    assert calls["n"] == 2                                   # cheap: every update that completes, no period
+    for result in (first, second):
+        assert list(result.surfaces) == ["L2", "L3"]
+        for lv, surface in result.surfaces.items():
+            # the completion itself does not change
+            np.testing.assert_array_equal(surface.vertices_mm, off.surfaces[lv].vertices_mm)
+            values = surface.point_data["uncertainty_mm"]
+            assert values.shape == (len(surface.vertices_mm),) and np.isfinite(values).all() and (values > 0).all()
+            meta = surface.metadata
+            assert meta["uncertainty_method"] == "error_head" and "uncertainty_samples" not in meta
+            assert meta["uncertainty_age_s"] == 0
+            assert meta["uncertainty_mean_mm"] == pytest.approx(float(values.mean()), abs=1e-3)
+
+
+def test_weights_without_a_head_publish_no_uncertainty(engines):
+    result = _run(_updater(engines, {})[0])                  # error_head asked for, the engines have none
+    assert result.surfaces and all("uncertainty_mm" not in s.point_data and "uncertainty_method" not in s.metadata
+                                   for s in result.surfaces.values())

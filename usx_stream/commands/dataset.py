@@ -93,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launch", default=None,
                         help="--node-sessions: the launch file whose compounding, bone and X-ray settings "
                              "the node uses (default launch/demo.toml)")
+    parser.add_argument("--complete-points", type=int, default=2048, dest="complete_points",
+                        help="ground-truth points per vertebra (default %(default)s, what training uses; 16384 for "
+                             "per-point error figures, where 2048 points leave a ~0.5 mm spacing floor)")
     parser.add_argument("--shard", metavar="I/N", help="generate only part I (0-based) of N (see --merge)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                          "--labelmaps DIR or --merge")
     try:
         cfg = PairConfig(sweep=SweepConfig(**_sweep_options(args)), variation=args.variation,
-                         mesh_spacing_mm=args.mesh_spacing)
+                         mesh_spacing_mm=args.mesh_spacing, complete_points=args.complete_points)
         report = generate(args.out, procedural=args.procedural, meshes=args.meshes, labelmaps=args.labelmaps,
                           ssm=ssm, seed=args.seed,
                           workers=args.workers, cfg=cfg, scale=args.scale, frame=args.frame,
@@ -194,7 +197,8 @@ def _run_node(args: argparse.Namespace, shard=None) -> int:
         report = generate_node(args.out, sessions=args.node_sessions, seed=args.seed,
                                launch=args.launch or default_launch_dir() / "demo.toml", workers=args.workers,
                                command="usx-stream " + shlex.join(sys.argv[1:]), progress=not args.no_progress,
-                               shard=shard, spine=spine, variation=variation)
+                               shard=shard, spine=spine, variation=variation,
+                               complete_points=args.complete_points)
     except ValueError as e:
         log.error("dataset: %s", e)
         return 2

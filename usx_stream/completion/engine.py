@@ -64,11 +64,13 @@ class CompletionEngine:
     max_batch : vertebrae per network call (five lumbar vertebrae)
     cache_dir : TensorRT engine cache folder
     warmup : run every batch size once now (captures CUDA graphs, loads kernels)
+    error_head : the weights' learned error head (``completion.error_head``), moved to ``device``: the per-point
+        uncertainty of ``completion.front.complete_levels(..., error_head=True)``; None: none
     """
 
     def __init__(self, model: CompletionNet, *, backend: str = "auto", device: str | torch.device | None = "auto",
                  precision: str | None = None, max_batch: int = 5, cache_dir: str | Path | None = None,
-                 warmup: bool = True) -> None:
+                 warmup: bool = True, error_head=None) -> None:
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
         if max_batch < 1:
@@ -84,6 +86,10 @@ class CompletionEngine:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
         self.model = model.eval().to(self.device)
         self.cfg = model.cfg
+        if error_head is not None and bool(error_head.multimodal) != bool(self.cfg.multimodal):
+            raise ValueError(f"error_head: a {'multimodal' if error_head.multimodal else 'US-only'} head for a "
+                             f"{'multimodal' if self.cfg.multimodal else 'US-only'} network")
+        self.error_head = None if error_head is None else error_head.eval().to(self.device)
         self.not_used: dict[str, str] = {}
         self._runner = self._select(backend)
         _LOG.info("%s", self.describe())

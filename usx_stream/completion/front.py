@@ -11,6 +11,8 @@ frame (the node's Reference), with the rotation to the vertebra's canonical axes
 4. ``uncertainty`` (``samples`` = K > 0): the same ``complete`` call decodes the posterior-mean latent and K
    draws in one batch of B x (1 + K) (``CompletionEngine.run_device_samples``) and each completed point gets
    its spread in mm (``completion.uncertainty``: RMS distance to the corresponding point of the draws);
+   or (``error_head``) each completed point gets the expected distance to the true surface, in mm, from the
+   engine's learned error head (``completion.error_head``), on the engine's device;
 
 and maps the completed points back to the input frame. The node's surface update and
 :meth:`CompletionEngine.complete <usx_stream.completion.engine.CompletionEngine.complete>` both call it, so a
@@ -94,9 +96,10 @@ class LevelCompletion:
     prepared : PreparedLevel or None
         The network's input (None when nothing was completed).
     spread_mm : (num_out,) float32 ndarray or None
-        Per point of ``points_mm``: its completion uncertainty in mm (``completion.uncertainty``), measured
-        on the network's output before the body fit (the fit moves and scales the body, not the spread);
-        None when no draws were asked for.
+        Per point of ``points_mm``: its completion uncertainty in mm, the latent spread
+        (``completion.uncertainty``) or the error head's expected distance to the true surface
+        (``completion.error_head``), measured on the network's output before the body fit (the fit moves and
+        scales the body, not the uncertainty); None when neither was asked for.
     metadata : dict
         ``xray_body_shift_mm`` (cranial, mm) and ``xray_body_scale`` when the body fit was applied;
         ``xray_body_fit`` (why not) when it was asked for and not applied; empty otherwise.
@@ -146,8 +149,8 @@ def prepare_levels(levels: Sequence[LevelPoints], *, num_partial: int, num_label
 
 
 def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = False, seed: int = 0,
-                    timer: Timer | None = None, samples: int = 0,
-                    correspondence: str = "auto") -> list[LevelCompletion]:
+                    timer: Timer | None = None, samples: int = 0, correspondence: str = "auto",
+                    error_head: bool = False) -> list[LevelCompletion]:
     """Complete vertebrae given in millimetres, in one batch.
 
     Parameters
@@ -169,6 +172,10 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
         those of a call without draws). The draws are seeded by ``seed``: the same every call.
     correspondence : {"auto", "index", "nearest"}
         How a draw's point corresponds to a mean point (``completion.uncertainty``).
+    error_head : bool
+        With ``samples`` = 0: each point's uncertainty is the expected distance to the true surface from the
+        engine's ``error_head`` (:mod:`completion.error_head`; none when the engine has no head). The
+        completed points are exactly those of a call without it.
 
     Returns
     -------
@@ -178,10 +185,13 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
     """
     import torch
 
-    from usx_stream.completion import uncertainty as unc
+    from usx_stream.completion import ops, uncertainty as unc
 
     if not isinstance(samples, (int, np.integer)) or samples < 0:
         raise ValueError(f"complete_levels: samples must be an integer >= 0, got {samples!r}")
+    if samples and error_head:
+        raise ValueError("complete_levels: give samples (latent spread) or error_head, not both")
+    head = getattr(engine, "error_head", None) if error_head else None
 
     multimodal = bool(engine.cfg.multimodal)
     if fit_body and not multimodal:
@@ -205,15 +215,20 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
                 out = engine.run_device_samples(partial, labelmap, eps)
                 completed = list(out[:, 0].cpu().numpy())
             else:
-                completed = list(engine.run_device(partial, labelmap).float().cpu().numpy())
+                fine = engine.run_device(partial, labelmap).float()
+                completed = list(fine.cpu().numpy())
+    if head is not None:
+        with timer("uncertainty"), torch.inference_mode(), ops.tree_knn():
+            expected = head(fine, partial.float(), None if labelmap is None else labelmap.float()).cpu().numpy()
+        for k, (i, p) in enumerate(done):
+            results[i].spread_mm = (expected[k] * _mm_per_unit(p)).astype(np.float32)
     if samples:
         with timer("uncertainty"):
             how = unc.resolve_correspondence(correspondence, bool(getattr(engine.model, "index_correspondence",
                                                                           False)))
             spread_unit = unc.point_spread(out[:, 0], out[:, 1:], correspondence=how).cpu().numpy()
             for k, (i, p) in enumerate(done):
-                scale_mm = float(np.cbrt(abs(np.linalg.det(p.model_to_input[:3, :3]))))  # mm per unit
-                results[i].spread_mm = (spread_unit[k] * scale_mm).astype(np.float32)
+                results[i].spread_mm = (spread_unit[k] * _mm_per_unit(p)).astype(np.float32)
     if fit_body:
         with timer("body_fit"):
             for k, (i, p) in enumerate(done):
@@ -228,3 +243,7 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
         results[i].points_mm = p.to_input_frame(completed[k])
         results[i].prepared = p
     return results
+
+
+def _mm_per_unit(prepared: PreparedLevel) -> float:
+    return float(np.cbrt(abs(np.linalg.det(prepared.model_to_input[:3, :3]))))

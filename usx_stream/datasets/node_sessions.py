@@ -117,11 +117,11 @@ def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048, sp
 
 def generate_node(out: str | Path, *, sessions: int, seed: int, launch: str | Path, workers: int = 1,
                   command: str = "", progress: bool = True, shard: tuple[int, int] | None = None,
-                  spine: str | None = None, variation=None) -> GenerateReport:
+                  spine: str | None = None, variation=None, complete_points: int = 2048) -> GenerateReport:
     """Write the :func:`node_pairs` of ``sessions`` simulated sessions to ``out`` (the layout of
     :mod:`usx_stream.train.data`, like ``usx-stream dataset``); ``shard = (i, n)`` writes only part ``i``
     of ``n`` (:func:`~usx_stream.datasets.pairs.shard_bounds`), for ``usx-stream dataset --merge``.
-    ``spine`` and ``variation`` as in :func:`node_pairs`."""
+    ``spine``, ``variation`` and ``complete_points`` as in :func:`node_pairs`."""
     from ..sim.spine_spec import parse_spine
     from ..train.data import write_pairs
 
@@ -129,10 +129,12 @@ def generate_node(out: str | Path, *, sessions: int, seed: int, launch: str | Pa
         raise ValueError(f"sessions: must be >= 1, got {sessions}")
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
+    if complete_points < 1:
+        raise ValueError(f"complete_points: must be >= 1, got {complete_points}")
     if spine is not None and parse_spine(spine).kind == "path":
         session_spine(str(spine), 0)  # an unreadable spine fails here, once, not in every worker
     fn = functools.partial(node_pairs, seed=seed, launch=launch, spine=None if spine is None else str(spine),
-                           variation=variation)
+                           variation=variation, complete_points=int(complete_points))
     start, stop = shard_bounds(sessions, shard)
     samples, skipped = collect_pairs(fn, list(range(start, stop)), workers=workers, progress=progress)
     attrs = {"seed": int(seed), "source": "node", "command": command, "skipped": skipped,

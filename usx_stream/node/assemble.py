@@ -54,7 +54,37 @@ def make_engine(variant: str, cfg: LaunchConfig, *, warmup: bool = True):
     model, _, _ = load_checkpoint(path) if path else load_default(variant)
     precision = None if c.precision == "auto" else c.precision
     return CompletionEngine(model, backend=c.backend, device=c.device, precision=precision, max_batch=5,
-                            cache_dir=c.engine_cache or None, warmup=warmup)
+                            cache_dir=c.engine_cache or None, warmup=warmup,
+                            error_head=_error_head(variant, cfg, model, packaged_weights=not path))
+
+
+def _error_head(variant: str, cfg: LaunchConfig, model, *, packaged_weights: bool):
+    """The error head of ``model`` when ``completion.uncertainty = "error_head"``: the launch file's, else the
+    packaged one for the packaged weights; None (logged) for custom weights without one."""
+    from ..completion.checkpoint import state_dict_hash
+    from ..completion.error_head import load_error_head, packaged_error_head
+
+    c = cfg.completion
+    if c.uncertainty != "error_head":
+        return None
+    key = "completion.error_head" if variant == "multimodal" else "completion.error_head_us_only"
+    path = c.error_head if variant == "multimodal" else c.error_head_us_only
+    digest = state_dict_hash(model)
+    if not path:
+        if not packaged_weights:
+            log.warning("%s weights are not the packaged ones and %s is empty: their surfaces carry no "
+                        "uncertainty_mm (train a head: usx-stream error-head fit)", variant, key)
+            return None
+        try:   # the packaged pair always matches; an installation that replaced one file gets no uncertainty
+            return load_error_head(packaged_error_head(variant), completion_hash=digest)[0]
+        except (FileNotFoundError, ValueError) as e:
+            log.warning("%s: no uncertainty_mm on %s surfaces: %s", key, variant, e)
+            return None
+    try:
+        head, _ = load_error_head(path, completion_hash=digest)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return head
 
 
 def make_engines(cfg: LaunchConfig) -> dict:

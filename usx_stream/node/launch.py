@@ -219,6 +219,13 @@ def _check_cross(sections: Mapping[str, Section]) -> None:
     if bool(comp.clip_rectangle_origin) != bool(comp.clip_rectangle_size):
         raise _fail("compound.clip_rectangle_size", "clip_rectangle_origin and clip_rectangle_size go together",
                     comp.clip_rectangle_size)
+    c = sections["completion"]
+    if c.uncertainty == "latent" and c.uncertainty_samples == 0:
+        raise _fail("completion.uncertainty_samples", "must be >= 1 when completion.uncertainty = 'latent'",
+                    c.uncertainty_samples)
+    if c.uncertainty != "latent" and c.uncertainty_samples:
+        raise _fail("completion.uncertainty_samples", f"applies to completion.uncertainty = 'latent' only "
+                    f"(completion.uncertainty = {c.uncertainty!r})", c.uncertainty_samples)
 
 
 def parse_launch(data: Mapping[str, Any], *, description: str | None = None,

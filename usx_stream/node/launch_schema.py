@@ -138,9 +138,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_frames": Key("int", 30, "frames compounded before the first completion", lo=1),
         "engine_cache": Key("path", "", "folder for compiled engines (empty: no cache)"),
         "threads": Key("int", 0, "CPU threads for completion (0: torch's default); 1 leaves a core to ingest", lo=0),
-        "uncertainty_samples": Key("int", 0, "K latent draws decoded with the mean completion for the per-vertex "
-                                   "uncertainty_mm on each surface (0: off)", lo=0, hi=32),
-        "uncertainty_period_s": Key("float", 2.0, "on a CPU, time between uncertainty runs, s (the last spread is "
+        "uncertainty": Key("str", "error_head", "per-vertex uncertainty_mm on each surface: error_head (the expected "
+                           "distance to the true surface from the weights' learned error head, "
+                           "usx_stream.completion.error_head), latent (spread of uncertainty_samples latent "
+                           "draws) or off", choices=("error_head", "latent", "off")),
+        "error_head": Key("path", "", "error head of the multimodal weights (empty: the packaged head of the "
+                          "packaged weights; custom weights without a head publish no uncertainty)"),
+        "error_head_us_only": Key("path", "", "error head of the US-only weights (empty: as error_head)"),
+        "uncertainty_samples": Key("int", 0, "uncertainty = latent: K latent draws decoded with the mean completion "
+                                   "(0 otherwise)", lo=0, hi=32),
+        "uncertainty_period_s": Key("float", 2.0, "uncertainty = latent, on a CPU: time between runs, s (the last spread is "
                                     "reused between them; 0: every update); a GPU runs it every update", lo=0),
         "reuse_change": Key("float", 0.03, "a level keeps its last surface while at most this fraction of its "
                             "bone-point cells changed since that surface was completed (and its axes and "

@@ -13,11 +13,13 @@ never builds a queue. Steps (each timed in telemetry):
    (batched resampling to the network's point counts, unit frames), ``complete`` (every visible level in
    one batch through the engine), ``body_fit`` (multimodal, ``xray.fit_body``: each completed body fitted to
    its X-ray silhouette along the cranial axis);
-   With ``completion.uncertainty_samples`` K > 0 the same call decodes K latent draws with the mean
-   (``uncertainty``): each completed point gets its spread in mm. On a CPU this runs every
-   ``completion.uncertainty_period_s`` (and whenever a level or the fusion has no spread yet); between runs
-   the level's last spread is reused, carried from the points it was measured on. On a GPU it runs every
-   update;
+   ``uncertainty`` (``completion.uncertainty``): with ``error_head`` (the default) each completed point gets
+   the expected distance to the true surface in mm from the engine's learned error head, every update
+   (``completion.error_head``; a few ms on a CPU); with ``latent`` the same call decodes
+   ``completion.uncertainty_samples`` K latent draws with the mean and each point gets their spread in mm,
+   on a CPU every ``completion.uncertainty_period_s`` (and whenever a level or the fusion has no spread yet;
+   between runs the level's last spread is reused, carried from the points it was measured on), on a GPU
+   every update;
 4. ``mesh``: completed points -> watertight mesh within the triangle budget; the spread is carried to the
    mesh vertices (``surface.mesh.transfer_point_values``) as ``Surface.point_data["uncertainty_mm"]``.
 
@@ -29,9 +31,10 @@ nothing. ``UpdateResult.completed`` / ``reused`` and the telemetry counters ``le
 ``levels_reused`` say which.
 
 Every surface's metadata says what coverage produced it: ``bone_points`` (the level's bone points),
-``xray_level`` (``yes`` when its X-ray labelmap points went into the completion), and with K > 0
-``uncertainty_mean_mm``, ``uncertainty_max_mm`` (over the vertices), ``uncertainty_samples`` (K) and
-``uncertainty_age_s`` (how old the reused spread is; 0 when measured in this update).
+``xray_level`` (``yes`` when its X-ray labelmap points went into the completion), and with an uncertainty
+``uncertainty_method`` (``error_head`` / ``latent``), ``uncertainty_mean_mm``, ``uncertainty_max_mm`` (over the
+vertices), ``uncertainty_age_s`` (how old the reused value is; 0 when measured in this update) and, for
+``latent``, ``uncertainty_samples`` (K).
 """
 
 from __future__ import annotations
@@ -141,8 +144,8 @@ def xray_level_centres(xray: XraySnapshot, bone_ref_mm: np.ndarray, lateral_hint
 class SurfaceUpdater:
     """Turns snapshots into surfaces. ``engines`` maps ``"multimodal"`` / ``"us_only"`` to
     :class:`~usx_stream.completion.engine.CompletionEngine` objects (the US-only one is the fallback used
-    until an X-ray arrives). ``completion`` is the launch file's ``[completion]`` table (its
-    ``uncertainty_samples`` and ``uncertainty_period_s``); None: no uncertainty."""
+    until an X-ray arrives). ``completion`` is the launch file's ``[completion]`` table (its ``uncertainty``,
+    ``uncertainty_samples``, ``uncertainty_period_s`` and reuse keys); None: no uncertainty, no reuse."""
 
     def __init__(self, engines: dict, *, bone, xray_cfg, surface, publish_frame: str = "Reference",
                  telemetry: Telemetry | None = None, seed: int = 0, completion=None) -> None:
@@ -153,7 +156,9 @@ class SurfaceUpdater:
         self.seed = seed
         self.landmarks = {k: np.asarray(v, dtype=np.float64) for k, v in (bone.landmarks_mm or {}).items()}
         self._pool, self._pool_size = None, 0
-        self.uncertainty_samples = int(completion.uncertainty_samples) if completion is not None else 0
+        self.uncertainty = str(completion.uncertainty) if completion is not None else "off"
+        samples = int(completion.uncertainty_samples) if completion is not None else 0   # 0 unless latent
+        self.uncertainty_samples = samples if self.uncertainty == "latent" else 0
         self.uncertainty_period_s = float(completion.uncertainty_period_s) if completion is not None else 0.0
         self.clock = time.monotonic
         # level -> (fusion, completed points mm (N, 3), spread mm (N,), clock time measured); completion thread only
@@ -230,6 +235,7 @@ class SurfaceUpdater:
         engine = self.engines[fusion]
         k = self._draws_now(engine, fusion, [c.level for c in todo], now)
         done = [c for c in complete_levels(engine, todo, seed=self.seed, timer=t.time, samples=k,
+                                           error_head=self.uncertainty == "error_head",
                                            fit_body=fusion == "multimodal" and bool(self._xray.fit_body))
                 if c.prepared is not None]
         for c in done:
@@ -280,15 +286,17 @@ class SurfaceUpdater:
     def _attach_spread(self, surface: Surface, level: str, fusion: str, now: float) -> None:
         """``uncertainty_mm`` on the vertices of ``surface`` from the level's last spread of ``fusion``."""
         cached = self._spread.get(level)
-        if self.uncertainty_samples == 0 or cached is None or cached[0] != fusion or not len(surface.vertices_mm):
+        if self.uncertainty == "off" or cached is None or cached[0] != fusion or not len(surface.vertices_mm):
             return
         _, points_mm, spread_mm, measured = cached
         values = transfer_point_values(surface.vertices_mm, points_mm, spread_mm)
         surface.point_data["uncertainty_mm"] = values
-        surface.metadata.update({"uncertainty_mean_mm": round(float(values.mean()), 3),
+        surface.metadata.update({"uncertainty_method": self.uncertainty,
+                                 "uncertainty_mean_mm": round(float(values.mean()), 3),
                                  "uncertainty_max_mm": round(float(values.max()), 3),
-                                 "uncertainty_samples": self.uncertainty_samples,
                                  "uncertainty_age_s": round(now - measured, 3)})
+        if self.uncertainty == "latent":
+            surface.metadata["uncertainty_samples"] = self.uncertainty_samples
 
     def _level_points(self, levels, per_level, centres, beam_direction, xray) -> list[LevelPoints]:
         """Each visible level's bone points, labelmap points (``xray`` given) and canonical axes, Reference, mm."""
