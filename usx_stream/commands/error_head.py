@@ -44,17 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    import torch
-
     from ..completion.checkpoint import state_dict_hash
+    from ..errors import InputError
     from ..completion.error_head import load_error_head, packaged_error_head, save_error_head
     from ..train.data import read_pairs_many
     from ..train.error_head import completion_errors, fit_error_head, predict, rank_report
     from ..train.evaluate import load_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     net, cfg, name = load_model(args.model)
     digest = state_dict_hash(net)
     data = completion_errors(net, read_pairs_many(args.data))
@@ -62,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         val = completion_errors(net, read_pairs_many(args.val))
         head, history = fit_error_head(data, val, multimodal=cfg.multimodal, epochs=args.epochs, seed=args.seed)
         report = rank_report(predict(head, val) * val.mm_per_unit, val.error * val.mm_per_unit)
-        extra = {"command": "usx-stream " + " ".join(sys.argv[1:]), "model": name, "data": args.data,
+        command = (f"usx-stream error-head fit --model {args.model} --data {args.data} --val {args.val} "
+                   f"--out {args.out} --epochs {args.epochs} --seed {args.seed}")   # (also right when called in-process)
+        extra = {"command": command, "model": name, "data": args.data,
                  "val": args.val, "train_vertebrae": len(data.error), "val_vertebrae": len(val.error),
                  "val_spearman_rho": report["spearman_rho"], "history": history}
         save_error_head(args.out, head, digest, extra)
@@ -70,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
               f"({len(val.error)} vertebrae) -> {args.out}")
         return 0
     path = packaged_error_head("multimodal" if cfg.multimodal else "us_only") if args.head == "default" else Path(args.head)
-    head, _ = load_error_head(path, completion_hash=digest)
+    try:
+        head, _ = load_error_head(path, completion_hash=digest)
+    except ValueError as e:
+        raise InputError(f"--head: {e}") from None
     report = rank_report(predict(head, data) * data.mm_per_unit, data.error * data.mm_per_unit, data.levels)
     report.update({"model": name, "head": str(path), "data": args.data})
     _print(report)
