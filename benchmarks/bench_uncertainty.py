@@ -1,15 +1,18 @@
-"""CPU cost of the completion uncertainty: the node's surface update for five levels with K = 0, 4, 8 draws.
+"""Cost of the completion uncertainty: the node's surface update for five levels with each uncertainty method.
 
-One process, eager CPU engine over the shipped multimodal weights, ``--threads`` torch threads (the demo
-launch file gives completion one thread). Inputs: the five vertebrae of one procedural spine (ray-cast
-ultrasound and X-ray, ``datasets.pairs``), in mm. Each repeat runs the update (completion front door +
-distance-field meshing of every level + carrying the spread to the vertices) once per K, interleaved, with
-``uncertainty_period_s = 0`` (draws every update, as on a GPU). Reported per K: median and p90 of the whole
-update and of its ``complete`` / ``uncertainty`` / ``mesh`` steps, and the ratio of the median update
-against K = 0 in the same run. With a period P on a CPU and updates every U seconds the draws run on one
-update in ceil(P / U): the average cost is about ``1 + (ratio - 1) * U / P``.
+One process, eager engine over the shipped multimodal weights and their error head (``--device``: cpu, or
+cuda when present), ``--threads`` torch threads (the demo launch file gives completion one thread). Inputs:
+the five vertebrae of one procedural spine (ray-cast ultrasound and X-ray, ``datasets.pairs``), in mm. Each
+repeat runs the update (completion front door + distance-field meshing of every level + carrying the
+uncertainty to the vertices) once per method, interleaved: ``off``, ``error_head`` (the default) and
+``latent:K`` (K latent draws, ``uncertainty_period_s = 0``: draws every update, as on a GPU). Reported per
+method: median and p90 of the whole update and of its ``complete`` / ``uncertainty`` / ``mesh`` steps, and the
+ratio of the median update against the first method in the same run. With a period P on a CPU and updates every
+U seconds the latent draws run on one update in ceil(P / U): their average cost is about
+``1 + (ratio - 1) * U / P``.
 
-usage: python benchmarks/bench_uncertainty.py [--ks 0 4 8] [--repeats 9] [--threads 1]
+usage: python benchmarks/bench_uncertainty.py [--methods off error_head latent:4 latent:8] [--repeats 9]
+                                              [--threads 1] [--device cpu]
                                               [--out bench_out/bench_uncertainty.json]
 """
 
@@ -43,7 +46,8 @@ def five_levels():
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ks", type=int, nargs="+", default=[0, 4, 8])
+    ap.add_argument("--methods", nargs="+", default=["off", "error_head", "latent:4", "latent:8"])
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "bench_out" / "bench_uncertainty.json")
@@ -57,42 +61,48 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = load_launch(ROOT / "launch" / "demo.toml")
-    engine = CompletionEngine.from_default("multimodal", device="cpu", backend="eager")
+    engine = CompletionEngine.from_default("multimodal", device=args.device, backend="eager")
     levels = five_levels()
     per_level = {lv.level: lv.partial_mm for lv in levels}
     updaters = {}
-    for k in args.ks:
-        completion = cfg.with_overrides({"completion.uncertainty_samples": k,
-                                         "completion.uncertainty_period_s": 0.0}).completion
+    for k in args.methods:
+        method, _, draws = k.partition(":")
+        if method not in ("off", "error_head", "latent") or (method == "latent") != draws.isdigit():
+            ap.error(f"--methods: expected off, error_head or latent:K, got {k!r}")
+        completion = cfg.with_overrides({"completion.uncertainty": method,
+                                         "completion.uncertainty_samples": int(draws or 0),
+                                         "completion.uncertainty_period_s": 0.0,
+                                         "completion.reuse_change": 0.0}).completion   # complete every update
         u = SurfaceUpdater({"multimodal": engine, "us_only": engine}, bone=cfg.bone, xray_cfg=cfg.xray,
                            surface=cfg.surface, telemetry=Telemetry(), completion=completion)
         u.inputs = lambda *a, **kw: UpdateInputs("multimodal", "xray", per_level, levels, xray_expected=True)
         updaters[k] = u
-    walls = {k: [] for k in args.ks}
+    walls = {k: [] for k in args.methods}
     for r in range(args.repeats + 1):                    # the first round warms up and is dropped
         for k, u in updaters.items():
             t = time.perf_counter()
             result = u.update(None, beam_direction=np.array([0.0, -1.0, 0.0]), xray=None)
             if r:
                 walls[k].append(time.perf_counter() - t)
-            assert len(result.surfaces) == 5 and (("uncertainty_mm" in result.surfaces["L3"].point_data) == (k > 0))
+            assert len(result.surfaces) == 5 and (("uncertainty_mm" in result.surfaces["L3"].point_data) == (k != "off"))
             if r == 0:
                 u.telemetry = Telemetry()
-    base = float(np.median(walls[args.ks[0]]))
+    base = float(np.median(walls[args.methods[0]]))
     rows = []
     for k, u in updaters.items():
         stages = {name: round(1000 * float(np.median(u.telemetry.stage(name).samples())), 1)
                   for name in ("complete", "uncertainty", "mesh") if u.telemetry.stage(name).count}
         med = float(np.median(walls[k]))
-        rows.append({"k": k, "update_ms_median": round(1000 * med, 1),
+        rows.append({"method": k, "update_ms_median": round(1000 * med, 1),
                      "update_ms_p90": round(1000 * float(np.quantile(walls[k], 0.9)), 1),
-                     "ratio_vs_k0": round(med / base, 2), "stages_ms_median": stages})
-    report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                     "ratio_vs_first": round(med / base, 2), "stages_ms_median": stages})
+    report = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "device": str(engine.device),
               "repeats": args.repeats, "levels": 5, "backend": engine.backend, "rows": rows}
-    print(f"five levels, eager CPU, {args.threads} thread(s), {args.repeats} repeats (median update ms, ratio vs K=0)")
+    print(f"five levels, eager on {engine.device}, {args.threads} thread(s), {args.repeats} repeats (median update ms, "
+          f"ratio vs {args.methods[0]})")
     for row in rows:
-        print(f"  K={row['k']:<2}  update {row['update_ms_median']:7.1f} ms (p90 {row['update_ms_p90']:7.1f})  "
-              f"x{row['ratio_vs_k0']:.2f}   steps {row['stages_ms_median']}")
+        print(f"  {row['method']:<10}  update {row['update_ms_median']:7.1f} ms (p90 {row['update_ms_p90']:7.1f})  "
+              f"x{row['ratio_vs_first']:.2f}   steps {row['stages_ms_median']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

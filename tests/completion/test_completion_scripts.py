@@ -115,3 +115,17 @@ def test_gpu_e2e_ratios_are_gpu_over_cpu_and_need_both_paths(monkeypatch):
     assert r["end_to_end"] == {"p50": 0.1, "p95": 0.075} and r["stage_p50"]["mesh"] == 0.1
     assert r["end_to_end_completing"] == {"p50": None, "p95": None} and "numba" in r["caveat"]
     assert gpu_e2e.ratios({"status": "skipped"}, cpu)["available"] is False
+
+
+def test_bench_uncertainty_times_each_method_on_completing_updates(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_uncertainty", REPO_ROOT / "benchmarks" / "bench_uncertainty.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bu.json"
+    assert bench.main(["--methods", "off", "error_head", "--repeats", "1", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    # every update completes and meshes (no level reuse); only error_head has an uncertainty step
+    assert set(rows["off"]["stages_ms_median"]) == {"complete", "mesh"}
+    assert set(rows["error_head"]["stages_ms_median"]) == {"complete", "uncertainty", "mesh"}
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "latent", "--out", str(out)])

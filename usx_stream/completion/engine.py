@@ -294,11 +294,14 @@ class CompletionEngine:
 
     @classmethod
     def from_default(cls, variant: str = "multimodal", device: str | torch.device | None = "auto",
-                     **kwargs) -> "CompletionEngine":
+                     error_head: bool = True, **kwargs) -> "CompletionEngine":
         """An engine over the packaged weights of ``variant`` (``"multimodal"`` or ``"us_only"``,
-        ``checkpoint.load_default``); ``kwargs`` go to the constructor (``backend``, ``precision``,
-        ``max_batch``, ``cache_dir``, ``warmup``)."""
-        from usx_stream.completion.checkpoint import load_default
+        ``checkpoint.load_default``), with their packaged error head unless ``error_head`` is False;
+        ``kwargs`` go to the constructor (``backend``, ``precision``, ``max_batch``, ``cache_dir``, ``warmup``)."""
+        from usx_stream.completion.checkpoint import load_default, state_dict_hash
+        from usx_stream.completion.error_head import load_error_head, packaged_error_head
 
         model, _, _ = load_default(variant)
-        return cls(model, device=device, **kwargs)
+        head = (load_error_head(packaged_error_head(variant), completion_hash=state_dict_hash(model))[0]
+                if error_head else None)
+        return cls(model, device=device, error_head=head, **kwargs)
