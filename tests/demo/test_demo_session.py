@@ -1,13 +1,18 @@
-"""`usx-stream demo --session`: the node on an existing session folder simulated from a real spine."""
+"""`usx-stream demo --session`: the node on an existing session folder simulated from a real spine; the demo's
+uncertainty picture."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 
+import numpy as np
 import pytest
 
 from usx_stream.cli import main
+from usx_stream.demo.run import _uncertainty_picture
+from usx_stream.frames import Surface
 from usx_stream.sim.real_spine import real_spine
 from usx_stream.sim.session import load_session, simulate_session, write_session
 
@@ -38,9 +43,54 @@ def test_demo_on_a_real_spine_session_reports_the_present_levels(real_session, t
                 assert math.isfinite(figures[key]) and 0 < figures[key] < 30, (level, fusion, key, figures)
     assert report["latency_ms"]["p50"] is not None
     assert (out / "demo.png").stat().st_size > 10_000
+    assert (out / "demo_uncertainty.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (out / "demo_uncertainty.png").stat().st_size > 10_000
+    for level, entry in report["levels"].items():   # the packaged weights come with their error heads
+        assert 0 < entry["multimodal"]["uncertainty_mean_mm"] < 30, (level, entry)
     assert any((out / "recording").iterdir())
-    assert "body ASSD (mm) per level" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "body ASSD (mm) per level" in printed and "demo.png, demo_uncertainty.png" in printed
 
 
 def test_demo_refuses_session_and_spine_together(tmp_path):
     assert main(["demo", "--session", str(tmp_path), "--spine", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _sphere(centre_z: float, with_uncertainty: bool, n: int = 24) -> Surface:
+    """A 10 mm sphere; uncertainty_mm growing from 0 at one pole to 3 mm at the other."""
+    th, ph = np.meshgrid(np.linspace(0, np.pi, n), np.linspace(0, 2 * np.pi, 2 * n, endpoint=False), indexing="ij")
+    v = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], -1).reshape(-1, 3) * 10.0
+    idx = np.arange(n * 2 * n).reshape(n, 2 * n)
+    tris = [t for i in range(n - 1) for j in range(2 * n)
+            for t in ((idx[i, j], idx[i + 1, j], idx[i, (j + 1) % (2 * n)]),
+                      (idx[i, (j + 1) % (2 * n)], idx[i + 1, j], idx[i + 1, (j + 1) % (2 * n)]))]
+    surface = Surface(v + [0.0, 0.0, centre_z], np.array(tris))
+    if with_uncertainty:
+        surface.point_data["uncertainty_mm"] = ((v[:, 2] + 10.0) * 0.15).astype(np.float32)
+        surface.metadata.update({"uncertainty_method": "error_head", "uncertainty_mean_mm": 1.5})
+    return surface
+
+
+def test_uncertainty_picture_colours_surfaces_by_uncertainty_with_a_colour_bar(tmp_path):
+    import matplotlib.image
+
+    path = tmp_path / "demo_uncertainty.png"
+    surfaces = {lv: _sphere(30.0 * i, with_uncertainty=True) for i, lv in enumerate(("L1", "L2", "L3"))}
+    assert _uncertainty_picture(path, surfaces, "test session") is True
+    assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 10_000
+    rgb = matplotlib.image.imread(path)[..., :3]
+    # viridis' top colour (yellow, in no level colour) appears only where the uncertainty colour map is drawn
+    yellow = np.all(np.abs(rgb - [0.99, 0.91, 0.14]) < 0.08, axis=-1)
+    assert yellow.sum() > 200, yellow.sum()
+
+
+def test_no_uncertainty_picture_without_uncertainty_mm(tmp_path, caplog):
+    path = tmp_path / "demo_uncertainty.png"
+    surfaces = {lv: _sphere(30.0 * i, with_uncertainty=False) for i, lv in enumerate(("L1", "L2"))}
+    with caplog.at_level(logging.INFO, logger="usx_stream.demo.run"):
+        assert _uncertainty_picture(path, surfaces, "test session") is False
+    assert not path.exists()
+    assert "carry no uncertainty_mm" in caplog.text

@@ -4,9 +4,10 @@ from a real spine (--spine, see `usx-stream simulate --help` for the placement).
 
 Writes into OUT: session/ (PLUS sequence file, X-ray + labelmap, ground-truth meshes, calibration),
 L1.ply … L5.ply (completed surfaces, Reference frame, mm), demo.png (completed surfaces over the ground
-truth with the ultrasound bone points, the X-ray labelmap points and two image planes), report.json
-(per-level accuracy in mm for the multimodal model and the US-only fallback; latency p50/p95/p99 with
-the stage breakdown), telemetry.json and recording/.
+truth with the ultrasound bone points, the X-ray labelmap points and two image planes), demo_uncertainty.png
+(completed surfaces coloured by their per-vertex uncertainty_mm; not written when they carry none),
+report.json (per-level accuracy in mm and mean uncertainty for the multimodal model and the US-only
+fallback; latency p50/p95/p99 with the stage breakdown), telemetry.json and recording/.
 
 examples:
   usx-stream demo --out demo_out

@@ -125,6 +125,7 @@ class Panel:
     title: str = ""
     mesh_alpha: float = 0.9
     colour_by: str | None = None        # a Surface.point_data name (e.g. "uncertainty_mm"): meshes coloured by it
+    colour_label: str | None = None     # the colour bar's label, with its unit (default: colour_by)
 
 
 def _bounds(panels: Sequence[Panel]) -> np.ndarray:
@@ -155,7 +156,7 @@ def render_panels(path: str | Path, panels: Sequence[Panel], *, title: str = "",
 
                 norm = matplotlib.colors.Normalize(vmin=0.0, vmax=top)
                 fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, shrink=0.5,
-                             label=panel.colour_by)
+                             label=panel.colour_label or panel.colour_by)
         for name, surface in panel.meshes.items():
             _add_mesh(ax, surface, LEVEL_COLOURS.get(name[:2], "#bdbdbd"), panel.mesh_alpha, scalars=scalars)
         for plane in panel.planes:

@@ -6,10 +6,12 @@
 3. run the node on it (OpenIGTLink in, compounding, bone, X-ray fusion, completion, meshing, POLYDATA out
    to a real OpenIGTLink client that counts what arrives);
 4. on the final volume, complete once with the multimodal model and once with the US-only fallback;
-5. write ``L1.ply`` … ``L5.ply``, ``demo.png`` and ``report.json`` (accuracy per level present in mm
-   against the ground truth, whole and body, both models; end-to-end latency percentiles and the stage
-   breakdown). The body/arch split of the scores is the paper's, in each level's ground-truth frame
-   (``vertebra_to_reference`` of ``ground_truth.json``; for a real spine its axes are the patient axes).
+5. write ``L1.ply`` … ``L5.ply``, ``demo.png``, ``demo_uncertainty.png`` (the completed surfaces coloured
+   by their per-vertex ``uncertainty_mm``; not written when they carry none) and ``report.json`` (accuracy
+   per level present in mm against the ground truth, whole and body, both models, with each surface's mean
+   uncertainty; end-to-end latency percentiles and the stage breakdown). The body/arch split of the scores
+   is the paper's, in each level's ground-truth frame (``vertebra_to_reference`` of ``ground_truth.json``;
+   for a real spine its axes are the patient axes).
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from ..frames import LEVELS, Surface
 from ..transforms import apply
 
 log = logging.getLogger(__name__)
+
+UNCERTAINTY = "uncertainty_mm"
+# What uncertainty_mm means depends on how it was made (surface metadata ``uncertainty_method``).
+_UNCERTAINTY_MEANING = {
+    "error_head": "expected distance to the true surface per vertex, from the error head",
+    "latent": "spread of the latent completions per vertex",
+}
 
 
 def _vertebra_frame_points(points_ref: np.ndarray, vertebra) -> np.ndarray:
@@ -125,6 +134,10 @@ def _finish(out: Path, node, session, received, *, extra: dict | None = None) ->
         for fusion, res in finals.items():
             if lv in res.points_ref_mm:
                 entry[fusion] = score_level(res.points_ref_mm[lv], v)
+                # the uncertainty the node published, beside the true error above, to compare the two
+                mean = res.surfaces[lv].metadata.get("uncertainty_mean_mm") if lv in res.surfaces else None
+                if mean is not None:
+                    entry[fusion]["uncertainty_mean_mm"] = float(mean)
         levels[lv] = entry
         if lv in finals["multimodal"].surfaces:
             write_mesh(out / f"{lv}.ply", finals["multimodal"].surfaces[lv])
@@ -136,6 +149,7 @@ def _finish(out: Path, node, session, received, *, extra: dict | None = None) ->
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     _picture(out / "demo.png", session, finals["multimodal"])
+    _uncertainty_picture(out / "demo_uncertainty.png", finals["multimodal"].surfaces, _describe(session))
     report["files"] = sorted(str(p.relative_to(out)) for p in out.glob("*") if p.is_file())
     return report
 
@@ -172,9 +186,33 @@ def _picture(path: Path, session, result) -> None:
         Panel(completed, view=(20, -65), title="completed (colour) over ground truth (grey)", mesh_alpha=0.45),
         Panel(completed, view=(5, 0), title="side view: vertebral bodies", mesh_alpha=0.45),
     ]
+    render_panels(path, panels, title=f"usx-stream demo, {_describe(session)}")
+
+
+def _describe(session) -> str:
     source = session.spine.metadata.get("source")
-    what = f"spine {Path(source).name}, seed {session.seed}" if source else f"simulated session seed {session.seed}"
-    render_panels(path, panels, title=f"usx-stream demo, {what}")
+    if source:
+        return f"spine {Path(source).name}, seed {session.seed}"
+    return f"simulated session seed {session.seed}"
+
+
+def _uncertainty_picture(path: Path, surfaces: dict[str, Surface], what: str) -> bool:
+    """demo.png's two completed-surface views again, each surface coloured by its per-vertex ``uncertainty_mm``
+    (no ground truth: grey meshes over the colours would hide them). False, with a log line and no file,
+    when no surface carries it (``completion.uncertainty = "off"``, or custom weights without an error head)."""
+    from .pictures import Panel, render_panels
+
+    carrying = {lv: s for lv, s in surfaces.items() if UNCERTAINTY in s.point_data}
+    if not carrying:
+        log.info("no %s: the completed surfaces carry no %s (completion.uncertainty = \"off\"?)", path.name,
+                 UNCERTAINTY)
+        return False
+    methods = sorted({str(s.metadata.get("uncertainty_method", "")) for s in carrying.values()})
+    meaning = "; ".join(_UNCERTAINTY_MEANING.get(m, f"method {m or 'unknown'}") for m in methods)
+    panels = [Panel(carrying, view=view, title=title, colour_by=UNCERTAINTY, colour_label="uncertainty (mm)")
+              for view, title in (((20, -65), "completed surfaces"), ((5, 0), "side view: vertebral bodies"))]
+    render_panels(path, panels, title=f"usx-stream demo, {what}: {UNCERTAINTY} = {meaning}")
+    return True
 
 
 def _concat(d: dict) -> np.ndarray:
