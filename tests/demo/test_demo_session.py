@@ -47,6 +47,10 @@ def test_demo_on_a_real_spine_session_reports_the_present_levels(real_session, t
     assert (out / "demo_uncertainty.png").stat().st_size > 10_000
     for level, entry in report["levels"].items():   # the packaged weights come with their error heads
         assert 0 < entry["multimodal"]["uncertainty_mean_mm"] < 30, (level, entry)
+    # ... and the per-vertex values reached the OpenIGTLink client, decoded from its POLYDATA point scalars
+    received = report["uncertainty_received_by_client_mm"]
+    assert sorted(received) == [f"{lv}_Completed" for lv in ("L1", "L2", "L3", "L4")], received
+    assert all(0 < v < 30 for v in received.values()), received
     assert any((out / "recording").iterdir())
     printed = capsys.readouterr().out
     assert "body ASSD (mm) per level" in printed and "demo.png, demo_uncertainty.png" in printed

@@ -44,4 +44,6 @@ def run(args) -> int:
     print("body ASSD (mm) per level:", json.dumps(summary))
     print("end-to-end latency (ms):", json.dumps({k: report["latency_ms"][k] for k in ("p50", "p95", "p99")}))
     print("surfaces received by the OpenIGTLink client:", json.dumps(report["surfaces_received_by_client"]))
+    print("mean uncertainty_mm of the last surface the client decoded (mm):",
+          json.dumps(report.get("uncertainty_received_by_client_mm", {})))
     return 0

@@ -114,3 +114,10 @@ class LiveSimulation:
     @property
     def received(self) -> dict[str, int]:
         return {} if self.counter is None else dict(self.counter.received)
+
+    def received_uncertainty(self) -> dict[str, float]:
+        """Mean ``uncertainty_mm`` of the newest surface the client decoded, per device that carried it: the
+        per-vertex values as they arrived over OpenIGTLink, not as the node held them."""
+        latest = {} if self.counter is None else dict(self.counter.latest)
+        return {name: round(float(s.point_data["uncertainty_mm"].mean()), 3) for name, s in sorted(latest.items())
+                if "uncertainty_mm" in s.point_data}

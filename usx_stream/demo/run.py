@@ -113,6 +113,7 @@ def run_demo(out_dir: str | Path, *, launch: str | Path | None = None, seed: int
         raise RuntimeError("the node failed during the demo") from live.node.error
     live.node.telemetry.write_json(cfg.telemetry.report_path)
     extra = {"session_dir": str(session)} if session is not None else {}
+    extra["uncertainty_received_by_client_mm"] = live.received_uncertainty()
     if "source" in sim.spine.metadata:
         extra["spine"] = dict(sim.spine.metadata)
     return _finish(out, live.node, sim, live.received, extra=extra)
