@@ -91,6 +91,8 @@ def main(argv=None) -> int:
         **{k: common[k] for k in ("max_queue_depth", "e2e_p95_ms_quarter_vs_end", "rss_mb_per_min",
                                   "e2e_p95_ms_per_min", "levels_completed", "levels_reused",
                                   "end_to_end_completing_ms", "stages")},
+        # why levels were completed again (node.reuse.MISS_REASONS): which tolerance to look at
+        "reuse_misses": {k[len("reuse_miss_"):]: v for k, v in common["counters"].items() if k.startswith("reuse_miss_")},
         "baseline_same_run": run.at_end, "samples": run.samples,
         "engine": run.live.engines["multimodal"].describe(), "host": host,
     }

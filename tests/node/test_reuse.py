@@ -55,23 +55,32 @@ def test_cell_change_and_rotation_angle():
     assert rotation_angle_deg(r, turned) == pytest.approx(2.0, abs=1e-6)
 
 
-def test_reuse_decision_follows_each_tolerance():
+def test_reuse_decision_follows_each_tolerance_and_names_the_one_missed():
     reuse = LevelReuse(change=0.05, rotation_deg=1.0, shift_mm=0.5)
     item = _levels(1)[0]
     done = reuse.inputs_of(item, "multimodal", 0.0)
-    assert not reuse.reusable(done, item.level)           # nothing completed yet
+    assert reuse.miss_reason(done, item.level) == "new"  # nothing completed yet
     done.surface = object()
     reuse.remember(item.level, done)
     assert reuse.reusable(reuse.inputs_of(item, "multimodal", 1.0), item.level)
-    assert not reuse.reusable(reuse.inputs_of(item, "us_only", 1.0), item.level)      # other model
+    assert reuse.miss_reason(reuse.inputs_of(item, "us_only", 1.0), item.level) == "new"      # other model
     fewer = LevelPoints(item.level, item.partial_mm[: int(0.9 * len(item.partial_mm))], item.labelmap_mm, item.rotation)
-    assert not reuse.reusable(reuse.inputs_of(fewer, "multimodal", 1.0), item.level)  # 10 % of the cells gone
+    assert reuse.miss_reason(reuse.inputs_of(fewer, "multimodal", 1.0), item.level) == "cells"  # 10 % gone
     moved = LevelPoints(item.level, item.partial_mm, item.labelmap_mm + [0.0, 0.0, 1.0], item.rotation)
-    assert not reuse.reusable(reuse.inputs_of(moved, "multimodal", 1.0), item.level)  # labelmap moved 1 mm
+    assert reuse.miss_reason(reuse.inputs_of(moved, "multimodal", 1.0), item.level) == "labelmap"  # 1 mm
+    no_xray = LevelPoints(item.level, item.partial_mm, None, item.rotation)
+    assert reuse.miss_reason(reuse.inputs_of(no_xray, "multimodal", 1.0), item.level) == "labelmap"
+    shifted = LevelPoints(item.level, item.partial_mm + [0.3, 0.0, 0.0], item.labelmap_mm, item.rotation)
+    nudged = reuse.inputs_of(shifted, "multimodal", 1.0)
+    nudged.cells = done.cells                            # the same cells, the centroid 0.3 / 0.8 mm away
+    assert reuse.reusable(nudged, item.level)
+    nudged.centroid_mm = done.centroid_mm + [0.8, 0.0, 0.0]
+    assert reuse.miss_reason(nudged, item.level) == "shift"
     turned = vertebra_rotation(cranial=[0.0, 0.14, 1.0], posterior=[0.0, 1.0, 0.0])   # ~2.3 degrees
     rotated = LevelPoints(item.level, item.partial_mm, item.labelmap_mm, turned)
-    assert not reuse.reusable(reuse.inputs_of(rotated, "multimodal", 1.0), item.level)
+    assert reuse.miss_reason(reuse.inputs_of(rotated, "multimodal", 1.0), item.level) == "rotation"
     assert not LevelReuse(change=0.0).enabled
+    assert LevelReuse(change=0.0).miss_reason(done, item.level) == "off"
     with pytest.raises(ValueError, match="reuse_change"):
         LevelReuse(change=1.0)
 
@@ -142,6 +151,8 @@ def test_unchanged_levels_keep_their_surface_and_changed_ones_are_completed(engi
     counters = updater.telemetry.report()["counters"]
     assert counters["levels_completed"] == len(first.completed) + len(third.completed)
     assert counters["levels_reused"] == len(second.reused) + len(third.reused)
+    misses = {k: v for k, v in counters.items() if k.startswith("reuse_miss_")}
+    assert sum(misses.values()) == counters["levels_completed"] and misses["reuse_miss_new"] == len(first.completed)
     # the same update with reuse off completes every level, to the same points for the completed ones
     fresh = _update(_updater(engines, cfg.with_overrides({"completion.reuse_change": 0.0})), stage)
     assert fresh.completed == list(fresh.surfaces) and fresh.reused == []

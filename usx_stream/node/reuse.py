@@ -31,6 +31,11 @@ import numpy as np
 
 from ..frames import Surface
 
+MISS_REASONS = ("off", "new", "labelmap", "cells", "shift", "rotation")
+"""Why a level is completed again: reuse off, no surface of this fusion yet, its labelmap points moved (or came /
+went), its bone-point cells changed by more than ``change``, its bone points' centroid moved by more than
+``shift_mm``, its canonical axes turned by more than ``rotation_deg``."""
+
 
 @dataclass
 class Completed:
@@ -103,17 +108,28 @@ class LevelReuse:
 
     def reusable(self, now: Completed, level: str) -> bool:
         """Whether ``level``'s last surface stands for inputs ``now``."""
+        return self.miss_reason(now, level) is None
+
+    def miss_reason(self, now: Completed, level: str) -> str | None:
+        """None when ``level``'s last surface stands for inputs ``now``; else the first reason it does not, one
+        of ``MISS_REASONS`` (the telemetry counts them: which tolerance makes a level complete again)."""
         last = self.levels.get(level)
-        if not self.enabled or last is None or last.surface is None or last.fusion != now.fusion:
-            return False
+        if not self.enabled:
+            return "off"
+        if last is None or last.surface is None or last.fusion != now.fusion:
+            return "new"
         if (last.labelmap_centroid_mm is None) != (now.labelmap_centroid_mm is None):
-            return False
+            return "labelmap"
         if last.labelmap_centroid_mm is not None and \
                 np.linalg.norm(now.labelmap_centroid_mm - last.labelmap_centroid_mm) > self.shift_mm:
-            return False
-        return (np.linalg.norm(now.centroid_mm - last.centroid_mm) <= self.shift_mm
-                and rotation_angle_deg(last.rotation, now.rotation) <= self.rotation_deg
-                and cell_change(last.cells, now.cells) <= self.change)
+            return "labelmap"
+        if cell_change(last.cells, now.cells) > self.change:
+            return "cells"
+        if np.linalg.norm(now.centroid_mm - last.centroid_mm) > self.shift_mm:
+            return "shift"
+        if rotation_angle_deg(last.rotation, now.rotation) > self.rotation_deg:
+            return "rotation"
+        return None
 
     def remember(self, level: str, done: Completed) -> None:
         """Keep ``done`` (with its ``points_mm``, ``labelmap_ref_mm`` and ``surface`` filled in)."""

@@ -28,7 +28,8 @@ Steps 3-4 run only for the levels whose inputs changed since their surface was c
 other visible level publishes its last surface again (a copy with ``completed_age_s`` in its metadata and the
 timestamp of the frames it was completed from), so nothing disappears and a level the probe is not over costs
 nothing. ``UpdateResult.completed`` / ``reused`` and the telemetry counters ``levels_completed`` /
-``levels_reused`` say which.
+``levels_reused`` say which, and ``reuse_miss_<reason>`` (``node.reuse.MISS_REASONS``) why a level was
+completed again.
 
 Every surface's metadata says what coverage produced it: ``bone_points`` (the level's bone points),
 ``xray_level`` (``yes`` when its X-ray labelmap points went into the completion), and with an uncertainty
@@ -205,7 +206,11 @@ class SurfaceUpdater:
             return result
         now = self.clock()
         seen = {c.level: self.reuse.inputs_of(c, fusion, now) for c in inputs.levels}
-        todo = [c for c in inputs.levels if not self.reuse.reusable(seen[c.level], c.level)]
+        misses = {c.level: self.reuse.miss_reason(seen[c.level], c.level) for c in inputs.levels}
+        todo = [c for c in inputs.levels if misses[c.level] is not None]
+        for c in todo:
+            if misses[c.level] != "off":
+                t.count(f"reuse_miss_{misses[c.level]}")
         fresh = self._complete_and_mesh(inputs, todo, seen, timestamp, now) if todo else {}
         failed = {c.level for c in todo} - set(fresh)          # nothing to complete (no surface, as before)
         for c in inputs.levels:   # level order, reused or not
