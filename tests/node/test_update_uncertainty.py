@@ -20,15 +20,22 @@ TINY = dict(num_partial=64, num_labelmap=32, num_coarse_raw=32, refine_partial=3
             pool_points=(40, 20, 10))
 
 
-@pytest.fixture(scope="module")
-def engines():
+def _tiny_engines(with_heads: bool) -> dict:
+    from usx_stream.completion.error_head import ErrorHead
+
     torch.manual_seed(0)
     out = {}
     for variant in ("multimodal", "us_only"):
         extra = {} if variant == "multimodal" else {"multimodal": False, "num_labelmap": 0, "refine_labelmap": 0}
+        head = ErrorHead(multimodal=variant == "multimodal") if with_heads else None
         out[variant] = CompletionEngine(build_model(ModelConfig(**{**TINY, **extra})), device="cpu", max_batch=5,
-                                        warmup=False)
+                                        warmup=False, error_head=head)
     return out
+
+
+@pytest.fixture(scope="module")
+def engines():
+    return _tiny_engines(with_heads=False)
 
 
 def _levels() -> list[LevelPoints]:
@@ -156,15 +163,7 @@ def test_cpu_period_reuses_the_last_spread_until_due_or_stale(engines, monkeypat
 
 @pytest.fixture(scope="module")
 def engines_with_heads():
-    from usx_stream.completion.error_head import ErrorHead
-
-    torch.manual_seed(0)
-    out = {}
-    for variant in ("multimodal", "us_only"):
-        extra = {} if variant == "multimodal" else {"multimodal": False, "num_labelmap": 0, "refine_labelmap": 0}
-        out[variant] = CompletionEngine(build_model(ModelConfig(**{**TINY, **extra})), device="cpu", max_batch=5,
-                                        warmup=False, error_head=ErrorHead(multimodal=variant == "multimodal"))
-    return out
+    return _tiny_engines(with_heads=True)
 
 
 @pytest.mark.parametrize("fusion", ["multimodal", "us_only"])
