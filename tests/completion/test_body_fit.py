@@ -1,5 +1,6 @@
 """The X-ray body fit: a completed body misplaced along the cranial axis is moved and stretched onto its
-silhouette, the arch stays where it is, and a fit the silhouette cannot support leaves the cloud alone."""
+silhouette, a body too deep or too shallow is scaled about its posterior wall until its anterior surface meets
+the silhouette's, the arch stays where it is, and a fit the silhouette cannot support leaves the cloud alone."""
 
 import numpy as np
 import pytest
@@ -40,6 +41,24 @@ def test_a_caudally_misplaced_short_body_goes_back_onto_its_silhouette(vertebra)
     np.testing.assert_allclose(out[:len(body)], body, atol=1e-6)
     # behind wall + blend (0.2): untouched
     np.testing.assert_array_equal(out[len(body):], arch)
+
+
+def test_a_too_deep_body_is_scaled_about_its_posterior_wall_onto_the_silhouette(vertebra):
+    body, arch, sil = vertebra
+    deep = body * [1, 1.1, 1]                                   # anterior surface 3.5 mm too far forward
+    out, fit = fit_body_to_silhouette(np.vstack([deep, arch]), sil, percentile=0.0)
+    assert fit.applied and fit.depth_scale == pytest.approx(1 / 1.1, rel=1e-3)
+    np.testing.assert_allclose(out[:len(body)], body, atol=1e-6)
+    np.testing.assert_array_equal(out[len(body):], arch)
+    # without fit_depth only the (already right) height is fitted: the depth error stays
+    out, fit = fit_body_to_silhouette(np.vstack([deep, arch]), sil, percentile=0.0, fit_depth=False)
+    assert fit.depth_scale == 1.0 and out[:len(body), 1].min() == pytest.approx(-0.77)
+
+
+def test_the_depth_ratio_is_clamped_like_the_height(vertebra):
+    body, arch, sil = vertebra
+    _, fit = fit_body_to_silhouette(np.vstack([body * [1, 0.5, 1], arch]), sil, scale_range=(0.8, 1.25))
+    assert fit.applied and fit.depth_scale == 1.25
 
 
 def test_the_correction_fades_out_behind_the_posterior_wall(vertebra):

@@ -66,7 +66,8 @@ def test_body_fit_of_the_update_is_the_front_doors(engines):
     done = complete_levels(engines["multimodal"], levels, fit_body=True)
     for c in done:
         np.testing.assert_array_equal(result.points_ref_mm[c.level], c.points_mm)
-        assert c.metadata and set(c.metadata) <= {"xray_body_shift_mm", "xray_body_scale", "xray_body_fit"}
+        assert c.metadata and set(c.metadata) <= {"xray_body_shift_mm", "xray_body_scale", "xray_body_depth_scale",
+                                                    "xray_body_fit"}
         assert {k: result.surfaces[c.level].metadata[k] for k in c.metadata} == c.metadata
     with pytest.raises(ValueError, match="fit_body needs a multimodal engine"):
         complete_levels(engines["us_only"], levels, fit_body=True)

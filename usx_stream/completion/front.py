@@ -101,7 +101,8 @@ class LevelCompletion:
         (``completion.error_head``), measured on the network's output before the body fit (the fit moves and
         scales the body, not the uncertainty); None when neither was asked for.
     metadata : dict
-        ``xray_body_shift_mm`` (cranial, mm) and ``xray_body_scale`` when the body fit was applied;
+        ``xray_body_shift_mm`` (cranial, mm), ``xray_body_scale`` (height) and ``xray_body_depth_scale`` when
+        the body fit was applied;
         ``xray_body_fit`` (why not) when it was asked for and not applied; empty otherwise.
     """
 
@@ -161,7 +162,7 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
     levels : sequence of LevelPoints
         Points in mm in one frame (the node's Reference); labelmaps are ignored by a US-only engine.
     fit_body : bool
-        Fit each completed body to its X-ray silhouette along the cranial axis (multimodal engines only).
+        Fit each completed body to its X-ray silhouette (height and depth; multimodal engines only).
     seed : int
         Seed of the thinning of very large clouds before furthest-point sampling.
     timer : callable, optional
@@ -235,7 +236,8 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
                 fitted, fit = fit_body_to_silhouette(completed[k], p.labelmap_unit)
                 completed[k] = fitted.astype(np.float32)
                 results[i].metadata.update(
-                    {"xray_body_shift_mm": round(fit.shift * nz.SCALE_MM, 2), "xray_body_scale": round(fit.scale, 3)}
+                    {"xray_body_shift_mm": round(fit.shift * nz.SCALE_MM, 2), "xray_body_scale": round(fit.scale, 3),
+                     "xray_body_depth_scale": round(fit.depth_scale, 3)}
                     if fit.applied else {"xray_body_fit": f"not applied: {fit.reason}"})
                 if not fit.applied:   # every update, twice a second: the metadata is where it shows
                     _LOG.debug("body fit of %s not applied: %s", p.level, fit.reason)

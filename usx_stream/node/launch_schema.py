@@ -125,7 +125,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "geometry": Key("path", "", "C-arm geometry file (intrinsics and XrayToReference; made by "
                         "usx-stream calibrate-xray; not needed for source = sim or when the X-ray is off)"),
         "points_per_level": Key("int", 1024, "labelmap points per level after back-projection", lo=16),
-        "fit_body": Key("bool", True, "fit each completed body to its X-ray silhouette along the cranial axis"),
+        "fit_body": Key("bool", True, "fit each completed body to its X-ray silhouette (height along the cranial "
+                        "axis, depth about the posterior wall)"),
     },
     "completion": {
         "backend": Key("str", "auto", "engine", choices=("auto", "tensorrt", "compiled", "eager")),

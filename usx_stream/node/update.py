@@ -12,7 +12,7 @@ never builds a queue. Steps (each timed in telemetry):
 3. the completion front door (``completion.front.complete_levels``), all in Reference, mm: ``prepare``
    (batched resampling to the network's point counts, unit frames), ``complete`` (every visible level in
    one batch through the engine), ``body_fit`` (multimodal, ``xray.fit_body``: each completed body fitted to
-   its X-ray silhouette along the cranial axis);
+   its X-ray silhouette: height along the cranial axis, depth about the posterior wall);
    ``uncertainty`` (``completion.uncertainty``): with ``error_head`` (the default) each completed point gets
    the expected distance to the true surface in mm from the engine's learned error head, every update
    (``completion.error_head``; a few ms on a CPU); with ``latent`` the same call decodes
