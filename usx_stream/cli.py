@@ -10,6 +10,9 @@ Exit status: 0 success; 1 failure at run time (a bug shows its traceback); 2 bad
 an :class:`~usx_stream.errors.InputError` (a launch-file key, a malformed PLUS device set or sequence
 file, ...) or an input path that cannot be opened; it is printed as one line,
 ``usx-stream COMMAND: error: MESSAGE``, and with ``-vv`` after its traceback.
+
+A command that records how a file was made uses ``args.command_line``: the arguments :func:`main` parsed,
+not ``sys.argv``, which belongs to the caller when ``main([...])`` runs in-process.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 import traceback
 
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
+    args.command_line = command_line(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose + 1, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -95,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"usx-stream {args.command}: error: {input_error_message(e)}", file=sys.stderr, flush=True)
         return EXIT_INPUT_ERROR
+
+
+def command_line(argv: list[str]) -> str:
+    """The shell command that runs ``main(argv)``: what a command records as the maker of its output file."""
+    return "usx-stream " + shlex.join(argv)
 
 
 def input_error_message(error: BaseException) -> str:

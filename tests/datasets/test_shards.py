@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 
 import h5py
 import numpy as np
@@ -15,6 +17,7 @@ from usx_stream.datasets.shards import parse_shard, shard_bounds
 from usx_stream.errors import InputError
 from usx_stream.train.data import merge_pairs
 
+COMMON = ["--procedural", "3", "--seed", "4", "--workers", "1", "--mesh-spacing", "2.0", "--no-progress"]
 DATASETS = ("incomplete_pcds", "labelmaps", "complete_pcds", "labels", "number_per_class", "names", "centers_mm")
 
 
@@ -37,10 +40,9 @@ def _assert_same_file(a, b):
 def procedural(tmp_path_factory):
     """One unsharded and two sharded generations of the same three procedural spines, with the command."""
     root = tmp_path_factory.mktemp("shards")
-    common = ["--procedural", "3", "--seed", "4", "--workers", "1", "--mesh-spacing", "2.0", "--no-progress"]
-    assert main(["dataset", "--out", str(root / "whole.h5"), *common]) == 0
+    assert main(["dataset", "--out", str(root / "whole.h5"), *COMMON]) == 0
     for i in (0, 1):
-        assert main(["dataset", "--out", str(root / f"part{i}.h5"), *common, "--shard", f"{i}/2"]) == 0
+        assert main(["dataset", "--out", str(root / f"part{i}.h5"), *COMMON, "--shard", f"{i}/2"]) == 0
     return root
 
 
@@ -120,3 +122,23 @@ def test_node_session_shards_merge_to_the_unsharded_file(tmp_path, monkeypatch):
     _assert_same_file(tmp_path / "whole.h5", tmp_path / "merged.h5")
     with h5py.File(tmp_path / "merged.h5", "r") as f:
         assert len(json.loads(f.attrs["skipped"])) == 5 and len(f["labels"]) == 10
+
+
+def _command(path):
+    with h5py.File(path, "r") as f:
+        return f.attrs["command"]
+
+
+def test_a_file_records_the_arguments_main_ran_not_sys_argv(procedural, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pytest", "-k", "something else"])
+    root = procedural
+    assert _command(root / "whole.h5") == "usx-stream " + shlex.join(["dataset", "--out", str(root / "whole.h5"),
+                                                                        *COMMON])
+    merge = ["dataset", "--merge", str(tmp_path / "merged.h5"), str(root / "part0.h5"), str(root / "part1.h5")]
+    assert main(merge) == 0
+    assert _command(tmp_path / "merged.h5") == "usx-stream " + shlex.join(merge)
+    monkeypatch.setattr(node_sessions, "node_pairs", _fake_node_pairs)
+    node = ["-v", "dataset", "--out", str(tmp_path / "node it's.h5"), "--node-sessions", "2", "--workers", "1",
+            "--no-progress"]
+    assert main(node) == 0
+    assert _command(tmp_path / "node it's.h5") == "usx-stream " + shlex.join(node)

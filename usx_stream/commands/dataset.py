@@ -45,8 +45,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         report = generate(args.out, procedural=args.procedural, meshes=args.meshes, labelmaps=args.labelmaps,
                           ssm=ssm, seed=args.seed,
                           workers=args.workers, cfg=cfg, scale=args.scale, frame=args.frame,
-                          repeats=args.repeats, command="usx-stream " + shlex.join(sys.argv[1:]),
+                          repeats=args.repeats, command=args.command_line,
                           progress=not args.no_progress, shard=shard, labels=args.labels)
     except ValueError as e:
         log.error("dataset: %s", e)
@@ -172,7 +170,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     if args.out or args.shard:
         raise InputError("--merge: --out and --shard do not apply (the merged file is the first argument)")
     out, parts = args.merge[0], args.merge[1:]
-    path = merge_pairs(out, parts, command="usx-stream " + shlex.join(sys.argv[1:]))
+    path = merge_pairs(out, parts, command=args.command_line)
     print(f"wrote {path}: {len(read_pairs(path))} samples from {len(parts)} parts")
     return 0
 
@@ -196,7 +194,7 @@ def _run_node(args: argparse.Namespace, shard=None) -> int:
     try:
         report = generate_node(args.out, sessions=args.node_sessions, seed=args.seed,
                                launch=args.launch or default_launch_dir() / "demo.toml", workers=args.workers,
-                               command="usx-stream " + shlex.join(sys.argv[1:]), progress=not args.no_progress,
+                               command=args.command_line, progress=not args.no_progress,
                                shard=shard, spine=spine, variation=variation,
                                complete_points=args.complete_points)
     except ValueError as e:

@@ -58,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
         val = completion_errors(net, read_pairs_many(args.val))
         head, history = fit_error_head(data, val, multimodal=cfg.multimodal, epochs=args.epochs, seed=args.seed)
         report = rank_report(predict(head, val) * val.mm_per_unit, val.error * val.mm_per_unit)
-        command = (f"usx-stream error-head fit --model {args.model} --data {args.data} --val {args.val} "
-                   f"--out {args.out} --epochs {args.epochs} --seed {args.seed}")   # (also right when called in-process)
-        extra = {"command": command, "model": name, "data": args.data,
+        extra = {"command": args.command_line, "model": name, "data": args.data,
                  "val": args.val, "train_vertebrae": len(data.error), "val_vertebrae": len(val.error),
                  "val_spearman_rho": report["spearman_rho"], "history": history}
         save_error_head(args.out, head, digest, extra)
