@@ -21,20 +21,22 @@ import json
 import logging
 from pathlib import Path
 
+from ._actions import add_actions
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    f = sub.add_parser("fit", help="train a head for frozen completion weights")
-    f.add_argument("--model", default="default", help="'default', 'us-only' or a checkpoint (default: %(default)s)")
+    f, c = add_actions(parser, {
+        "fit": "train a head for frozen completion weights",
+        "check": "rank correlation of the head's uncertainty with the error on held-out pairs"})
+    for p in (f, c):
+        p.add_argument("--model", default="default", help="'default', 'us-only' or a checkpoint (default: %(default)s)")
     f.add_argument("--data", required=True, help="training pairs, comma-separated HDF5 files")
     f.add_argument("--val", required=True, help="validation pairs (other subjects), comma-separated HDF5 files")
     f.add_argument("--out", required=True, help="output head file (.pt)")
     f.add_argument("--epochs", type=int, default=30)
     f.add_argument("--seed", type=int, default=0)
-    c = sub.add_parser("check", help="rank correlation of the head's uncertainty with the error on held-out pairs")
-    c.add_argument("--model", default="default", help="'default', 'us-only' or a checkpoint (default: %(default)s)")
     c.add_argument("--head", default="default", help="'default' (the head shipped with the default weights) or a "
                                                      "head file (default: %(default)s)")
     c.add_argument("--data", required=True, help="held-out pairs, comma-separated HDF5 files")

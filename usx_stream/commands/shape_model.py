@@ -20,18 +20,19 @@ import argparse
 import logging
 from pathlib import Path
 
+from ._actions import add_actions
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    b = sub.add_parser("build", help="build ssm.npz from the real vertebrae")
+    b, s = add_actions(parser, {"build": "build ssm.npz from the real vertebrae",
+                                "sample": "write a plausible sampled spine as L1..L5.ply"})
     b.add_argument("--data", default="../shared/data/vertebrae", help="reference vertebrae folder (default: %(default)s)")
     b.add_argument("--out", required=True, help="output .npz")
     b.add_argument("--held-out", default="Verse631", help="comma-separated subjects kept out (default: %(default)s)")
     b.add_argument("--seed", type=int, default=0, help="sampling seed of the build (default: %(default)s)")
     b.add_argument("--variance", type=float, default=0.95, help="fraction of variance kept (default: %(default)s)")
-    s = sub.add_parser("sample", help="write a plausible sampled spine as L1..L5.ply")
     s.add_argument("--model", required=True, help="ssm.npz from build")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output folder")
