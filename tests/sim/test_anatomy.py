@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from usx_stream.frames import LEVELS
-from usx_stream.sim.anatomy import (MORPHOMETRY, VertebraParams, make_spine, make_vertebra,
-                                    mesh_volume_centroid)
+from usx_stream.sim.anatomy import make_spine, make_vertebra, mesh_volume_centroid
+from usx_stream.sim.morphometry import MORPHOMETRY, VertebraParams
 from usx_stream.sim.isosurface import edge_use_counts
 from usx_stream.transforms import apply
 

@@ -75,7 +75,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 def test_augmented_training_step_runs_and_learns(tiny_pairs, tmp_path):
     from usx_stream.train.data import read_pairs
-    from usx_stream.train.loop import model_inputs
+    from usx_stream.train.network_io import model_inputs
 
     cfg = TrainConfig(data=str(tiny_pairs), out=str(tmp_path), lr=1e-3, seed=0, augment_rotate_deg=5.0,
                       augment_shift_mm=2.0, augment_mirror=True).validate()

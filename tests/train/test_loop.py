@@ -11,7 +11,8 @@ import torch
 from usx_stream.completion.checkpoint import load_checkpoint
 from usx_stream.train.config import TrainConfig
 from usx_stream.train.data import read_pairs
-from usx_stream.train.loop import _Run, model_inputs, predict, train
+from usx_stream.train.loop import _Run, train
+from usx_stream.train.network_io import model_inputs, predict
 
 
 def test_loss_decreases_on_a_fixed_batch(tiny_pairs, tmp_path):
@@ -74,7 +75,7 @@ def test_resume_without_a_run_is_an_error(tiny_pairs, tmp_path):
 
 def test_us_only_inputs_are_centred_on_the_partial_cloud(tiny_pairs):
     from usx_stream.completion.nets import ModelConfig
-    from usx_stream.train.loop import frame_shift
+    from usx_stream.train.network_io import frame_shift
 
     arrays = read_pairs(tiny_pairs)
     us, mm = ModelConfig.small(multimodal=False), ModelConfig.small(multimodal=True)

@@ -12,8 +12,9 @@ import pytest
 
 from usx_stream.cli import main as cli_main
 from usx_stream.transforms import rotation, translation
-from usx_stream.xray.calibrate import calibrate_3d3d, calibrate_pnp, rigid_fit
+from usx_stream.xray.calibrate import calibrate_3d3d, calibrate_pnp
 from usx_stream.xray.geometry import CArmGeometry, load_carm_geometry
+from usx_stream.xray.pose_fit import rigid_fit
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_CARM = REPO / "calibration" / "sim_carm.json"

@@ -232,19 +232,26 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
                 results[i].spread_mm = (spread_unit[k] * _mm_per_unit(p)).astype(np.float32)
     if fit_body:
         with timer("body_fit"):
-            for k, (i, p) in enumerate(done):
-                fitted, fit = fit_body_to_silhouette(completed[k], p.labelmap_unit)
-                completed[k] = fitted.astype(np.float32)
-                results[i].metadata.update(
-                    {"xray_body_shift_mm": round(fit.shift * nz.SCALE_MM, 2), "xray_body_scale": round(fit.scale, 3),
-                     "xray_body_depth_scale": round(fit.depth_scale, 3)}
-                    if fit.applied else {"xray_body_fit": f"not applied: {fit.reason}"})
-                if not fit.applied:   # every update, twice a second: the metadata is where it shows
-                    _LOG.debug("body fit of %s not applied: %s", p.level, fit.reason)
+            _fit_bodies(done, completed, results)
     for k, (i, p) in enumerate(done):
         results[i].points_mm = p.to_input_frame(completed[k])
         results[i].prepared = p
     return results
+
+
+def _fit_bodies(done: list[tuple[int, PreparedLevel]], completed: list[np.ndarray],
+                results: list[LevelCompletion]) -> None:
+    """Fit each completed body (``completed[k]``, unit frame, replaced) to the X-ray silhouette of its
+    labelmap; the fit, or why it was not applied, goes into the metadata of ``results[i]``."""
+    for k, (i, p) in enumerate(done):
+        fitted, fit = fit_body_to_silhouette(completed[k], p.labelmap_unit)
+        completed[k] = fitted.astype(np.float32)
+        results[i].metadata.update(
+            {"xray_body_shift_mm": round(fit.shift * nz.SCALE_MM, 2), "xray_body_scale": round(fit.scale, 3),
+             "xray_body_depth_scale": round(fit.depth_scale, 3)}
+            if fit.applied else {"xray_body_fit": f"not applied: {fit.reason}"})
+        if not fit.applied:   # every update, twice a second: the metadata is where it shows
+            _LOG.debug("body fit of %s not applied: %s", p.level, fit.reason)
 
 
 def _mm_per_unit(prepared: PreparedLevel) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 from ..frames import TrackedFrame
 from .frame_fields import FRAME_PREFIX, FrameMeta, format_frame, is_frame_field
 from .header_escape import ENCODING_FIELD, ENCODING_VALUE, safe_frame_metas
-from .metaimage import PixelWriter, format_mha_lines, format_nrrd_lines, met_element_type, nrrd_type
+from .metaimage_write import PixelWriter, format_mha_lines, format_nrrd_lines, met_element_type, nrrd_type
 
 log = logging.getLogger(__name__)
 

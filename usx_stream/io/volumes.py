@@ -19,16 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..frames import Volume
-from .metaimage import (
-    Header,
-    PixelReader,
-    format_mha_lines,
-    format_nrrd_lines,
-    met_element_type,
-    nrrd_type,
-    pixel_layout,
-    read_header,
-)
+from .metaimage import Header, PixelReader, pixel_layout, read_header
+from .metaimage_write import format_mha_lines, format_nrrd_lines, met_element_type, nrrd_type
 
 log = logging.getLogger(__name__)
 

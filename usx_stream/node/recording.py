@@ -311,7 +311,7 @@ class SessionRecorder:
 def _geometry_key(frame: TrackedFrame) -> tuple | None:
     """``(shape, dtype)`` of the frame's pixels, None for a frame without pixels; ValueError when no
     sequence file can hold them."""
-    from ..io.metaimage import met_element_type
+    from ..io.metaimage_write import met_element_type
 
     pixels = frame.pixels
     if not isinstance(pixels, np.ndarray):

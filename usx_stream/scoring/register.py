@@ -108,7 +108,7 @@ def identity_registration() -> Registration:
 # ------------------------------------------------------------------------------------------ fiducials
 def _rigid(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """(4, 4) least-squares rigid ``dst ≈ R src + t`` (Kabsch, reflection guarded)."""
-    from ..xray.calibrate import rigid_fit
+    from ..xray.pose_fit import rigid_fit
 
     return rigid_fit(src, dst)[0]
 

@@ -58,7 +58,7 @@ _AXES_TOLERANCE_DEG = 45.0
 class MeasuredBody:
     """Bounding box of a real vertebral body in its level frame (patient axes), mm.
 
-    The names are those of :class:`~usx_stream.sim.anatomy.VertebraParams` that the X-ray simulator reads
+    The names are those of :class:`~usx_stream.sim.morphometry.VertebraParams` that the X-ray simulator reads
     (it looks for the body within half these extents of the level origin, the box centre); both heights
     are the box's cranio-caudal extent.
     """

@@ -3,7 +3,7 @@
 Vertebra frame (mm): origin at the centre of the vertebral body, x towards the patient's left,
 y posterior, z cranial (the axes of DICOM LPS). Parts: body, two pedicles, two laminae, spinous process
 (with its tip tubercle), two transverse processes, two superior and two inferior articular processes.
-The dimensions come from :mod:`usx_stream.sim.anatomy` (``VertebraParams``).
+The dimensions come from :mod:`usx_stream.sim.morphometry` (``VertebraParams``).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def completion_errors(model, data: PairedArrays, *, batch: int = 8) -> Completio
 
     from ..completion.body_fit import fit_body_to_silhouette
 
-    from .loop import frame_shift, model_inputs
+    from .network_io import frame_shift, model_inputs
 
     multimodal = bool(model.cfg.multimodal)
     partial_all, labelmap_all = model_inputs(data, model.cfg, "completion_errors")
@@ -169,7 +169,7 @@ def latent_spread(model, data: PairedArrays, *, k: int = 8, seed: int = 0, batch
     ``completion.uncertainty = "latent"``), unit frame, per point of the completions of ``completion_errors``:
     the alternative the error head is compared with."""
     from ..completion import uncertainty as unc
-    from .loop import model_inputs
+    from .network_io import model_inputs
 
     partial_all, labelmap_all = model_inputs(data, model.cfg, "latent_spread")
     how = unc.resolve_correspondence("auto", bool(model.index_correspondence))

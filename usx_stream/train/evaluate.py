@@ -68,7 +68,7 @@ def evaluate_model(net, model_cfg, arrays: PairedArrays, *, name: str, batch_siz
 
     ``fit_body``: a multimodal model's completions go through the node's X-ray body fit
     (:mod:`usx_stream.completion.body_fit`) with the sample's labelmap points, as the node does."""
-    from .loop import frame_shift, model_inputs, predict
+    from .network_io import frame_shift, model_inputs, predict
 
     partial, labelmap = model_inputs(arrays, model_cfg, name)
     # Back to the file's frame (a translation: the unit-frame metrics do not change).
