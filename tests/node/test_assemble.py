@@ -61,7 +61,8 @@ def test_explicit_gpu_values_without_cuda_are_config_errors(overrides, key):
 
 
 def test_scipy_on_cuda_is_a_config_error():
-    with pytest.raises(ConfigError, match="surface.device: 'cuda' needs surface.backend = 'torch' or 'auto', got 'scipy'"):
+    with pytest.raises(ConfigError, match="surface.device: 'cuda' needs surface.backend = 'torch' or 'auto', "
+                                          "got 'scipy'"):
         choose_compute(parse_launch({"surface": {"backend": "scipy", "device": "cuda"}}), cuda=True)
     with pytest.raises(ConfigError, match="surface.backend: .*'numpy'"):
         parse_launch({"surface": {"backend": "numpy"}})

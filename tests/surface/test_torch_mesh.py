@@ -71,7 +71,8 @@ def test_real_vertebra_as_accurate_as_scipy(vertebrae_data, path, scale):
         def to(src, dst):
             scene = o3d.t.geometry.RaycastingScene()
             scene.add_triangles(dst.vertices_mm.astype(np.float32), dst.triangles.astype(np.uint32))
-            return scene.compute_distance(o3d.core.Tensor(sample_surface(src, 20000, seed=4).astype(np.float32))).numpy()
+            pts = sample_surface(src, 20000, seed=4).astype(np.float32)
+            return scene.compute_distance(o3d.core.Tensor(pts)).numpy()
         d1, d2 = to(s, gt), to(gt, s)
         return np.concatenate([d1, d2]).mean(), max(np.percentile(d1, 95), np.percentile(d2, 95))
 

@@ -212,9 +212,14 @@ def _node_distances(pts: torch.Tensor, origin: np.ndarray, shape: tuple, grid_mm
     for i in range(0, len(rel), step):
         nodes = base[i:i + step, None, :] + ball[None]                         # (c, M, 3)
         d = torch.linalg.vector_norm(nodes.float() - rel[i:i + step, None, :], dim=2) * grid_mm
-        flat = torch.where(((nodes >= 0) & (nodes < size)).all(dim=2), nodes @ strides, n)
+        flat = torch.where(((nodes >= 0) & (nodes < size)).all(dim=2), _flat(nodes, strides), n)
         out.scatter_reduce_(0, flat.reshape(-1), d.reshape(-1), "amin")
     return out[:n].reshape(shape)
+
+
+def _flat(ijk: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
+    """Flat indices of integer grid positions (a sum, not ``@``: CUDA has no integer matrix product)."""
+    return (ijk * strides).sum(dim=-1)
 
 
 def _dilate6(x: torch.Tensor, fill: float) -> torch.Tensor:
@@ -277,8 +282,8 @@ def _march(field: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cells = torch.nonzero((code > 0) & (code < 255))                         # (C, 3) lower corners
     code = code[cells[:, 0], cells[:, 1], cells[:, 2]]
     strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=dev)
-    corner_step = torch.as_tensor(CORNER, device=dev) @ strides               # (8,) flat offsets
-    edge_ids = ((cells @ strides)[:, None] + corner_step[torch.as_tensor(EDGE_LOWER, device=dev)]) * 8 \
+    corner_step = _flat(torch.as_tensor(CORNER, device=dev), strides)              # (8,) flat offsets
+    edge_ids = (_flat(cells, strides)[:, None] + corner_step[torch.as_tensor(EDGE_LOWER, device=dev)]) * 8 \
         + torch.as_tensor(EDGE_KIND, device=dev)                              # (C, 12)
     tri_edges = torch.as_tensor(CASES, device=dev)[code]                     # (C, W, 3)
     ids = torch.gather(edge_ids, 1, tri_edges.clamp(min=0).reshape(len(cells), -1)).reshape(tri_edges.shape)
@@ -287,7 +292,7 @@ def _march(field: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lo, kind = uniq // 8, uniq % 8
     step = torch.stack([kind >> 2 & 1, kind >> 1 & 1, kind & 1], dim=1)
     flat = field.reshape(-1).double()
-    f0, f1 = flat[lo], flat[lo + step @ strides]
+    f0, f1 = flat[lo], flat[lo + _flat(step, strides)]
     ijk = torch.stack([lo // strides[0], lo // strides[1] % shape[1], lo % shape[2]], dim=1)
     verts = ijk.double() + (f0 / (f0 - f1))[:, None] * step.double()
     return verts, tris.reshape(-1, 3)
@@ -312,7 +317,7 @@ def _trilinear(f: torch.Tensor, ijk: torch.Tensor) -> torch.Tensor:
     w = (p - i0)[:, None, :]                                                    # (S, 1, 3)
     corner = torch.as_tensor(CORNER, device=f.device)                           # (8, 3)
     weight = torch.where(corner.bool(), w, 1 - w).prod(dim=2)                   # (S, 8)
-    return (weight * f.reshape(-1)[(i0[:, None, :] + corner) @ strides]).sum(dim=1)
+    return (weight * f.reshape(-1)[_flat(i0[:, None, :] + corner, strides)]).sum(dim=1)
 
 
 def _project_to_local_planes(verts, normals, pts, k: int, iterations: int = 6):
