@@ -141,3 +141,17 @@ def test_cuda_matches_cpu():
         assert abs(len(gpu.triangles) - len(cpu.triangles)) <= 0.005 * len(cpu.triangles)
         d, _ = cKDTree(cpu.vertices_mm).query(gpu.vertices_mm)
         assert d.max() < 0.01
+
+
+def test_node_distances_are_exact_within_reach():
+    from usx_stream.surface.torch_mesh import _node_distances
+
+    rng = np.random.default_rng(9)
+    pts = torch.as_tensor(sphere_points(2000, 20.0, rng) + rng.normal(0, 0.3, (2000, 3)))
+    origin, shape, grid, reach = np.array([-31.0, -29.0, -30.5]), (26, 25, 25), 2.5, 9.0
+    got = _node_distances(pts, origin, shape, grid, reach).double()
+    axes = [torch.arange(n, dtype=torch.float64) * grid + o for n, o in zip(shape, origin)]
+    nodes = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    want = torch.cdist(nodes, pts).amin(dim=1).clamp(max=reach).reshape(shape)
+    assert (got - want).abs().max() < 1e-4
+    assert (got < reach).sum() > 0.2 * got.numel()                  # the test reaches many nodes
