@@ -8,7 +8,10 @@ to 4096 points):
   construction. The budget is met by choosing the grid: when the first pass gives too many
   triangles, the field is triangulated again on a coarser grid (triangle count falls with the
   square of the spacing). Measured: ~50 ms CPU per vertebra at 2.5 mm, ASSD 0.21 mm / HD95 0.69 mm
-  on clean clouds, 0.31 / 0.98 mm with 0.5 mm noise, watertight 14/14 in both.
+  on clean clouds, 0.31 / 0.98 mm with 0.5 mm noise, watertight 14/14 in both. ``backend="torch"``
+  runs the same algorithm in pure torch on any device (:mod:`usx_stream.surface.torch_mesh`, the
+  node's choice on CUDA): the same triangle counts and accuracy (ASSD 0.21 / HD95 0.69 mm clean,
+  0.31 / 0.98 mm noisy, 14/14 watertight); on one CPU thread ~160-220 ms per vertebra.
 - ``"poisson"``: open3d screened Poisson reconstruction at ``poisson_depth`` with normals from a
   tangent-plane fit, oriented consistently over a k-NN graph; decimated by quadric error. Depth 8:
   ~1.1 s CPU, ASSD 0.11 / HD95 0.35 mm on clean clouds, but 0.32 / 1.87 mm and not always

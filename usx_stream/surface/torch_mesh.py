@@ -162,8 +162,8 @@ def _as_points(points_mm, device) -> torch.Tensor:
 
 
 def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances of float32 rows. On CUDA without the matrix-product shortcut, whose
-    cancellation (and TF32, where a process enables it) would cost millimetres."""
+    """Euclidean distances of float32 rows; on CUDA without the matrix-product shortcut, which TF32
+    (where a process enables it) would round by tenths of a millimetre."""
     mode = "donot_use_mm_for_euclid_dist" if a.is_cuda else "use_mm_for_euclid_dist_if_necessary"
     return torch.cdist(a, b, compute_mode=mode)
 
