@@ -15,6 +15,10 @@ machine it is steadier than wall time.
     python benchmarks/bench_meshing.py --noise-mm 0.5      # noisy clouds
     python benchmarks/bench_meshing.py --quick             # 3 meshes (no template-fit row)
     python benchmarks/bench_meshing.py --only template     # the baseline and the template fit
+    python benchmarks/bench_meshing.py --only "torch,(default)"   # torch mesher (CPU, and CUDA when present)
+
+The torch rows run the pure-torch mesher (marching tetrahedra) on the CPU, and on CUDA when present;
+on a CPU shared with other work, ``OMP_NUM_THREADS=1`` gives steadier torch times.
 """
 
 from __future__ import annotations
@@ -52,8 +56,24 @@ METHODS = [
     ("distance field 3.0 mm", dict(method="distance_field", grid_mm=3.0, triangle_budget=10**7)),
     ("distance field 3.5 mm", dict(method="distance_field", grid_mm=3.5, triangle_budget=10**7)),
     ("distance field (default)", dict(method="distance_field")),
+    ("distance field torch 2.5 mm", dict(method="distance_field", backend="torch", triangle_budget=10**7)),
+    ("distance field torch 3.5 mm", dict(method="distance_field", backend="torch", grid_mm=3.5,
+                                         triangle_budget=10**7)),
+    ("distance field torch (default grid)", dict(method="distance_field", backend="torch")),
     ("template fit (other subject)", dict(method="template")),
 ]
+
+
+def cuda_methods() -> list[tuple[str, dict]]:
+    """The torch mesher on the GPU, when there is one (the time includes the copy back to numpy)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [("distance field torch cuda 2.5 mm", dict(method="distance_field", backend="torch", device="cuda",
+                                                      triangle_budget=10**7)),
+            ("distance field torch cuda (default grid)", dict(method="distance_field", backend="torch",
+                                                              device="cuda"))]
 
 
 def template_index(names: list[str], i: int) -> int:
@@ -119,10 +139,10 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     clouds = [sample_surface(gt, args.points, seed=rng) + rng.normal(0, args.noise_mm, (args.points, 3))
               if args.noise_mm > 0 else sample_surface(gt, args.points, seed=rng) for _, gt in meshes]
-    methods = [m for m in METHODS if not args.only or m is METHODS[0]
+    methods = [m for m in METHODS + cuda_methods() if not args.only or m is METHODS[0]
                or any(s in m[0] for s in args.only.split(","))]
     print(f"{len(meshes)} meshes, {args.points} points, noise {args.noise_mm} mm, budget {args.budget} triangles")
-    head = f"{'method':<28} {'ms med':>8} {'ms max':>8} {'cpu ms':>8} {'ASSD mm':>8} {'HD95 mm':>8} " \
+    head = f"{'method':<40} {'ms med':>8} {'ms max':>8} {'cpu ms':>8} {'ASSD mm':>8} {'HD95 mm':>8} " \
            f"{'tris':>7} {'watertight':>10} {'speed-up':>8}"
     print(head)
     print("-" * len(head))
@@ -146,7 +166,7 @@ def main(argv=None) -> int:
             closed += is_watertight(surf.triangles)
         med = float(np.median(times))
         base_ms = base_ms or med
-        print(f"{label:<28} {med:>8.0f} {max(times):>8.0f} {np.median(cpu):>8.0f} {np.mean(assd):>8.3f} "
+        print(f"{label:<40} {med:>8.0f} {max(times):>8.0f} {np.median(cpu):>8.0f} {np.mean(assd):>8.3f} "
               f"{np.mean(hd95):>8.3f} "
               f"{np.median(tris):>7.0f} {f'{closed}/{len(meshes)}':>10} {base_ms / med:>7.1f}x", flush=True)
     return 0

@@ -81,11 +81,13 @@ def compute_made(run) -> dict:
     for variant, engine in run.live.engines.items():
         engines[variant] = {"backend": engine.backend, "device": str(engine.device), "precision": engine.precision,
                             "describe": engine.describe()}
-    recon = node.ingest.reconstructor
+    recon, updater = node.ingest.reconstructor, node.updater
     return {"completion_device": choice.completion_device, "precision": choice.precision,
             "compound_backend": choice.compound_backend, "compound_device": choice.compound_device,
+            "surface_backend": choice.surface_backend, "surface_device": choice.surface_device,
             "reason": choice.reason, "describe": choice.describe(), "engines": engines,
-            "reconstructor": None if recon is None else {"backend": recon.backend, "device": str(recon.device)}}
+            "reconstructor": None if recon is None else {"backend": recon.backend, "device": str(recon.device)},
+            "mesher": {"backend": updater.mesh_backend, "device": updater.mesh_device}}
 
 
 def _brief(stages: dict) -> dict:

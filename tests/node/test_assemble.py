@@ -20,6 +20,7 @@ LAUNCH = REPO_ROOT / "launch"
 def test_every_launch_file_resolves_to_cpu_values_without_cuda(name):
     choice = choose_compute(load_launch(LAUNCH / name), cuda=False)
     assert (choice.completion_device, choice.precision, choice.compound_backend) == ("cpu", "fp32", "numba")
+    assert (choice.surface_backend, choice.surface_device) == ("scipy", "cpu")
 
 
 def test_auto_takes_the_gpu_when_there_is_one_and_says_why(caplog):
@@ -27,18 +28,44 @@ def test_auto_takes_the_gpu_when_there_is_one_and_says_why(caplog):
         cfg = resolve_compute(load_launch(LAUNCH / "or_live_plus.toml"), cuda=True)
     assert (cfg.completion.device, cfg.completion.precision) == ("cuda", "fp16")
     assert (cfg.compound.backend, cfg.compound.device) == ("torch", "cuda")
+    assert (cfg.surface.backend, cfg.surface.device) == ("torch", "cuda")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "CUDA device found" in lines[0] and "fp16" in lines[0]
+    assert "meshing with torch on cuda" in lines[0]
+
+
+@pytest.mark.parametrize("surface, cuda, want", [
+    ({}, False, ("scipy", "cpu")),
+    ({"backend": "torch"}, False, ("torch", "cpu")),
+    ({"device": "cpu"}, True, ("scipy", "cpu")),                  # pinned to the CPU: the fast CPU mesher
+    ({"backend": "torch", "device": "cpu"}, True, ("torch", "cpu")),
+    ({"backend": "scipy"}, True, ("scipy", "cpu")),
+    ({"device": "cuda"}, True, ("torch", "cuda")),
+])
+def test_surface_backend_and_device(surface, cuda, want):
+    choice = choose_compute(parse_launch({"surface": surface}), cuda=cuda)
+    assert (choice.surface_backend, choice.surface_device) == want
+    assert choice.overrides()["surface.backend"] == want[0] and choice.overrides()["surface.device"] == want[1]
 
 
 @pytest.mark.parametrize("overrides, key", [
     ({"completion": {"precision": "fp16"}}, "completion.precision"),
     ({"completion": {"device": "cuda"}}, "completion.device"),
     ({"compound": {"device": "cuda"}}, "compound.device"),
+    ({"surface": {"device": "cuda"}}, "surface.device: 'cuda' needs a CUDA device"),
+    ({"surface": {"backend": "torch", "device": "cuda"}}, "surface.device"),
 ])
 def test_explicit_gpu_values_without_cuda_are_config_errors(overrides, key):
     with pytest.raises(ConfigError, match=key):
         choose_compute(parse_launch(overrides), cuda=False)
+
+
+def test_scipy_on_cuda_is_a_config_error():
+    with pytest.raises(ConfigError, match="surface.device: 'cuda' needs surface.backend = 'torch' or 'auto', "
+                                          "got 'scipy'"):
+        choose_compute(parse_launch({"surface": {"backend": "scipy", "device": "cuda"}}), cuda=True)
+    with pytest.raises(ConfigError, match="surface.backend: .*'numpy'"):
+        parse_launch({"surface": {"backend": "numpy"}})
 
 
 def test_missing_geometry_names_file_key_and_the_command_that_makes_it(tmp_path):

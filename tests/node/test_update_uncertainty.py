@@ -13,6 +13,7 @@ from usx_stream.completion.nets import ModelConfig, build_model
 from usx_stream.completion.prepare import vertebra_rotation
 from usx_stream.node.launch import ConfigError, parse_launch
 from usx_stream.node.update import SurfaceUpdater, UpdateInputs
+from usx_stream.surface.mesh import is_watertight, mesh_points
 
 TINY = dict(num_partial=64, num_labelmap=32, num_coarse_raw=32, refine_partial=32, refine_labelmap=16,
             num_out=128, up_ratio=2, latent=8, feature_size=32, pcn_widths=(16, 16, 32), renet_channels=32,
@@ -58,8 +59,8 @@ class Clock:
         return self.t
 
 
-def _updater(engines, completion: dict | None, fusion: str = "multimodal"):
-    cfg = parse_launch({"surface": {"grid_mm": 4.0}, "completion": completion or {}})
+def _updater(engines, completion: dict | None, fusion: str = "multimodal", surface: dict | None = None):
+    cfg = parse_launch({"surface": {"grid_mm": 4.0, **(surface or {})}, "completion": completion or {}})
     updater = SurfaceUpdater(engines, bone=cfg.bone, xray_cfg=cfg.xray, surface=cfg.surface, seed=0,
                              completion=cfg.completion if completion is not None else None)
     levels = _levels()
@@ -108,6 +109,21 @@ def test_k0_gives_todays_surfaces_and_coverage_metadata(engines):
         assert k0.surfaces[lv].point_data == {} and "uncertainty_mean_mm" not in k0.surfaces[lv].metadata
         meta = k0.surfaces[lv].metadata
         assert meta["bone_points"] == len(today.partial_ref_mm[lv]) and meta["xray_level"] == "yes"
+
+
+def test_surface_backend_torch_meshes_with_the_torch_mesher(engines):
+    updater, _ = _updater(engines, None, surface={"backend": "torch", "workers": 2})
+    assert (updater.mesh_backend, updater.mesh_device) == ("torch", "cpu")
+    result = _run(updater)
+    updater.close()
+    assert list(result.surfaces) == ["L2", "L3"]
+    for lv, surface in result.surfaces.items():
+        torch_mesh = mesh_points(result.points_ref_mm[lv], backend="torch", grid_mm=4.0)
+        scipy_mesh = mesh_points(result.points_ref_mm[lv], backend="scipy", grid_mm=4.0)
+        assert is_watertight(surface.triangles)
+        np.testing.assert_array_equal(surface.vertices_mm, torch_mesh.vertices_mm)
+        np.testing.assert_array_equal(surface.triangles, torch_mesh.triangles)
+        assert not np.array_equal(surface.vertices_mm, scipy_mesh.vertices_mm)
 
 
 def test_uncertainty_on_every_vertex_with_its_summary(engines):

@@ -5,31 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
+from surface_shapes import signed_volume, sphere_points, torus_points
 
 from usx_stream.frames import Surface
 from usx_stream.surface.mesh import is_watertight, mesh_points, sample_surface, vertex_normals
 
 TETRA = np.array([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]])
 TETRA_V = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
-
-
-def sphere_points(n, radius, rng):
-    p = rng.normal(size=(n, 3))
-    return radius * p / np.linalg.norm(p, axis=1, keepdims=True)
-
-
-def torus_points(n, big, small, rng):
-    u, v = rng.uniform(0, 2 * np.pi, (2, n))
-    # Area-uniform: accept v with probability proportional to the local ring radius.
-    keep = rng.uniform(0, big + small, n) < big + small * np.cos(v)
-    u, v = u[keep], v[keep]
-    r = big + small * np.cos(v)
-    return np.stack([r * np.cos(u), r * np.sin(u), small * np.sin(v)], axis=1)
-
-
-def signed_volume(s: Surface) -> float:
-    t = s.vertices_mm[s.triangles]
-    return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6)
 
 
 def test_sphere_is_closed_accurate_and_outward():

@@ -1,8 +1,9 @@
 """Where the node computes: ``auto`` launch values resolved against the machine, said in one log line.
 
-``auto`` means: on a machine with CUDA, completion on the GPU in fp16 and compounding with the torch
-backend on the GPU; on a CPU-only machine, completion in fp32 on the CPU and compounding with the numba
-kernels (the torch backend on a CPU costs ~55 ms a frame against ~1 ms for numba). Explicit values are
+``auto`` means: on a machine with CUDA, completion on the GPU in fp16, compounding with the torch
+backend on the GPU and meshing with the pure-torch mesher on the GPU; on a CPU-only machine, completion
+in fp32 on the CPU, compounding with the numba kernels (the torch backend on a CPU costs ~55 ms a frame
+against ~1 ms for numba) and meshing with scipy (the torch mesher on a CPU is ~5x slower). Explicit values are
 kept, and a value the machine cannot run (``fp16`` or ``cuda`` without CUDA) is a
 :class:`~usx_stream.node.launch.ConfigError` naming the key, raised before anything starts.
 """
@@ -35,19 +36,36 @@ class ComputeChoice:
     compound_backend: str
     compound_device: str
     reason: str
+    surface_backend: str = "scipy"
+    surface_device: str = "cpu"
 
     def overrides(self) -> dict[str, str]:
         return {"completion.device": self.completion_device, "completion.precision": self.precision,
-                "compound.backend": self.compound_backend, "compound.device": self.compound_device}
+                "compound.backend": self.compound_backend, "compound.device": self.compound_device,
+                "surface.backend": self.surface_backend, "surface.device": self.surface_device}
 
     def describe(self) -> str:
         compound = self.compound_backend + (f" on {self.compound_device}" if self.compound_backend == "torch" else "")
-        return (f"compute: completion on {self.completion_device} in {self.precision}, compounding with {compound} "
-                f"({self.reason})")
+        mesh = self.surface_backend + (f" on {self.surface_device}" if self.surface_backend == "torch" else "")
+        return (f"compute: completion on {self.completion_device} in {self.precision}, compounding with {compound}, "
+                f"meshing with {mesh} ({self.reason})")
+
+
+def choose_surface(backend: str, device: str, *, cuda: bool) -> tuple[str, str]:
+    """Concrete ``surface.backend`` and ``surface.device``: ``auto`` is torch on CUDA when there is one
+    (and the device is not pinned to the CPU), scipy otherwise; ConfigError for what cannot run."""
+    if device == "cuda" and not cuda:
+        raise ConfigError("surface.device: 'cuda' needs a CUDA device and this machine has none; use 'auto' or 'cpu'")
+    if backend == "auto":
+        backend = "torch" if cuda and device != "cpu" else "scipy"
+    if backend == "scipy" and device == "cuda":
+        raise ConfigError("surface.device: 'cuda' needs surface.backend = 'torch' or 'auto', got 'scipy'")
+    return backend, (device if device != "auto" else ("cuda" if cuda and backend == "torch" else "cpu"))
 
 
 def choose_compute(cfg: LaunchConfig, *, cuda: bool | None = None) -> ComputeChoice:
-    """Resolve ``completion.device``/``precision`` and ``compound.backend``/``device``.
+    """Resolve ``completion.device``/``precision``, ``compound.backend``/``device`` and
+    ``surface.backend``/``device``.
 
     Parameters
     ----------
@@ -76,7 +94,11 @@ def choose_compute(cfg: LaunchConfig, *, cuda: bool | None = None) -> ComputeCho
     if backend == "torch" and cdev == "cpu" and k.backend == "torch":
         log.warning("compound.backend = 'torch' on the CPU is ~50x slower than the numba kernels; "
                     "'auto' picks numba on a CPU")
-    return ComputeChoice(device, precision, backend, cdev, reason)
+    s = cfg.surface
+    mesh_backend, mesh_device = choose_surface(s.backend, s.device, cuda=cuda)
+    if mesh_backend == "torch" and mesh_device == "cpu" and s.backend == "torch":
+        log.warning("surface.backend = 'torch' on the CPU is ~5x slower than scipy; 'auto' picks scipy on a CPU")
+    return ComputeChoice(device, precision, backend, cdev, reason, mesh_backend, mesh_device)
 
 
 def resolve_compute(cfg: LaunchConfig, *, cuda: bool | None = None) -> LaunchConfig:

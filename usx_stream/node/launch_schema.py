@@ -168,7 +168,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "project_k": Key("int", 6, "distance field: neighbours of the plane each vertex is projected onto", lo=0),
         "poisson_depth": Key("int", 6, "octree depth for method = poisson", lo=4, hi=12),
         "workers": Key("int", 1, "threads meshing the levels of one update at once (numpy, scipy and "
-                       "scikit-image release the GIL in their loops)", lo=1, hi=8),
+                       "scikit-image release the GIL in their loops; backend torch on CUDA meshes them one "
+                       "after another)", lo=1, hi=8),
+        "backend": Key("str", "auto", "distance-field meshing: scipy (numpy/scipy/scikit-image) or torch (the same "
+                       "algorithm in pure torch, on surface.device; auto: torch on CUDA, scipy on a CPU)",
+                       choices=("auto", "scipy", "torch")),
+        "device": Key("str", "auto", "torch device for backend = torch (auto: CUDA when present)",
+                      choices=("auto", "cpu", "cuda")),
     },
     "publish": {
         "frame": Key("str", "Reference", "coordinate frame of the published surfaces"),

@@ -54,6 +54,7 @@ from ..completion import prepare as prep
 from ..completion.front import LevelPoints, complete_levels, prepare_levels
 from ..frames import LEVELS, Surface, VertebraCloud, Volume
 from ..surface.mesh import mesh_points, transfer_point_values
+from .compute import choose_surface, cuda_available
 from .reuse import LevelReuse
 from .telemetry import Telemetry
 from ..xray import backproject as bp
@@ -157,6 +158,9 @@ class SurfaceUpdater:
         self.seed = seed
         self.landmarks = {k: np.asarray(v, dtype=np.float64) for k, v in (bone.landmarks_mm or {}).items()}
         self._pool, self._pool_size = None, 0
+        # a node built by assemble.build_node has these resolved (compute.py); "auto" here for bare configs
+        self.mesh_backend, self.mesh_device = choose_surface(getattr(surface, "backend", "scipy"),
+                                                             getattr(surface, "device", "auto"), cuda=cuda_available())
         self.uncertainty = str(completion.uncertainty) if completion is not None else "off"
         samples = int(completion.uncertainty_samples) if completion is not None else 0   # 0 unless latent
         self.uncertainty_samples = samples if self.uncertainty == "latent" else 0
@@ -320,6 +324,8 @@ class SurfaceUpdater:
     def _mesh_levels(self, points_by_level: dict[str, np.ndarray]) -> dict[str, Surface]:
         """Every level's mesh, on ``surface.workers`` threads (results in level order either way)."""
         workers = min(int(getattr(self._surface, "workers", 1) or 1), len(points_by_level))
+        if self.mesh_backend == "torch" and self.mesh_device == "cuda":
+            workers = 1                        # one device: threads would only queue behind each other
         if workers <= 1:
             return {lv: self._mesh(pts, lv) for lv, pts in points_by_level.items()}
         if self._pool is None or self._pool_size != workers:
@@ -342,4 +348,5 @@ class SurfaceUpdater:
         s = self._surface
         return mesh_points(points_ref_mm, method=s.method, triangle_budget=s.triangle_budget, grid_mm=s.grid_mm,
                            offset_mm=s.offset_mm or None, project_k=s.project_k, poisson_depth=s.poisson_depth,
+                           backend=self.mesh_backend, device=self.mesh_device if self.mesh_backend == "torch" else None,
                            frame=self.publish_frame, name=f"{level}_Completed")
