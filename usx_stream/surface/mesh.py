@@ -62,10 +62,9 @@ def mesh_points(points_mm, *, method: str = "distance_field", triangle_budget: i
     poisson_depth : int
         Octree depth for method ``poisson`` (4..12).
     backend : {"scipy", "torch"}
-        Method ``distance_field``: numpy/scipy/scikit-image with marching cubes
-        (:mod:`~usx_stream.surface.distance_field`), or pure torch with marching tetrahedra on
-        ``device`` (:mod:`~usx_stream.surface.torch_mesh`; about twice the triangles on the same
-        grid, so the budget coarsens it sooner). Other methods ignore it.
+        Method ``distance_field``: numpy/scipy/scikit-image (:mod:`~usx_stream.surface.distance_field`),
+        or the same algorithm in pure torch on ``device`` (:mod:`~usx_stream.surface.torch_mesh`: the
+        same triangle counts and accuracy; slower on a CPU, for the GPU path). Other methods ignore it.
     device : str or torch.device, optional
         Torch device of backend ``torch`` (default: the CPU).
     frame, name : str
