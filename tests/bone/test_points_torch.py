@@ -169,8 +169,9 @@ def test_a_numba_reconstructor_has_no_device_values():
     from usx_stream.compound import ReconstructionConfig, Reconstructor
     from usx_stream.compound.geometry import OutputGeometry
 
-    recon = Reconstructor(ReconstructionConfig(output_spacing=(1.0, 1.0, 1.0)), OutputGeometry(np.zeros(3), np.ones(3), (4, 4, 4)),
-                          semantics="exact", backend="numba", channels={"bone": "MAXIMUM"})
+    grid = OutputGeometry(np.zeros(3), np.ones(3), (4, 4, 4))
+    recon = Reconstructor(ReconstructionConfig(output_spacing=(1.0, 1.0, 1.0)), grid, semantics="exact",
+                          backend="numba", channels={"bone": "MAXIMUM"})
     assert recon.device_channel_volume("bone") is None
     with pytest.raises(ValueError, match="no channel 'edges'"):
         recon.device_channel_volume("edges")
