@@ -5,7 +5,8 @@ Both paths stream ``launch/latency_bench.toml`` (the same node and sockets as ``
 ``e2e_stream.py``) for the same number of seconds, in this order:
 
 - ``gpu``: ``completion.device = cuda`` (backend and precision ``auto``: TensorRT, else torch.compile +
-  CUDA graphs, fp16), compounding with the torch backend on CUDA;
+  CUDA graphs, fp16), compounding with the torch backend on CUDA and the bone points extracted there from
+  the device values (``compute.bone_points`` says on how many updates they were);
 - ``cpu``: ``completion.device = cpu`` (eager fp32), compounding with the numba kernels.
 
 A path that cannot run here (no CUDA, no scikit-image for the meshing stage) is reported as skipped with the
@@ -82,12 +83,16 @@ def compute_made(run) -> dict:
         engines[variant] = {"backend": engine.backend, "device": str(engine.device), "precision": engine.precision,
                             "describe": engine.describe()}
     recon, updater = node.ingest.reconstructor, node.updater
+    on_device = int(node.telemetry.report()["counters"].get("bone_points_on_device", 0))
+    bone = {"on_device": node.updates > 0 and on_device == node.updates, "updates_on_device": on_device,
+            "updates": node.updates}
     return {"completion_device": choice.completion_device, "precision": choice.precision,
             "compound_backend": choice.compound_backend, "compound_device": choice.compound_device,
             "surface_backend": choice.surface_backend, "surface_device": choice.surface_device,
             "reason": choice.reason, "describe": choice.describe(), "engines": engines,
             "reconstructor": None if recon is None else {"backend": recon.backend, "device": str(recon.device)},
-            "mesher": {"backend": updater.mesh_backend, "device": updater.mesh_device}}
+            "mesher": {"backend": updater.mesh_backend, "device": updater.mesh_device},
+            "bone_points": bone}
 
 
 def _brief(stages: dict) -> dict:
@@ -126,7 +131,8 @@ def run_path(path: str, seconds: float, workdir: Path, *, launch=None, frames: i
     e2e = result["end_to_end_ms"]
     print(f"  e2e {path}: frame->surface p50 {e2e['p50']} ms p95 {e2e['p95']} ms p99 {e2e['p99']} ms, "
           f"{result['frames_compounded']} frames compounded, {result['frames_dropped']} dropped; "
-          f"{result['compute']['describe']}", flush=True)
+          f"{result['compute']['describe']}; bone points on the "
+          f"{'device' if result['compute']['bone_points']['on_device'] else 'host'}", flush=True)
     return result
 
 

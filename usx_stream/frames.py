@@ -86,6 +86,12 @@ class Volume:
         Extra channels compounded beside the intensity (e.g. ``"bone"``).
     frame : str
         Coordinate frame the grid is axis-aligned in.
+
+    A channel compounded with the torch backend may be read without a copy to the host
+    (:meth:`~usx_stream.compound.reconstructor.Reconstructor.device_channel_volume`): ``data`` and that
+    channel are then the torch tensor on the compounding device (the same grid, the same values). Its
+    consumer, :func:`~usx_stream.bone.points.extract_bone_points`, runs on that device; code that needs
+    numpy arrays takes the volume from :meth:`~usx_stream.compound.reconstructor.Reconstructor.snapshot`.
     """
 
     data: np.ndarray

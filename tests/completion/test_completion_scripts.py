@@ -83,6 +83,9 @@ def test_gpu_check_end_to_end_runs_the_cpu_path_and_says_why_the_gpu_path_did_no
     assert compute["completion_device"] == "cpu" and compute["precision"] == "fp32"
     assert compute["engines"]["multimodal"]["device"] == "cpu"
     assert compute["reconstructor"]["backend"] == compute["compound_backend"]
+    # the bone points run where the bone channel was compounded: on the device only for the torch backend
+    assert compute["bone_points"]["updates"] > 0
+    assert compute["bone_points"]["on_device"] == (compute["compound_backend"] == "torch")
     if not torch.cuda.is_available():
         assert gpu["status"] == "skipped" and "cuda" in gpu["reason"].lower()
         assert section["gpu_over_cpu"]["available"] is False

@@ -18,6 +18,7 @@ beam-facing surface).
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 from scipy import ndimage
@@ -49,16 +50,23 @@ def extract_bone_points(volume: Volume, *, threshold: float = 0.5, beam_directio
     -------
     (N, 3) float64 ndarray
         Points in ``volume.frame``, mm. ``(0, 3)`` when nothing passes.
+
+    A channel held as a torch tensor (compounded with the torch backend and read without a host copy) is
+    processed on its device by :func:`usx_stream.bone.points_torch.extract_bone_points_torch`, with the
+    same result; only the points come back to the host.
     """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"bone.probability_threshold: must be in (0, 1], got {threshold!r}")
-    if not voxel_mm > 0:
-        raise ValueError(f"bone.point_voxel_mm: must be > 0, got {voxel_mm!r}")
+    check_point_settings(threshold, voxel_mm)
     if channel not in volume.channels:
         raise ValueError(f"bone.points: volume has no channel {channel!r} (has {sorted(volume.channels)})")
+    if is_tensor(volume.channels[channel]):  # compounded with torch, read without a host copy
+        from .points_torch import extract_bone_points_torch
+
+        check_channel_shape(channel, tuple(volume.channels[channel].shape), tuple(volume.data.shape))
+        return extract_bone_points_torch(volume.channels[channel], origin_mm=volume.origin_mm,
+                                         spacing_mm=volume.spacing_mm, weights=volume.weights, threshold=threshold,
+                                         beam_direction=beam_direction, voxel_mm=voxel_mm)
     prob = np.asarray(volume.channels[channel], dtype=np.float32)
-    if prob.shape != volume.data.shape:
-        raise ValueError(f"bone.points: channel {channel!r} shape {prob.shape} != volume shape {volume.data.shape}")
+    check_channel_shape(channel, prob.shape, volume.data.shape)
     mask = prob >= threshold
     if volume.weights is not None:
         mask &= np.asarray(volume.weights) > 0
@@ -71,6 +79,26 @@ def extract_bone_points(volume: Volume, *, threshold: float = 0.5, beam_directio
     kji, weight = kji[keep], prob[tuple(kji[keep].T)]
     points = volume.voxel_centers_mm(kji[:, ::-1])
     return voxel_downsample(points, voxel_mm=voxel_mm, weights=weight)
+
+
+def check_point_settings(threshold: float, voxel_mm: float) -> None:
+    """The launch keys :func:`extract_bone_points` takes, checked (ValueError naming the key)."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"bone.probability_threshold: must be in (0, 1], got {threshold!r}")
+    if not voxel_mm > 0:
+        raise ValueError(f"bone.point_voxel_mm: must be > 0, got {voxel_mm!r}")
+
+
+def check_channel_shape(channel: str, shape: tuple, volume_shape: tuple) -> None:
+    if tuple(shape) != tuple(volume_shape):
+        raise ValueError(f"bone.points: channel {channel!r} shape {tuple(shape)} != volume shape "
+                         f"{tuple(volume_shape)}")
+
+
+def is_tensor(array) -> bool:
+    """True for a torch tensor (without importing torch: a tensor exists only once torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(array, torch.Tensor)
 
 
 def mean_beam_direction(image_to_frame_matrices) -> np.ndarray:
@@ -90,12 +118,21 @@ def mean_beam_direction(image_to_frame_matrices) -> np.ndarray:
 
 def _beam_in_voxels(prob: np.ndarray, kji: np.ndarray, spacing_mm: np.ndarray, beam_direction) -> np.ndarray:
     """Unit step along the beam in (k, j, i) voxel-index space (length 1 voxel along its major axis)."""
-    if beam_direction is None:
-        d_xyz = _estimate_beam(prob, kji, spacing_mm)
-    else:
-        d_xyz = np.asarray(beam_direction, dtype=np.float64).reshape(3)
-        if not np.all(np.isfinite(d_xyz)) or np.linalg.norm(d_xyz) == 0:
-            raise ValueError(f"bone.points: beam_direction must be a non-zero vector, got {d_xyz.tolist()}")
+    d_xyz = _estimate_beam(prob, kji, spacing_mm) if beam_direction is None else given_beam(beam_direction)
+    return beam_step_kji(d_xyz, spacing_mm)
+
+
+def given_beam(beam_direction) -> np.ndarray:
+    """``beam_direction`` as a float64 (3,) vector, checked finite and non-zero."""
+    d_xyz = np.asarray(beam_direction, dtype=np.float64).reshape(3)
+    if not np.all(np.isfinite(d_xyz)) or np.linalg.norm(d_xyz) == 0:
+        raise ValueError(f"bone.points: beam_direction must be a non-zero vector, got {d_xyz.tolist()}")
+    return d_xyz
+
+
+def beam_step_kji(d_xyz: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    """Beam direction ``d_xyz`` (mm, frame axes) as a step in (k, j, i) voxel-index space, one voxel
+    along its major axis."""
     d_ijk = d_xyz / spacing_mm                  # mm direction -> voxel-index direction
     d_ijk /= np.abs(d_ijk).max()                # one voxel along the dominant index axis
     return d_ijk[::-1]                          # (i, j, k) -> (k, j, i)
@@ -112,7 +149,11 @@ def _estimate_beam(prob: np.ndarray, kji: np.ndarray, spacing_mm: np.ndarray) ->
         step = (hi[:, axis] - lo[:, axis]).clip(min=1) * spacing_mm[2 - axis]
         grads.append((prob[tuple(hi.T)] - prob[tuple(lo.T)]) / step)
     g_xyz = np.stack(grads[::-1], axis=1)        # (k, j, i) -> (x, y, z)
-    tensor = g_xyz.T @ g_xyz
+    return principal_axis(g_xyz.T @ g_xyz)
+
+
+def principal_axis(tensor: np.ndarray) -> np.ndarray:
+    """Unit eigenvector of the largest eigenvalue of a (3, 3) gradient structure tensor; +z when it is 0."""
     if not np.any(tensor):
         return np.array([0.0, 0.0, 1.0])
     _, vecs = np.linalg.eigh(tensor)

@@ -242,6 +242,33 @@ class Reconstructor:
         return Volume(data=values, origin_mm=self.geometry.origin_mm, spacing_mm=self.geometry.spacing_mm,
                       channels={name: values}, frame=self.config.reference_coordinate_frame)
 
+    def device_channel_volume(self, name: str) -> Volume | None:
+        """Channel ``name`` as :meth:`channel_volume` gives it without hole filling, but with ``data`` and
+        ``channels[name]`` the torch tensor on the compounding device (no copy to the host); None unless the
+        reconstructor compounds with the torch backend. For a consumer that runs on that device (the node's
+        bone points); the hole filling runs on the host and has no such path."""
+        if name not in self.channel_modes:
+            raise ValueError(f"Reconstructor.device_channel_volume: no channel {name!r} "
+                             f"(has {sorted(self.channel_modes)})")
+        if self.backend != "torch":
+            return None
+        import torch
+
+        from .torch_backend import default_device
+
+        with self._lock:
+            chan = self._channels.get(name)
+            if chan is None:
+                device = torch.device(self.device) if self.device is not None else default_device()
+                values = torch.zeros(self.geometry.shape_zyx, dtype=torch.float32, device=device)
+            else:
+                values = chan.device_values()
+            done = torch.cuda.current_stream(values.device).record_event() if values.is_cuda else None
+        if done is not None:  # the values are computed when this returns (a caller's timing is the finalize's)
+            done.synchronize()
+        return Volume(data=values, origin_mm=self.geometry.origin_mm, spacing_mm=self.geometry.spacing_mm,
+                      channels={name: values}, frame=self.config.reference_coordinate_frame)
+
     def grow(self, geometry: OutputGeometry) -> None:
         """Move every pasted frame onto ``geometry``, a larger grid on the same voxel lattice (same spacing,
         origin a whole number of voxels away) that contains the current one; values are kept exactly.

@@ -118,6 +118,41 @@ class TorchExactChannel:
         """The compounded values alone, on the host."""
         return self.result()[0]
 
+    def device_values(self) -> torch.Tensor:
+        """The compounded values as a (Z, Y, X) tensor on ``device``, no host copy: what
+        :meth:`current_values` returns, value for value (a new tensor; pasting may go on)."""
+        return finalize_values_torch(self.state, self.mode, self.dtype).reshape(self.shape)
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.state.values())
+
+
+TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                np.dtype(np.uint8): torch.uint8, np.dtype(np.int8): torch.int8, np.dtype(np.int16): torch.int16,
+                np.dtype(np.uint16): torch.uint16, np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
+
+
+def finalize_values_torch(state: dict, mode: str, dtype) -> torch.Tensor:
+    """:func:`usx_stream.compound.paste_exact.finalize_values` on the state's device: the same
+    operations in the same precision (``S / W`` as float64 divisions, integer volumes rounded half up as
+    ``floor((2S + W) / 2W)``, never-reached MAXIMUM/LATEST voxels 0, integer results clipped to ``dtype``)."""
+    dtype = np.dtype(dtype)
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"TorchExactChannel: no torch type for values of type {dtype}")
+    scale = paste_exact.value_scale(dtype)
+    w = state["weight"]
+    if mode == "MEAN":
+        s, hit = state["sum"], w > 0
+        w1 = torch.where(hit, w, torch.ones_like(w))
+        if scale == 1:
+            out = torch.where(hit, torch.div(2 * s + w, 2 * w1, rounding_mode="floor"), torch.zeros_like(s))
+        else:
+            out = torch.where(hit, s.to(torch.float64) / w1.to(torch.float64), 0.0) / scale
+    else:
+        raw = torch.where(w > 0, state["value"], torch.zeros_like(state["value"]))
+        out = raw.to(torch.float64) / scale if scale != 1 else raw
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        out = torch.clamp(out, int(info.min), int(info.max))
+    return out.to(TORCH_DTYPES[dtype])

@@ -297,7 +297,12 @@ class IngestStage:
         return 0 if self.reconstructor is None else self.reconstructor.frames_pasted
 
     def snapshot(self) -> tuple[Volume | None, dict]:
-        """The current volume and what it contains: ``arrival_s``, ``timestamp``, ``beam_direction``."""
+        """The current volume and what it contains: ``arrival_s``, ``timestamp``, ``beam_direction``.
+
+        With a bone channel, the volume holds that channel alone. Compounded with the torch backend and no
+        hole filling (``compound.fill_holes``, host kernels), the channel stays on the compounding device (a
+        torch tensor, :meth:`Reconstructor.device_channel_volume`): the bone points are extracted there and
+        only they come back to the host."""
         with self._lock:
             info = {"arrival_s": self.newest_arrival_s, "timestamp": self.newest_timestamp,
                     "beam_direction": self._beam_sum / max(np.linalg.norm(self._beam_sum), 1e-12),
@@ -307,5 +312,8 @@ class IngestStage:
         fill = self.recon_config.fill_holes  # compound.fill_holes: the launch table's hole-filling element
         with self.telemetry.time("snapshot"):
             if "bone" in self.reconstructor.channel_modes:
+                on_device = None if fill else self.reconstructor.device_channel_volume("bone")
+                if on_device is not None:
+                    return on_device, info
                 return self.reconstructor.channel_volume("bone", fill_holes=fill), info
             return self.reconstructor.snapshot(fill_holes=fill), info

@@ -48,7 +48,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ..bone.points import extract_bone_points
+from ..bone.points import extract_bone_points, is_tensor
 from ..bone.split import choose_level_centres, split_levels
 from ..completion import prepare as prep
 from ..completion.front import LevelPoints, complete_levels, prepare_levels
@@ -182,6 +182,8 @@ class SurfaceUpdater:
         with t.time("bone_points"):
             bone = extract_bone_points(volume, threshold=self._bone.probability_threshold,
                                        beam_direction=beam_direction, voxel_mm=self._bone.point_voxel_mm)
+        if is_tensor(volume.channels.get("bone")):   # a torch-compounded channel: extracted on its device
+            t.count("bone_points_on_device")
         use_xray = xray is not None and xray.ready and self._xray.enabled
         fusion = force_fusion or ("multimodal" if use_xray else "us_only")
         with t.time("levels"):
