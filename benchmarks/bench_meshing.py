@@ -17,8 +17,9 @@ machine it is steadier than wall time.
     python benchmarks/bench_meshing.py --only template     # the baseline and the template fit
     python benchmarks/bench_meshing.py --only "torch,(default)"   # torch mesher (CPU, and CUDA when present)
 
-The torch rows run the pure-torch mesher (marching cubes, case table derived in code) on the CPU, and on CUDA when present;
-on a CPU shared with other work, ``OMP_NUM_THREADS=1`` gives steadier torch times.
+The torch rows run the pure-torch mesher (marching cubes, its case table derived in code) on the CPU,
+and on CUDA when present; on a CPU shared with other work, ``OMP_NUM_THREADS=1`` gives steadier torch
+times.
 """
 
 from __future__ import annotations
