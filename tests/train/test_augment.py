@@ -49,6 +49,22 @@ def test_mirroring_flips_about_half_and_none_is_identity():
     assert augment_batch(same, rotate_deg=0, shift=0, mirror=False, generator=g) is same
 
 
+def test_scaling_stretches_each_axis_of_a_sample_by_one_bounded_factor_shared_by_its_clouds():
+    before = clouds(5)
+    after = augment_batch(before, rotate_deg=0.0, shift=0.0, mirror=False, scale=0.08,
+                          generator=torch.Generator().manual_seed(6))
+    factors = []
+    for s in range(4):
+        joint_before = torch.cat([c[s] for c in before])
+        joint_after = torch.cat([c[s] for c in after])
+        f = joint_after / joint_before                     # (points, 3): one factor per axis for the whole sample
+        torch.testing.assert_close(f, f[:1].expand_as(f), atol=1e-4, rtol=1e-4)
+        factors.append(f[0])
+    factors = torch.stack(factors)
+    assert ((factors >= 0.92 - 1e-6) & (factors <= 1.08 + 1e-6)).all()
+    assert factors.std() > 0.01                            # drawn per axis and per sample, not one global factor
+
+
 def test_none_labelmap_passes_through_and_draws_are_reproducible():
     a = augment_batch([clouds()[0], None], rotate_deg=5, shift=0.05, mirror=True,
                       generator=torch.Generator().manual_seed(4))
@@ -60,6 +76,8 @@ def test_none_labelmap_passes_through_and_draws_are_reproducible():
 def test_config_fields_are_checked(tmp_path):
     with pytest.raises(ValueError, match="augment_rotate_deg"):
         TrainConfig(data="x.h5", augment_rotate_deg=-1.0).validate()
+    with pytest.raises(ValueError, match=r"train.augment_scale: must be in \[0, 0.5\), got 0.6"):
+        TrainConfig(data="x.h5", augment_scale=0.6).validate()
     with pytest.raises(ValueError, match="train.device.*'gpu'"):
         TrainConfig(data="x.h5", device="gpu").validate()
     cfg = load_train_config(None, data="x.h5", augment_mirror=True, device="cuda:1")
@@ -78,7 +96,7 @@ def test_augmented_training_step_runs_and_learns(tiny_pairs, tmp_path):
     from usx_stream.train.network_io import model_inputs
 
     cfg = TrainConfig(data=str(tiny_pairs), out=str(tmp_path), lr=1e-3, seed=0, augment_rotate_deg=5.0,
-                      augment_shift_mm=2.0, augment_mirror=True).validate()
+                      augment_shift_mm=2.0, augment_mirror=True, augment_scale=0.08).validate()
     run = _Run(cfg, resume=False)
     arrays = read_pairs(tiny_pairs)
     partial, labelmap = model_inputs(arrays, run.model_cfg, "tiny")

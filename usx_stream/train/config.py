@@ -75,6 +75,8 @@ class TrainConfig:
         axis in mm); 0 = none. See ``train.augment``.
     augment_mirror : bool
         Mirror a random half of each batch left-right.
+    augment_scale : float
+        Per-axis random scaling of each training sample by up to this fraction (0.08 = ±8 %); 0 = none.
     init : str
         Start from these weights instead of a random initialisation (fine-tuning): a checkpoint path, or
         ``"default"`` for the shipped checkpoint of ``variant``. The optimiser and counters start afresh.
@@ -109,6 +111,7 @@ class TrainConfig:
     augment_rotate_deg: float = 0.0
     augment_shift_mm: float = 0.0
     augment_mirror: bool = False
+    augment_scale: float = 0.0
     init: str = ""
     dtype: str = "float32"
     dist_backend: str = "auto"
@@ -128,6 +131,8 @@ class TrainConfig:
                      "augment_shift_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.augment_scale < 0.5:
+            raise ValueError(f"train.augment_scale: must be in [0, 0.5), got {self.augment_scale!r}")
         if not self.lr > 0:
             raise ValueError(f"train.lr: must be > 0, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:

@@ -183,7 +183,8 @@ class _Run:
         b = partial.shape[0]
         partial, labelmap, complete = augment_batch(
             [partial, labelmap, complete], rotate_deg=cfg.augment_rotate_deg,
-            shift=cfg.augment_shift_mm / self.mm_per_unit, mirror=cfg.augment_mirror, generator=self.augment_rng)
+            shift=cfg.augment_shift_mm / self.mm_per_unit, mirror=cfg.augment_mirror, generator=self.augment_rng,
+            scale=cfg.augment_scale)
         rows = ctx.rows(b)
         partial, complete = partial[rows], complete[rows]
         labelmap = None if labelmap is None else labelmap[rows]
