@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from usx_stream.completion.engine import CompletionEngine
-from usx_stream.completion.nets import ModelConfig, build_model
 from usx_stream.node.assemble import build_node
 from usx_stream.node.launch import parse_launch
 from usx_stream.sim.session import simulate_session
 from usx_stream.sources.memory import MemorySource
 
-ROI = {"spacing_mm": 1.0, "origin_mm": [-70.0, 0.0, -120.0], "extent_mm": [140.0, 115.0, 240.0]}
+from node_fixtures import ROI, tiny_engines
+
 
 
 @pytest.fixture(scope="module")
 def engines():
-    torch.manual_seed(0)
-    return {variant: CompletionEngine(build_model(ModelConfig.small(multimodal=variant == "multimodal")),
-                                      device="cpu", warmup=False)
-            for variant in ("multimodal", "us_only")}
+    return tiny_engines()
 
 
 def _run(session, engines, backend: str):

@@ -6,10 +6,7 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
-from usx_stream.completion.engine import CompletionEngine
-from usx_stream.completion.nets import ModelConfig, build_model
 from usx_stream.node.launch import parse_launch
 from usx_stream.frames import LEVELS, XrayImage
 from usx_stream.node.pipeline import Node
@@ -19,10 +16,11 @@ from usx_stream.node.update import SurfaceUpdater
 from usx_stream.sources.replay import SequenceReplay
 from usx_stream.xray.cache import XrayCache
 
+from node_fixtures import ROI, tiny_engines
+
 pytestmark = pytest.mark.slow
 
 # The simulator's Reference: origin at the L3 body centre, x left, y posterior, z cranial.
-ROI = {"spacing_mm": 1.0, "origin_mm": [-70.0, 0.0, -120.0], "extent_mm": [140.0, 115.0, 240.0]}
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +30,11 @@ def session_files(tmp_path_factory):
     return session, files
 
 
-def _engines():
-    torch.manual_seed(0)
-    return {variant: CompletionEngine(build_model(ModelConfig.small(multimodal=variant == "multimodal")),
-                                      device="cpu", warmup=False)
-            for variant in ("multimodal", "us_only")}
-
-
 def test_node_streams_all_five_completed_surfaces_to_a_socket_client(session_files, tmp_path):
     session, files = session_files
     cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.2}, "compound": ROI,
                         "record": {"enabled": True, "dir": str(tmp_path / "rec")}})
-    live = LiveSimulation(cfg, session, files["sequence"], engines=_engines(), rate=0).start()
+    live = LiveSimulation(cfg, session, files["sequence"], engines=tiny_engines(), rate=0).start()
     node = live.node
     try:
         assert node.wait_source_done(timeout=120)
@@ -76,7 +67,7 @@ def _landmark_node(session_files, source_class=SequenceReplay):
     cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.2}, "compound": ROI,
                         "publish": {"igtl_enabled": False},
                         "bone": {"landmarks_mm": {lv: v.centroid_mm.tolist() for lv, v in session.spine.vertebrae.items()}}})
-    return Node(cfg, source=source_class(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
+    return Node(cfg, source=source_class(files["sequence"], rate=0), engines=tiny_engines(), xray=XrayCache(),
                 calibration=session.calibration)
 
 
@@ -151,7 +142,7 @@ def test_a_failing_update_is_counted_and_told_and_the_node_goes_on(session_files
     one = {"L3": session.spine.vertebrae["L3"].centroid_mm.tolist()}
     cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.05}, "compound": ROI,
                         "publish": {"igtl_enabled": False}, "bone": {"landmarks_mm": one}})
-    node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=_engines(), xray=XrayCache(),
+    node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=tiny_engines(), xray=XrayCache(),
                 calibration=session.calibration)
     node.start()
     try:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from usx_stream.completion.engine import CompletionEngine
 from usx_stream.completion.front import LevelPoints, complete_levels
-from usx_stream.completion.nets import ModelConfig, build_model
 from usx_stream.completion.prepare import vertebra_rotation
 from usx_stream.node.ingest import IngestStage
 from usx_stream.node.launch import ConfigError, parse_launch
@@ -19,15 +16,13 @@ from usx_stream.node.reuse import LevelReuse, cell_change, cell_keys, rotation_a
 from usx_stream.node.update import SurfaceUpdater
 from usx_stream.sim.session import simulate_session
 
-ROI = {"spacing_mm": 1.0, "origin_mm": [-70.0, 0.0, -120.0], "extent_mm": [140.0, 115.0, 240.0]}
+from node_fixtures import ROI, tiny_engines
+
 
 
 @pytest.fixture(scope="module")
 def engines():
-    torch.manual_seed(0)
-    return {variant: CompletionEngine(build_model(ModelConfig.small(multimodal=variant == "multimodal")),
-                                      device="cpu", warmup=False)
-            for variant in ("multimodal", "us_only")}
+    return tiny_engines()
 
 
 def _levels(n=3, seed=1) -> list[LevelPoints]:
