@@ -186,6 +186,39 @@ def test_options_validated():
         Client("127.0.0.1", 1, backoff_s=(1.0, 0.5))
 
 
+def test_closed_is_set_only_after_the_close_was_counted_and_reported():
+    """Whoever wakes on ``closed`` (a reconnecting client) must find the reason counted and ``on_closed``
+    done; a slow callback makes the old order (event first, bookkeeping after) visible every time."""
+    import threading
+
+    from usx_stream.igtl.transport import Connection, MessageQueue, TransportStats
+
+    stats = TransportStats()
+    reported = threading.Event()
+    release = threading.Event()
+
+    def on_closed(conn, reason):
+        release.wait(10)  # hold the closing thread inside the callback
+        reported.set()
+
+    lst = _raw_server()
+    client = socket.create_connection(lst.getsockname()[:2])
+    peer, _ = lst.accept()
+    conn = Connection(client, inbound=MessageQueue(8, stats, "dropped"), stats=stats, options=FAST,
+                      on_closed=on_closed).start()
+    try:
+        peer.close()  # the reader sees the end of the stream and closes the connection
+        assert not conn.closed.wait(0.3), "closed was set while on_closed was still running"
+        release.set()
+        assert conn.closed.wait(10)
+        assert reported.is_set()
+        assert stats.snapshot()["closed"] == {"peer closed": 1}
+    finally:
+        release.set()
+        conn.close()
+        lst.close()
+
+
 def test_closing_a_full_queue_releases_a_blocked_sender():
     """Back-pressure (``block_s``) must end when the connection dies, not after the full wait."""
     import threading

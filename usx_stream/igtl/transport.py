@@ -75,6 +75,9 @@ class Connection:
         self.peer_host = sock.getpeername()[0]
         self.connected_at = time.monotonic()
         self.peer_header_version = 1  # highest header version this peer has sent (PlusServer-style)
+        # ``_closing`` stops the threads at once; ``closed`` is set only after the close was counted and
+        # ``on_closed`` ran, so whoever waits on it (a reconnecting client, a test) sees the whole close.
+        self._closing = threading.Event()
         self.closed = threading.Event()
         self.first_message = threading.Event()  # set when the peer's first valid message arrived
         self.close_reason = ""
@@ -100,7 +103,7 @@ class Connection:
     @property
     def buffered_bytes(self) -> int:
         """Bytes of receive buffers this connection holds now (0 once closed)."""
-        return 0 if self.closed.is_set() else self._parser.buffered_bytes
+        return 0 if self._closing.is_set() else self._parser.buffered_bytes
 
     def start(self) -> "Connection":
         for t in self._threads:
@@ -117,7 +120,7 @@ class Connection:
         When the outbound queue is full, wait up to ``block_s`` seconds for space before dropping. With
         ``direct`` and an idle writer the message is written from this thread (see the module docstring).
         """
-        if self.closed.is_set():
+        if self._closing.is_set():
             return False
         with self._send_lock:
             if direct and self._queued == self._written and self._io_lock.acquire(blocking=False):
@@ -163,16 +166,16 @@ class Connection:
         """Wait until everything queued so far has been handed to the kernel; False on timeout/close."""
         with self._flush_cond:
             target = self._queued
-            return self._flush_cond.wait_for(lambda: self._written >= target or self.closed.is_set(), timeout) \
+            return self._flush_cond.wait_for(lambda: self._written >= target or self._closing.is_set(), timeout) \
                 and self._written >= target
 
     def close(self, reason: str = "closed locally", *, wait: bool = True) -> None:
         """Close the socket and stop both threads (idempotent)."""
         with self._close_lock:
-            first = not self.closed.is_set()
+            first = not self._closing.is_set()
             if first:
                 self.close_reason = reason
-                self.closed.set()
+                self._closing.set()
         if first:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -180,11 +183,14 @@ class Connection:
                 pass  # already disconnected
             self.sock.close()
             self._outbound.close()  # wakes the writer and any sender waiting for queue space
-            first_time = self.stats.closed(reason) == 1
-            logger.log(logging.INFO if first_time else logging.DEBUG, "connection %s closed: %s%s", self.peer,
-                       reason, "" if not first_time else " (further closes for this reason are logged at debug)")
-            if self._on_closed is not None:
-                self._on_closed(self, reason)
+            try:
+                first_time = self.stats.closed(reason) == 1
+                logger.log(logging.INFO if first_time else logging.DEBUG, "connection %s closed: %s%s", self.peer,
+                           reason, "" if not first_time else " (further closes for this reason are logged at debug)")
+                if self._on_closed is not None:
+                    self._on_closed(self, reason)
+            finally:
+                self.closed.set()
         with self._flush_cond:
             self._flush_cond.notify_all()
         if wait:
@@ -199,7 +205,7 @@ class Connection:
         started = None  # monotonic time the message being received began; None between messages
         reason, drain = "peer closed", True  # drain: deliver complete messages behind an incomplete one at the end
         try:
-            while not self.closed.is_set():
+            while not self._closing.is_set():
                 try:
                     n = self.sock.recv_into(parser.writable())
                 except socket.timeout:
@@ -232,7 +238,7 @@ class Connection:
                         drain = False  # what was there has just been rescanned
                         break
                     started = now if parser.pending_bytes else None
-            if self.closed.is_set():
+            if self._closing.is_set():
                 return  # closed locally: a message cut short by our own close is not the peer's fault
             if drain:
                 self._dispatch(parser.finish())
@@ -299,10 +305,10 @@ class Connection:
         interval = self.options.keepalive_interval_s
         reason = None
         try:
-            while not self.closed.is_set():
+            while not self._closing.is_set():
                 wait = max(0.0, self._last_send + interval - time.monotonic()) if interval else None
                 parts = self._outbound.get(timeout=wait)
-                if self.closed.is_set():
+                if self._closing.is_set():
                     return
                 keepalive = parts is None
                 if keepalive:
