@@ -113,13 +113,14 @@ def session():
     return simulate_session(3, n_frames=24, passes=1, with_xray=False)
 
 
-def ingest_stage(session, device: str):
+def ingest_stage(session, device: str, points_device: str = "compound"):
     """The node's ingest stage (bone detection + compounding with the torch backend on ``device``) over the
-    session's frames."""
+    session's frames; bone points on the compounding device unless ``points_device`` says otherwise."""
     from usx_stream.node.ingest import IngestStage
     from usx_stream.node.launch import parse_launch
 
-    cfg = parse_launch({"compound": {"backend": "torch", "device": device, "spacing_mm": 0.8}})
+    cfg = parse_launch({"compound": {"backend": "torch", "device": device, "spacing_mm": 0.8},
+                        "bone": {"points_device": points_device}})
     stage = IngestStage(cfg.compound, cfg.bone, calibration=session.calibration, bootstrap_frames=10)
     for frame in session.frames:
         stage.add(frame)
@@ -163,6 +164,12 @@ def test_the_ingest_snapshot_stays_on_the_device_unless_filling_holes(compounded
     finally:
         compounded.recon_config = plain
     assert isinstance(filled.channels["bone"], np.ndarray)
+
+
+def test_auto_keeps_a_cpu_snapshot_on_the_host(session):
+    """``auto`` takes the device path only for a GPU: on a CPU the host copy plus numpy is the faster path."""
+    volume, _ = ingest_stage(session, "cpu", points_device="auto").snapshot()
+    assert isinstance(volume.channels["bone"], np.ndarray)
 
 
 def test_a_numba_reconstructor_has_no_device_values():

@@ -48,6 +48,28 @@ def test_surface_backend_and_device(surface, cuda, want):
     assert choice.overrides()["surface.backend"] == want[0] and choice.overrides()["surface.device"] == want[1]
 
 
+@pytest.mark.parametrize("keys, cuda, want", [
+    ({}, False, "host"),
+    ({}, True, "compound"),                                              # torch on the GPU: points there
+    ({"compound": {"backend": "torch", "device": "cpu"}}, True, "host"),  # torch on a CPU: the copy is faster
+    ({"compound": {"backend": "torch"}}, False, "host"),
+    ({"compound": {"backend": "torch"}, "bone": {"points_device": "compound"}}, False, "compound"),
+    ({"compound": {"backend": "torch", "device": "cuda"}, "bone": {"points_device": "host"}}, True, "host"),
+])
+def test_bone_points_device(keys, cuda, want):
+    choice = choose_compute(parse_launch(keys), cuda=cuda)
+    assert choice.bone_points_device == want and choice.overrides()["bone.points_device"] == want
+    assert ("bone points there too" in choice.describe()) == (want == "compound")
+
+
+def test_bone_points_on_the_device_without_torch_compounding_is_a_config_error():
+    with pytest.raises(ConfigError, match="bone.points_device: 'compound' needs compound.backend = 'torch', "
+                                          "got 'numba'"):
+        choose_compute(parse_launch({"bone": {"points_device": "compound"}}), cuda=False)
+    with pytest.raises(ConfigError, match="bone.points_device: .*'gpu'"):
+        parse_launch({"bone": {"points_device": "gpu"}})
+
+
 @pytest.mark.parametrize("overrides, key", [
     ({"completion": {"precision": "fp16"}}, "completion.precision"),
     ({"completion": {"device": "cuda"}}, "completion.device"),

@@ -1,5 +1,5 @@
-"""A node compounding with the torch backend extracts its bone points on the compounding device (here the
-CPU: the path a GPU node takes, minus the GPU) and publishes what the numba node publishes from the same
+"""A node compounding with the torch backend and ``bone.points_device = "compound"`` extracts its bone points on
+the compounding device (here the CPU: the path a GPU node takes, minus the GPU) and publishes what the numba node publishes from the same
 frames. Real stages built by the node's one constructor, small untrained networks, a simulated session."""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def _run(session, engines, backend: str):
     """One update of a node that compounded the session's first 60 frames with ``backend`` on the CPU."""
     landmarks = {lv: v.centroid_mm.tolist() for lv, v in session.spine.vertebrae.items()}
     cfg = parse_launch({"compound": {**ROI, "backend": backend, "device": "cpu"},
-                        "bone": {"landmarks_mm": landmarks}, "surface": {"grid_mm": 4.0},
+                        "bone": {"landmarks_mm": landmarks, "points_device": "compound" if backend == "torch" else "auto"},
+                        "surface": {"grid_mm": 4.0},
                         "completion": {"uncertainty": "off"}, "xray": {"enabled": False}})
     frames = session.frames[:60]
     node = build_node(cfg, source=MemorySource(frames), engines=engines, publishers=[],

@@ -3,7 +3,8 @@
 ``auto`` means: on a machine with CUDA, completion on the GPU in fp16, compounding with the torch
 backend on the GPU and meshing with the pure-torch mesher on the GPU; on a CPU-only machine, completion
 in fp32 on the CPU, compounding with the numba kernels (the torch backend on a CPU costs ~55 ms a frame
-against ~1 ms for numba) and meshing with scipy (the torch mesher on a CPU is ~5x slower). Explicit values are
+against ~1 ms for numba) and meshing with scipy (the torch mesher on a CPU is ~5x slower). Bone points are
+extracted on the compounding device only when that is a GPU. Explicit values are
 kept, and a value the machine cannot run (``fp16`` or ``cuda`` without CUDA) is a
 :class:`~usx_stream.node.launch.ConfigError` naming the key, raised before anything starts.
 """
@@ -38,14 +39,18 @@ class ComputeChoice:
     reason: str
     surface_backend: str = "scipy"
     surface_device: str = "cpu"
+    bone_points_device: str = "host"
 
     def overrides(self) -> dict[str, str]:
         return {"completion.device": self.completion_device, "completion.precision": self.precision,
                 "compound.backend": self.compound_backend, "compound.device": self.compound_device,
-                "surface.backend": self.surface_backend, "surface.device": self.surface_device}
+                "surface.backend": self.surface_backend, "surface.device": self.surface_device,
+                "bone.points_device": self.bone_points_device}
 
     def describe(self) -> str:
         compound = self.compound_backend + (f" on {self.compound_device}" if self.compound_backend == "torch" else "")
+        if self.bone_points_device == "compound":
+            compound += " (bone points there too)"
         mesh = self.surface_backend + (f" on {self.surface_device}" if self.surface_backend == "torch" else "")
         return (f"compute: completion on {self.completion_device} in {self.precision}, compounding with {compound}, "
                 f"meshing with {mesh} ({self.reason})")
@@ -98,7 +103,19 @@ def choose_compute(cfg: LaunchConfig, *, cuda: bool | None = None) -> ComputeCho
     mesh_backend, mesh_device = choose_surface(s.backend, s.device, cuda=cuda)
     if mesh_backend == "torch" and mesh_device == "cpu" and s.backend == "torch":
         log.warning("surface.backend = 'torch' on the CPU is ~5x slower than scipy; 'auto' picks scipy on a CPU")
-    return ComputeChoice(device, precision, backend, cdev, reason, mesh_backend, mesh_device)
+    return ComputeChoice(device, precision, backend, cdev, reason, mesh_backend, mesh_device,
+                         choose_bone_points(cfg.bone.points_device, backend, cdev))
+
+
+def choose_bone_points(where: str, compound_backend: str, compound_device: str) -> str:
+    """Concrete ``bone.points_device``: ``auto`` extracts on the compounding device only when that is a GPU
+    (on a CPU the torch extraction costs ~2x the host copy plus numpy); ConfigError for ``compound`` without
+    the torch backend, which has no device channel."""
+    if where == "compound" and compound_backend != "torch":
+        raise ConfigError(f"bone.points_device: 'compound' needs compound.backend = 'torch', got {compound_backend!r}")
+    if where == "auto":
+        return "compound" if compound_backend == "torch" and compound_device == "cuda" else "host"
+    return where
 
 
 def resolve_compute(cfg: LaunchConfig, *, cuda: bool | None = None) -> LaunchConfig:

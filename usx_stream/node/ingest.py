@@ -274,6 +274,18 @@ class IngestStage:
         finally:
             self.reconstructor = real
 
+    def _points_on_device(self) -> bool:
+        """``bone.points_device``; ``auto`` (a node built by assemble.build_node has it resolved, compute.py)
+        is the device path when torch compounds on CUDA."""
+        where = self._bone.points_device
+        if where == "auto":
+            from .compute import choose_bone_points, cuda_available
+
+            device = self._compound.device
+            device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
+            where = choose_bone_points(where, self.reconstructor.backend, device)
+        return where == "compound"
+
     def _make_reconstructor(self, grid: OutputGeometry) -> None:
         channels = {"bone": "MAXIMUM"} if (self._bone.enabled and self._compound.bone_channel) else {}
         backend, device = self._compound.backend, self._compound.device
@@ -299,10 +311,11 @@ class IngestStage:
     def snapshot(self) -> tuple[Volume | None, dict]:
         """The current volume and what it contains: ``arrival_s``, ``timestamp``, ``beam_direction``.
 
-        With a bone channel, the volume holds that channel alone. Compounded with the torch backend and no
-        hole filling (``compound.fill_holes``, host kernels), the channel stays on the compounding device (a
-        torch tensor, :meth:`Reconstructor.device_channel_volume`): the bone points are extracted there and
-        only they come back to the host."""
+        With a bone channel, the volume holds that channel alone. Compounded with the torch backend, with
+        ``bone.points_device`` resolved to ``compound`` and no hole filling (``compound.fill_holes``, host
+        kernels), the channel stays on the compounding device (a torch tensor,
+        :meth:`Reconstructor.device_channel_volume`): the bone points are extracted there and only they come
+        back to the host."""
         with self._lock:
             info = {"arrival_s": self.newest_arrival_s, "timestamp": self.newest_timestamp,
                     "beam_direction": self._beam_sum / max(np.linalg.norm(self._beam_sum), 1e-12),
@@ -312,7 +325,8 @@ class IngestStage:
         fill = self.recon_config.fill_holes  # compound.fill_holes: the launch table's hole-filling element
         with self.telemetry.time("snapshot"):
             if "bone" in self.reconstructor.channel_modes:
-                on_device = None if fill else self.reconstructor.device_channel_volume("bone")
+                on_device = None if fill or not self._points_on_device() else \
+                    self.reconstructor.device_channel_volume("bone")
                 if on_device is not None:
                     return on_device, info
                 return self.reconstructor.channel_volume("bone", fill_holes=fill), info
