@@ -41,3 +41,16 @@ def test_complete_a_vertebra_snippet(vertebrae_data, monkeypatch):
     assert completed.shape == (2048, 3) and np.isfinite(completed).all()
     # the completion lands on the vertebra it was given: its centre within a few mm of the truth's
     assert np.linalg.norm(completed.mean(axis=0) - truth.mean(axis=0)) < 10.0
+
+
+def test_every_repository_path_the_documents_name_exists():
+    """A file moved without its documentation (a README step pointing at a test or module that is gone)
+    is caught here: every backticked path under the project's top-level folders must exist."""
+    docs = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "usx_stream").rglob("*.md")),
+            *sorted((REPO_ROOT / "benchmarks").glob("*.md")), *sorted((REPO_ROOT / "launch").glob("*.md"))]
+    pattern = re.compile(r"`((?:usx_stream|benchmarks|calibration|launch|tests)/[\w./-]*\w)`")
+    named = {(doc.relative_to(REPO_ROOT).as_posix(), path) for doc in docs
+             for path in pattern.findall(doc.read_text(encoding="utf-8"))}
+    assert len(named) >= 5
+    missing = sorted(f"{doc}: {path}" for doc, path in named if not (REPO_ROOT / path).exists())
+    assert not missing, missing
