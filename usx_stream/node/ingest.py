@@ -22,6 +22,7 @@ from ..bone.detect import BoneDetectionParams, BoneDetector, pixel_size_from_ima
 from ..compound.config import ReconstructionConfig
 from ..compound.geometry import OutputGeometry
 from ..compound.reconstructor import Reconstructor, frame_image_to_reference
+from .compute import choose_bone_points, cuda_available
 from .frame_check import FrameGate, image_reason, pose_reason
 from ..frames import TrackedFrame, Volume
 from .telemetry import Telemetry
@@ -274,27 +275,18 @@ class IngestStage:
         finally:
             self.reconstructor = real
 
-    def _points_on_device(self) -> bool:
-        """``bone.points_device``; ``auto`` (a node built by assemble.build_node has it resolved, compute.py)
-        is the device path when torch compounds on CUDA."""
-        where = self._bone.points_device
-        if where == "auto":
-            from .compute import choose_bone_points, cuda_available
-
-            device = self._compound.device
-            device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
-            where = choose_bone_points(where, self.reconstructor.backend, device)
-        return where == "compound"
-
     def _make_reconstructor(self, grid: OutputGeometry) -> None:
         channels = {"bone": "MAXIMUM"} if (self._bone.enabled and self._compound.bone_channel) else {}
         backend, device = self._compound.backend, self._compound.device
-        if backend == "auto":  # a node built by assemble.build_node has these resolved (compute.py)
-            from .compute import cuda_available
-
-            backend = "torch" if cuda_available() else "numba"
+        if "auto" in (backend, device):  # a node built by assemble.build_node has these resolved (compute.py)
+            cuda = cuda_available()
+            backend = backend if backend != "auto" else ("torch" if cuda else "numba")
+            device = device if device != "auto" else ("cuda" if cuda else "cpu")
         self.reconstructor = Reconstructor(self.recon_config, grid, semantics="exact", backend=backend,
-                                           channels=channels, device=None if device == "auto" else device)
+                                           channels=channels, device=device)
+        # Decided with the reconstructor, not per snapshot: compute.py's rule (auto: the device path on CUDA).
+        self._points_on_device = backend == "torch" and \
+            choose_bone_points(self._bone.points_device, backend, device) == "compound"
 
     def _note(self, image_to_reference: np.ndarray, arrival_s: float, timestamp: float) -> None:
         beam = image_to_reference[:3, 1]  # image rows grow with depth: +j is the beam direction
@@ -325,7 +317,7 @@ class IngestStage:
         fill = self.recon_config.fill_holes  # compound.fill_holes: the launch table's hole-filling element
         with self.telemetry.time("snapshot"):
             if "bone" in self.reconstructor.channel_modes:
-                on_device = None if fill or not self._points_on_device() else \
+                on_device = None if fill or not self._points_on_device else \
                     self.reconstructor.device_channel_volume("bone")
                 if on_device is not None:
                     return on_device, info
