@@ -84,3 +84,46 @@ def test_sampled_spine_folder_reads_back_in_mm_in_level_order(model, tmp_path):
     np.testing.assert_allclose(l3, 0.0, atol=1e-3)  # origin at the L3 centroid
     body_y = meshes[2].vertices_mm[model.levels["L3"].body, 1].mean()
     assert body_y < l3[1]  # the body is anterior (-y) of the vertebra's centroid
+
+
+def test_a_labelmap_from_outside_the_folder_is_one_more_subject_in_place(vertebrae_data, tmp_path):
+    from usx_stream.shape.sources import collect_instances
+
+    s0004 = vertebrae_data / "totalsegmentator" / "labelmaps" / "s0004_labels.nii.gz"
+    empty = tmp_path / "vertebrae"
+    empty.mkdir()
+    got = collect_instances(empty, labelmaps={"mine": s0004}, levels=("L2", "L5"))
+    assert [i.name for i in got] == ["mine/L2", "mine/L5"]
+    assert all(i.in_place and i.frame == "LPS" and i.subject == "mine" for i in got)
+    ref = {i.level: i for i in collect_instances(vertebrae_data, subjects={"s0004"}, levels=("L2", "L5"))}
+    for i in got:
+        np.testing.assert_array_equal(i.mesh.vertices_mm, ref[i.level].mesh.vertices_mm)
+
+
+def test_a_subject_already_in_the_folder_is_refused_not_counted_twice(vertebrae_data):
+    from usx_stream.shape.sources import collect_instances
+
+    s0004 = vertebrae_data / "totalsegmentator" / "labelmaps" / "s0004_labels.nii.gz"
+    with pytest.raises(ValueError, match="'s0004'.*already under"):
+        collect_instances(vertebrae_data, labelmaps={"s0004": s0004}, levels=("L3",))
+    with pytest.raises(FileNotFoundError, match="'extra'"):
+        collect_instances(vertebrae_data, labelmaps={"extra": vertebrae_data / "nope.nii.gz"}, levels=("L3",))
+
+
+def test_labelmap_arguments_name_their_subjects():
+    from pathlib import Path
+
+    from usx_stream.commands.shape_model import labelmap_subjects
+
+    assert labelmap_subjects(["a/s0012_labels.nii.gz", "b=x/combined_label_map.nii.gz"]) == {
+        "s0012": Path("a/s0012_labels.nii.gz"), "b": Path("x/combined_label_map.nii.gz")}
+    with pytest.raises(ValueError, match="'s1' given twice"):
+        labelmap_subjects(["s1=a.nii.gz", "s1=b.nii.gz"])
+
+
+def test_build_learns_from_the_added_labelmap_and_records_it(vertebrae_data):
+    s0004 = vertebrae_data / "totalsegmentator" / "labelmaps" / "s0004_labels.nii.gz"
+    built = build_model(vertebrae_data, subjects={"vhm", "mine"}, levels=("L3",), held_out=(),
+                        labelmaps={"mine": s0004}, **SMALL)
+    assert sorted(built.levels["L3"].extra["instances"]) == ["mine/L3", "vhm/L3"]
+    assert built.meta["labelmaps"] == {"mine": "s0004_labels.nii.gz"}

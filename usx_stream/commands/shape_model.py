@@ -3,6 +3,7 @@
 build: registers every real vertebra under --data to a template of its level (rigid, then Coherent Point
 Drift and a normal-aware polish), learns a PCA model per level and the neighbour poses from the spines in
 place, holds out whole subjects (--held-out, default Verse631) and reports their reconstruction error.
+--labelmap adds a subject from outside --data: a TotalSegmentator v2 label map of one more CT.
 
 sample: draws a spine within --sd standard deviations, rejects and redraws implausible ones (self
 intersection, neighbour collision, body dimensions, Mahalanobis distance) and writes OUT/L1.ply .. L5.ply
@@ -11,6 +12,7 @@ intersection, neighbour collision, body dimensions, Mahalanobis distance) and wr
 
 examples:
   usx-stream shape-model build --out ssm.npz
+  usx-stream shape-model build --out ssm.npz --labelmap s0012=combined_label_map.nii.gz
   usx-stream shape-model sample --model ssm.npz --seed 3 --out spine3 --png spine3.png
 """
 
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b, s = add_actions(parser, {"build": "build ssm.npz from the real vertebrae",
                                 "sample": "write a plausible sampled spine as L1..L5.ply"})
     b.add_argument("--data", default="../shared/data/vertebrae", help="reference vertebrae folder (default: %(default)s)")
+    b.add_argument("--labelmap", action="append", default=[], metavar="[SUBJECT=]FILE",
+                   help="another subject as a TotalSegmentator v2 label map (NIfTI), a spine in place; repeatable; "
+                        "SUBJECT defaults to the file name without _labels.nii.gz")
     b.add_argument("--out", required=True, help="output .npz")
     b.add_argument("--held-out", default="Verse631", help="comma-separated subjects kept out (default: %(default)s)")
     b.add_argument("--seed", type=int, default=0, help="sampling seed of the build (default: %(default)s)")
@@ -54,7 +59,8 @@ def _build(args) -> int:
     if not data.is_dir():
         raise FileNotFoundError(f"--data: no such folder: {data}")
     held = tuple(x for x in args.held_out.split(",") if x)
-    model = build_model(data, held_out=held, variance_kept=args.variance, seed=args.seed)
+    model = build_model(data, held_out=held, variance_kept=args.variance, seed=args.seed,
+                        labelmaps=labelmap_subjects(args.labelmap))
     save_model(model, args.out)
     for lv, m in model.levels.items():
         e = m.extra
@@ -67,6 +73,22 @@ def _build(args) -> int:
         print(f"pose {a}->{b}: {n} spines, translation {np.round(mean[:3], 1).tolist()} mm")
     print(f"wrote {args.out}")
     return 0
+
+
+def labelmap_subjects(specs: list[str]) -> dict[str, Path]:
+    """``--labelmap [SUBJECT=]FILE`` values as subject -> file; a subject given twice is an error."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        subject, sep, file = spec.partition("=")
+        path = Path(file if sep else spec)
+        if not sep:
+            subject = path.name.split("_labels")[0].split(".nii")[0]
+        if not subject:
+            raise ValueError(f"--labelmap: empty subject in {spec!r}")
+        if subject in out:
+            raise ValueError(f"--labelmap: subject {subject!r} given twice ({out[subject]}, {path})")
+        out[subject] = path
+    return out
 
 
 def _sample(args) -> int:

@@ -90,7 +90,8 @@ def _level_of(path: Path) -> str:
 
 
 def collect_instances(data_dir: str | Path, *, subjects: set[str] | None = None,
-                      levels: tuple[str, ...] = LEVELS) -> list[Instance]:
+                      levels: tuple[str, ...] = LEVELS,
+                      labelmaps: dict[str, str | Path] | None = None) -> list[Instance]:
     """Every real vertebra under ``data_dir`` (the ``vertebrae`` reference folder), in a fixed order.
 
     Parameters
@@ -102,6 +103,9 @@ def collect_instances(data_dir: str | Path, *, subjects: set[str] | None = None,
         Keep only these subjects (None: all).
     levels : tuple of str, keyword-only
         Keep only these levels.
+    labelmaps : dict of str to path, or None, keyword-only
+        More TotalSegmentator v2 label maps (subject -> file) from outside ``data_dir``: a user's own CT
+        segmentations, each a spine in place like ``totalsegmentator/labelmaps``.
 
     Returns
     -------
@@ -111,7 +115,10 @@ def collect_instances(data_dir: str | Path, *, subjects: set[str] | None = None,
     Raises
     ------
     FileNotFoundError
-        When ``data_dir`` does not exist.
+        When ``data_dir`` or a file of ``labelmaps`` does not exist.
+    ValueError
+        When a subject of ``labelmaps`` is also a subject under ``data_dir`` (or given twice): one subject
+        counted as two would leak across a train/held-out split.
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -133,8 +140,15 @@ def collect_instances(data_dir: str | Path, *, subjects: set[str] | None = None,
         if level not in levels or (subjects is not None and subject not in subjects):
             continue
         out.append(Instance(f"{subject}/{level}", subject, level, _surface(path, scale=scale), frame, in_place))
-    for path in sorted((root / "totalsegmentator" / "labelmaps").glob("*_labels.nii*")):
-        subject = path.name.split("_labels")[0]
+    maps = {path.name.split("_labels")[0]: path
+            for path in sorted((root / "totalsegmentator" / "labelmaps").glob("*_labels.nii*"))}
+    for subject, path in (labelmaps or {}).items():
+        if subject in maps or subject in {f[0] for f in found}:
+            raise ValueError(f"labelmaps: subject {subject!r} ({path}) is already under {root}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"labelmaps: {subject!r}: no such file: {path}")
+        maps[subject] = Path(path)
+    for subject, path in maps.items():
         if subjects is not None and subject not in subjects:
             continue
         out.extend(_labelmap_instances(path, subject, levels))

@@ -165,7 +165,8 @@ def pose_matrix(v: np.ndarray) -> np.ndarray:
 
 def build_model(data_dir: str | Path, *, held_out: tuple[str, ...] = ("Verse631",), template_subject: str = "s0004",
                 subjects: set[str] | None = None, levels: tuple[str, ...] = LEVELS, n_triangles: int = 2400,
-                n_points: int = 2000, variance_kept: float = 0.95, seed: int = 0) -> ShapeModel:
+                n_points: int = 2000, variance_kept: float = 0.95, seed: int = 0,
+                labelmaps: dict[str, str | Path] | None = None) -> ShapeModel:
     """Build the spine shape model from the real vertebrae under ``data_dir``.
 
     Parameters
@@ -186,17 +187,21 @@ def build_model(data_dir: str | Path, *, held_out: tuple[str, ...] = ("Verse631"
         Fraction of the shape variance the kept modes explain.
     seed : int, keyword-only
         All sampling is seeded from it: the same seed gives the same arrays.
+    labelmaps : dict of str to path, or None, keyword-only
+        More subjects as TotalSegmentator label maps from outside ``data_dir`` (subject -> file).
     """
     from ..datasets.mesh_alignment import AlignmentError
 
     if not 0 < variance_kept <= 1:
         raise ValueError(f"variance_kept: expected (0, 1], got {variance_kept}")
-    instances = collect_instances(data_dir, subjects=subjects, levels=levels)
+    instances = collect_instances(data_dir, subjects=subjects, levels=levels, labelmaps=labelmaps)
     out: dict[str, LevelModel] = {}
     frames: dict[tuple[str, str], np.ndarray] = {}  # (subject, level) -> model frame to source frame
     meta = {"format": FORMAT, "units": "mm", "held_out": list(held_out), "seed": seed,
             "variance_kept": variance_kept, "templates": {}, "skipped": [], "pose_floor_diag": POSE_FLOOR.diagonal().tolist(),
             "frame": "per level: x patient left, y posterior, z cranial (canonical vertebra frame), mm"}
+    if labelmaps:  # provenance; absent otherwise, so a build from data_dir alone stays as it was
+        meta["labelmaps"] = {k: Path(v).name for k, v in labelmaps.items()}
     for level in levels:
         mine = [i for i in instances if i.level == level]
         if not mine:
