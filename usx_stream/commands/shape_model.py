@@ -77,12 +77,14 @@ def _build(args) -> int:
 
 def labelmap_subjects(specs: list[str]) -> dict[str, Path]:
     """``--labelmap [SUBJECT=]FILE`` values as subject -> file; a subject given twice is an error."""
+    from ..shape.sources import labelmap_subject
+
     out: dict[str, Path] = {}
     for spec in specs:
         subject, sep, file = spec.partition("=")
         path = Path(file if sep else spec)
         if not sep:
-            subject = path.name.split("_labels")[0].split(".nii")[0]
+            subject = labelmap_subject(path)
         if not subject:
             raise ValueError(f"--labelmap: empty subject in {spec!r}")
         if subject in out:

@@ -140,10 +140,11 @@ def collect_instances(data_dir: str | Path, *, subjects: set[str] | None = None,
         if level not in levels or (subjects is not None and subject not in subjects):
             continue
         out.append(Instance(f"{subject}/{level}", subject, level, _surface(path, scale=scale), frame, in_place))
-    maps = {path.name.split("_labels")[0]: path
+    maps = {labelmap_subject(path): path
             for path in sorted((root / "totalsegmentator" / "labelmaps").glob("*_labels.nii*"))}
+    taken = set(maps) | {f[0] for f in found}
     for subject, path in (labelmaps or {}).items():
-        if subject in maps or subject in {f[0] for f in found}:
+        if subject in taken:
             raise ValueError(f"labelmaps: subject {subject!r} ({path}) is already under {root}")
         if not Path(path).is_file():
             raise FileNotFoundError(f"labelmaps: {subject!r}: no such file: {path}")
@@ -154,6 +155,11 @@ def collect_instances(data_dir: str | Path, *, subjects: set[str] | None = None,
         out.extend(_labelmap_instances(path, subject, levels))
     log.info("%d vertebrae from %s", len(out), root)
     return out
+
+
+def labelmap_subject(path: str | Path) -> str:
+    """The subject a label map file names: ``s0004_labels.nii.gz`` -> ``s0004``, ``x.nii.gz`` -> ``x``."""
+    return Path(path).name.split("_labels")[0].split(".nii")[0]
 
 
 def _labelmap_instances(path: Path, subject: str, levels: tuple[str, ...]) -> list[Instance]:
