@@ -10,6 +10,7 @@ from usx_stream.io.meshes import read_mesh
 from usx_stream.shape.plausibility import check_spine
 from usx_stream.shape.sample import build_spine, sample_checked, sample_spine, write_spine
 from usx_stream.shape.ssm import build_model, load_model, save_model
+from usx_stream.transforms import apply
 
 # Two whole spines in place (a TotalSegmentator patient, a VerSe subject) and the Visible Human, small
 # meshes: a few seconds per level. The full build runs from `usx-stream shape-model build`.
@@ -127,3 +128,33 @@ def test_build_learns_from_the_added_labelmap_and_records_it(vertebrae_data):
                         labelmaps={"mine": s0004}, **SMALL)
     assert sorted(built.levels["L3"].extra["instances"]) == ["mine/L3", "vhm/L3"]
     assert built.meta["labelmaps"] == {"mine": "s0004_labels.nii.gz"}
+
+
+def test_a_size_spread_scales_the_same_draw_as_a_whole_and_stays_in_its_limit(model):
+    from usx_stream.shape.sample import SIZE_LIMIT_SD, draw_spine
+    from usx_stream.shape.ssm import ShapeModel
+
+    sized = ShapeModel(model.levels, model.poses, {**model.meta, "size_sd": 0.07})
+    plain = draw_spine(model, np.random.default_rng(11), sd=0.5)
+    big = draw_spine(sized, np.random.default_rng(11), sd=0.5)
+    assert plain.size == 1.0 and big.size != 1.0 and abs(big.size - 1) <= SIZE_LIMIT_SD * 0.07
+    for lv in LEVELS:  # the same shapes and poses, the whole spine scaled about its origin (the L3 centroid)
+        np.testing.assert_allclose(big.spine[lv].vertices_mm, big.size * plain.spine[lv].vertices_mm, atol=1e-9)
+        np.testing.assert_allclose(big.local[lv], big.size * plain.local[lv], atol=1e-9)
+        np.testing.assert_allclose(apply(big.to_spine[lv], big.local[lv]), big.spine[lv].vertices_mm, atol=1e-9)
+    sizes = np.array([draw_spine(sized, np.random.default_rng(s), sd=0.5).size for s in range(300)])
+    # a normal truncated at 2 SD has SD 0.88: 0.062 here
+    assert abs(sizes.mean() - 1) < 0.012 and 0.052 < sizes.std() < 0.070
+    assert np.all(np.abs(sizes - 1) <= SIZE_LIMIT_SD * 0.07 + 1e-12)
+    with pytest.raises(ValueError, match="size: must be positive"):
+        build_spine(model, plain.coefficients, size=0.0)
+
+
+def test_build_records_its_size_spread_and_refuses_a_silly_one(vertebrae_data):
+    built = build_model(vertebrae_data, subjects={"s0004", "vhm"}, levels=("L3",), held_out=(), size_sd=0.07, **SMALL)
+    assert built.meta["size_sd"] == 0.07 and built.size_sd == 0.07
+    plain = build_model(vertebrae_data, subjects={"s0004", "vhm"}, levels=("L3",), held_out=(), **SMALL)
+    assert "size_sd" not in plain.meta and plain.size_sd == 0.0
+    for bad in (-0.01, 0.3):
+        with pytest.raises(ValueError, match=f"size_sd: expected \\[0, 0.25\\), got {bad}"):
+            build_model(vertebrae_data, size_sd=bad)

@@ -13,6 +13,7 @@ intersection, neighbour collision, body dimensions, Mahalanobis distance) and wr
 examples:
   usx-stream shape-model build --out ssm.npz
   usx-stream shape-model build --out ssm.npz --labelmap s0012=combined_label_map.nii.gz
+  usx-stream shape-model build --out ssm.npz --size-sd 0.07      # draws spread in size like adults
   usx-stream shape-model sample --model ssm.npz --seed 3 --out spine3 --png spine3.png
 """
 
@@ -38,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--held-out", default="Verse631", help="comma-separated subjects kept out (default: %(default)s)")
     b.add_argument("--seed", type=int, default=0, help="sampling seed of the build (default: %(default)s)")
     b.add_argument("--variance", type=float, default=0.95, help="fraction of variance kept (default: %(default)s)")
+    b.add_argument("--size-sd", type=float, default=0.0, dest="size_sd",
+                   help="draw each sampled spine with a whole-spine size factor of this SD (0.07: the adult spread, "
+                        "usx_stream.shape.ssm.SIZE_SD_ADULT; default: %(default)s, size only as the subjects vary)")
     s.add_argument("--model", required=True, help="ssm.npz from build")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output folder")
@@ -60,7 +64,7 @@ def _build(args) -> int:
         raise FileNotFoundError(f"--data: no such folder: {data}")
     held = tuple(x for x in args.held_out.split(",") if x)
     model = build_model(data, held_out=held, variance_kept=args.variance, seed=args.seed,
-                        labelmaps=labelmap_subjects(args.labelmap))
+                        labelmaps=labelmap_subjects(args.labelmap), size_sd=args.size_sd)
     save_model(model, args.out)
     for lv, m in model.levels.items():
         e = m.extra
@@ -107,7 +111,7 @@ def _sample(args) -> int:
     model = load_model(args.model)
     draw, check, tries = sample_checked(model, np.random.default_rng(args.seed), sd=args.sd)
     paths = write_spine(draw.spine, args.out)
-    print(f"wrote {len(paths)} meshes to {args.out} after {tries} draw(s)")
+    print(f"wrote {len(paths)} meshes to {args.out} after {tries} draw(s), size x{draw.size:.3f}")
     for lv, m in check.measures.items():
         print(f"  {lv}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
     if args.png:

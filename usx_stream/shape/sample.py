@@ -21,6 +21,9 @@ from .ssm import ShapeModel, pose_matrix
 
 log = logging.getLogger(__name__)
 
+SIZE_LIMIT_SD = 2.0
+"""A spine's size factor stays within this many ``size_sd`` of 1 (about the central 95 % of adults)."""
+
 
 @dataclass
 class Draw:
@@ -39,6 +42,8 @@ class Draw:
     to_spine : dict level -> (4, 4) ndarray
         Each level's model frame (the canonical vertebra frame) to the spine's frame: ``spine[lv]`` is
         ``local[lv]`` moved by it.
+    size : float
+        Spine-wide scale applied to every level and to the translations between them (1: as the model).
     """
 
     spine: dict[str, Surface]
@@ -46,14 +51,19 @@ class Draw:
     poses: dict[tuple[str, str], np.ndarray]
     local: dict[str, np.ndarray]
     to_spine: dict[str, np.ndarray]
+    size: float = 1.0
 
 
 def build_spine(model: ShapeModel, coefficients: dict[str, np.ndarray],
-                poses: dict[tuple[str, str], np.ndarray] | None = None) -> Draw:
-    """The spine for given coefficients (SD units) and neighbour poses (None: the mean poses)."""
+                poses: dict[tuple[str, str], np.ndarray] | None = None, size: float = 1.0) -> Draw:
+    """The spine for given coefficients (SD units), neighbour poses (None: the mean poses) and size (the
+    whole spine scaled by it: every level's shape and the translations between levels)."""
+    if not size > 0:
+        raise ValueError(f"size: must be positive, got {size}")
     names = list(model.levels)
     poses = {k: np.asarray((poses or {}).get(k, v[0]), dtype=np.float64) for k, v in model.poses.items()}
-    local = {lv: model.levels[lv].shape(coefficients[lv]) for lv in names}
+    local = {lv: size * model.levels[lv].shape(coefficients[lv]) for lv in names}
+    poses = {k: np.r_[size * v[:3], v[3:]] for k, v in poses.items()}
     anchor = names.index("L3") if "L3" in names else len(names) // 2
     to_anchor = {names[anchor]: np.eye(4)}
     for i in range(anchor + 1, len(names)):
@@ -66,7 +76,7 @@ def build_spine(model: ShapeModel, coefficients: dict[str, np.ndarray],
     spine = {lv: Surface(apply(to_spine[lv], local[lv]), model.levels[lv].triangles, frame="LPS", name=lv)
              for lv in names}
     return Draw(spine, {lv: np.asarray(coefficients[lv], dtype=np.float64) for lv in names}, poses, local,
-                to_spine)
+                to_spine, float(size))
 
 
 def _truncated_normal(rng: np.random.Generator, k: int, sd: float) -> np.ndarray:
@@ -84,12 +94,15 @@ def _truncated_normal(rng: np.random.Generator, k: int, sd: float) -> np.ndarray
 
 
 def draw_spine(model: ShapeModel, rng: np.random.Generator, *, sd: float = 2.0) -> Draw:
-    """One spine: each level's coefficients and each neighbour pose drawn within ``sd`` (Mahalanobis)."""
+    """One spine: each level's coefficients and each neighbour pose drawn within ``sd`` (Mahalanobis); when
+    the model has a ``size_sd``, a spine-wide size factor within :data:`SIZE_LIMIT_SD` of it, drawn last so
+    that the same seed gives the same shape as a model without one, only scaled."""
     coefficients = {lv: _truncated_normal(rng, len(m.variances), sd) for lv, m in model.levels.items()}
     poses = {}
     for key, (mean, cov, _) in model.poses.items():
         poses[key] = mean + np.linalg.cholesky(cov) @ _truncated_normal(rng, 6, sd)
-    return build_spine(model, coefficients, poses)
+    size = 1.0 + model.size_sd * float(_truncated_normal(rng, 1, SIZE_LIMIT_SD)[0]) if model.size_sd > 0 else 1.0
+    return build_spine(model, coefficients, poses, size)
 
 
 def sample_spine(model: ShapeModel, rng: np.random.Generator | int | None, *, sd: float = 2.0,

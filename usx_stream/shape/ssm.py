@@ -13,7 +13,7 @@ the reconstruction to the real surface (mm) is the model's generalisation error.
 left, y = posterior, z = cranial, origin near the body centre):
 
 - ``levels``: (5,) str; ``meta``: JSON str (units, frames, held-out subjects, template per level, seed,
-  variance kept, skipped meshes, pose floor);
+  variance kept, skipped meshes, pose floor; ``size_sd`` when the build was given one);
 - ``{L}_mean`` (V, 3); ``{L}_modes`` (K, V, 3) unit-norm modes; ``{L}_variances`` (K,) mm^2;
   ``{L}_triangles`` (T, 3) int64; ``{L}_body`` (B,) int64 vertex indices of the vertebral body;
 - ``{L}_instances`` (n,) str training vertebrae; ``{L}_residual_mm`` (n,) registration residuals;
@@ -46,6 +46,14 @@ FORMAT = "usx-stream-ssm/1"
 # Floor added to each pose covariance: (1 mm)^2 per translation axis, (2 deg)^2 per rotation axis. Few
 # spines are in place (3-5 per pair), so the sample covariance alone is rank-deficient.
 POSE_FLOOR = np.diag([1.0, 1.0, 1.0] + [np.deg2rad(2.0) ** 2] * 3)
+
+SIZE_SD_ADULT = 0.07
+"""Spine-wide size spread a build can add to its draws (``shape-model build --size-sd``). Panjabi et al. (Spine
+1992, 17(3):299-306) report lumbar endplate widths with SDs of 3-4 mm on means of 40-50 mm (about 8 %). The
+draws of a model of a few subjects vary far less: they stay within ``sim.spine_spec.SSM_SAMPLE_SD`` of the
+mean (larger shape-mode draws are implausible), and 60 sessions drawn from the model of eight subjects span
+body widths of only 1-4 mm per level (5th-95th percentile). A uniform scale of a whole spine is always a
+plausible shape, so it carries the missing spread: 7 % leaves the modes' own few per cent to make ~8 %."""
 
 
 @dataclass
@@ -89,6 +97,11 @@ class ShapeModel:
     levels: dict[str, LevelModel]
     poses: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int]]
     meta: dict
+
+    @property
+    def size_sd(self) -> float:
+        """SD of the spine-wide size factor drawn with each spine (0: size only as the modes carry it)."""
+        return float(self.meta.get("size_sd", 0.0))
 
 
 def kabsch(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -166,7 +179,7 @@ def pose_matrix(v: np.ndarray) -> np.ndarray:
 def build_model(data_dir: str | Path, *, held_out: tuple[str, ...] = ("Verse631",), template_subject: str = "s0004",
                 subjects: set[str] | None = None, levels: tuple[str, ...] = LEVELS, n_triangles: int = 2400,
                 n_points: int = 2000, variance_kept: float = 0.95, seed: int = 0,
-                labelmaps: dict[str, str | Path] | None = None) -> ShapeModel:
+                labelmaps: dict[str, str | Path] | None = None, size_sd: float = 0.0) -> ShapeModel:
     """Build the spine shape model from the real vertebrae under ``data_dir``.
 
     Parameters
@@ -189,11 +202,16 @@ def build_model(data_dir: str | Path, *, held_out: tuple[str, ...] = ("Verse631"
         All sampling is seeded from it: the same seed gives the same arrays.
     labelmaps : dict of str to path, or None, keyword-only
         More subjects as TotalSegmentator label maps from outside ``data_dir`` (subject -> file).
+    size_sd : float, keyword-only
+        SD of a spine-wide size factor drawn with every sampled spine (:data:`SIZE_SD_ADULT` and why);
+        0 = none (the model's draws vary in size only as far as its few subjects did).
     """
     from ..datasets.mesh_alignment import AlignmentError
 
     if not 0 < variance_kept <= 1:
         raise ValueError(f"variance_kept: expected (0, 1], got {variance_kept}")
+    if not 0 <= size_sd < 0.25:
+        raise ValueError(f"size_sd: expected [0, 0.25), got {size_sd}")
     instances = collect_instances(data_dir, subjects=subjects, levels=levels, labelmaps=labelmaps)
     out: dict[str, LevelModel] = {}
     frames: dict[tuple[str, str], np.ndarray] = {}  # (subject, level) -> model frame to source frame
@@ -202,6 +220,8 @@ def build_model(data_dir: str | Path, *, held_out: tuple[str, ...] = ("Verse631"
             "frame": "per level: x patient left, y posterior, z cranial (canonical vertebra frame), mm"}
     if labelmaps:  # provenance; absent otherwise, so a build from data_dir alone stays as it was
         meta["labelmaps"] = {k: Path(v).name for k, v in labelmaps.items()}
+    if size_sd > 0:  # likewise
+        meta["size_sd"] = size_sd
     for level in levels:
         mine = [i for i in instances if i.level == level]
         if not mine:
