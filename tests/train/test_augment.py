@@ -65,6 +65,28 @@ def test_scaling_stretches_each_axis_of_a_sample_by_one_bounded_factor_shared_by
     assert factors.std() > 0.01                            # drawn per axis and per sample, not one global factor
 
 
+def test_size_scales_a_sample_as_a_whole_by_one_bounded_factor_and_leaves_earlier_draws_alone():
+    before = clouds(7)
+    after = augment_batch(before, rotate_deg=0.0, shift=0.0, mirror=False, size=0.1,
+                          generator=torch.Generator().manual_seed(8))
+    factors = []
+    for s in range(4):
+        f = torch.cat([c[s] for c in after]) / torch.cat([c[s] for c in before])
+        torch.testing.assert_close(f, f[:1, :1].expand_as(f), atol=1e-4, rtol=1e-4)  # one factor, every axis
+        factors.append(float(f[0, 0]))
+    assert all(0.9 - 1e-6 <= f <= 1.1 + 1e-6 for f in factors) and len(set(round(f, 5) for f in factors)) == 4
+    # drawn last: with a rigid motion the size only rescales what the same seed gave without it
+    rigid = augment_batch(before, rotate_deg=10.0, shift=0.05, mirror=True, generator=torch.Generator().manual_seed(9))
+    sized = augment_batch(before, rotate_deg=10.0, shift=0.05, mirror=True, size=0.1,
+                          generator=torch.Generator().manual_seed(9))
+    for r, z in zip(rigid, sized):
+        assert not torch.allclose(r, z)
+        ratio = ((z - z.mean(1, keepdim=True)).norm(dim=-1) / (r - r.mean(1, keepdim=True)).norm(dim=-1))
+        torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"train.augment_size: must be in \[0, 0.5\), got -0.1"):
+        TrainConfig(data="x.h5", augment_size=-0.1).validate()
+
+
 def test_none_labelmap_passes_through_and_draws_are_reproducible():
     a = augment_batch([clouds()[0], None], rotate_deg=5, shift=0.05, mirror=True,
                       generator=torch.Generator().manual_seed(4))

@@ -77,6 +77,8 @@ class TrainConfig:
         Mirror a random half of each batch left-right.
     augment_scale : float
         Per-axis random scaling of each training sample by up to this fraction (0.08 = ±8 %); 0 = none.
+    augment_size : float
+        Random scaling of each training sample as a whole (one factor, all axes) by up to this fraction; 0 = none.
     init : str
         Start from these weights instead of a random initialisation (fine-tuning): a checkpoint path, or
         ``"default"`` for the shipped checkpoint of ``variant``. The optimiser and counters start afresh.
@@ -112,6 +114,7 @@ class TrainConfig:
     augment_shift_mm: float = 0.0
     augment_mirror: bool = False
     augment_scale: float = 0.0
+    augment_size: float = 0.0
     init: str = ""
     dtype: str = "float32"
     dist_backend: str = "auto"
@@ -131,8 +134,9 @@ class TrainConfig:
                      "augment_shift_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.augment_scale < 0.5:
-            raise ValueError(f"train.augment_scale: must be in [0, 0.5), got {self.augment_scale!r}")
+        for name in ("augment_scale", "augment_size"):
+            if not 0 <= getattr(self, name) < 0.5:
+                raise ValueError(f"train.{name}: must be in [0, 0.5), got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"train.lr: must be > 0, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:
