@@ -71,6 +71,16 @@ def test_eval_command_writes_json_and_report(tiny_pairs, tmp_path):
     assert set(result["wilcoxon"]["overall"]) == set(REGIONS)
     assert "hd95_mm" in result["wilcoxon"]["overall"]["body"]
     assert out_png.stat().st_size > 10_000 and out_png.read_bytes()[:4] == b"\x89PNG"
+    # the same model with and without the fit, then both fitted
+    fitted = tmp_path / "fitted.json"
+    for extra, names_differ in (([], True), (["--fit-compare"], False)):
+        assert main(["eval", "--data", str(tiny_pairs), "--model", str(paths[0]), "--compare", str(paths[0]),
+                     "--fit-body", *extra, "--json", str(fitted)]) == 0
+        models = json.loads(fitted.read_text())["models"]
+        assert (models[0]["name"] != models[1]["name"]) == names_differ
+        assert models[0]["name"].endswith("+ X-ray body fit")  # what the fit does: test_fit_body_moves_misplaced_bodies_back_…
+    assert main(["eval", "--data", str(tiny_pairs), "--model", str(paths[0]), "--fit-compare",
+                 "--json", str(fitted)]) == 2
     assert main(["eval", "--data", str(tiny_pairs), "--model", str(tmp_path / "none.pt"),
                  "--json", str(out_json)]) == 2
 

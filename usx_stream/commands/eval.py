@@ -10,6 +10,7 @@ Examples:
   usx-stream eval --data test.h5 --model default --compare us-only --json eval.json --report eval.png
   usx-stream eval --data verse.h5 --model runs/mm/best.pt --json verse.json
   usx-stream eval --data node_test.h5 --model default --compare default --fit-body --json fit.json
+  usx-stream eval --data node_test.h5 --model new.pt --compare default --fit-body --fit-compare --json pair.json
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-body", action="store_true",
                         help="fit --model's completions' bodies to the X-ray silhouette, as the node does (multimodal "
                              "only; --compare is left as it is, so '--compare' the same model measures the fit)")
+    parser.add_argument("--fit-compare", action="store_true",
+                        help="fit --compare's bodies too (a multimodal one): two models compared as the node runs them")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N samples only (0 = all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
 
@@ -51,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fit_compare and not args.compare:
+        log.error("eval: --fit-compare needs --compare")
+        return 2
     try:
         arrays = read_pairs_many(args.data)
         if args.limit:
@@ -59,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         evals = []
         for k, spec in enumerate(specs):
             net, cfg, name = load_model(spec)
-            evals.append(evaluate_model(net, cfg, arrays, name=name, fit_body=args.fit_body and k == 0))
+            fit = args.fit_body if k == 0 else args.fit_compare
+            evals.append(evaluate_model(net, cfg, arrays, name=name, fit_body=fit))
     except (ValueError, FileNotFoundError) as e:
         log.error("eval: %s", e)
         return 2
