@@ -49,15 +49,17 @@ def test_mirroring_flips_about_half_and_none_is_identity():
     assert augment_batch(same, rotate_deg=0, shift=0, mirror=False, generator=g) is same
 
 
+def ratios(before, after):
+    """Per sample, (points, 3): each coordinate after over before, all clouds of the sample together."""
+    return [torch.cat([c[s] for c in after]) / torch.cat([c[s] for c in before]) for s in range(before[0].shape[0])]
+
+
 def test_scaling_stretches_each_axis_of_a_sample_by_one_bounded_factor_shared_by_its_clouds():
     before = clouds(5)
     after = augment_batch(before, rotate_deg=0.0, shift=0.0, mirror=False, scale=0.08,
                           generator=torch.Generator().manual_seed(6))
     factors = []
-    for s in range(4):
-        joint_before = torch.cat([c[s] for c in before])
-        joint_after = torch.cat([c[s] for c in after])
-        f = joint_after / joint_before                     # (points, 3): one factor per axis for the whole sample
+    for f in ratios(before, after):                        # one factor per axis for the whole sample
         torch.testing.assert_close(f, f[:1].expand_as(f), atol=1e-4, rtol=1e-4)
         factors.append(f[0])
     factors = torch.stack(factors)
@@ -70,8 +72,7 @@ def test_size_scales_a_sample_as_a_whole_by_one_bounded_factor_and_leaves_earlie
     after = augment_batch(before, rotate_deg=0.0, shift=0.0, mirror=False, size=0.1,
                           generator=torch.Generator().manual_seed(8))
     factors = []
-    for s in range(4):
-        f = torch.cat([c[s] for c in after]) / torch.cat([c[s] for c in before])
+    for f in ratios(before, after):
         torch.testing.assert_close(f, f[:1, :1].expand_as(f), atol=1e-4, rtol=1e-4)  # one factor, every axis
         factors.append(float(f[0, 0]))
     assert all(0.9 - 1e-6 <= f <= 1.1 + 1e-6 for f in factors) and len(set(round(f, 5) for f in factors)) == 4
