@@ -52,7 +52,7 @@ SIZE_SD_ADULT = 0.07
 1992, 17(3):299-306) report lumbar endplate widths with SDs of 3-4 mm on means of 40-50 mm (about 8 %). The
 draws of a model of a few subjects vary far less: they stay within ``sim.spine_spec.SSM_SAMPLE_SD`` of the
 mean (larger shape-mode draws are implausible), and 60 sessions drawn from the model of eight subjects span
-body widths of only 1-4 mm per level (5th-95th percentile). A uniform scale of a whole spine is always a
+body widths of only 1-4 mm per level at L1-L4 (5th-95th percentile). A uniform scale of a whole spine is always a
 plausible shape, so it carries the missing spread: 7 % leaves the modes' own few per cent to make ~8 %."""
 
 
