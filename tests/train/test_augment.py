@@ -88,6 +88,30 @@ def test_size_scales_a_sample_as_a_whole_by_one_bounded_factor_and_leaves_earlie
         TrainConfig(data="x.h5", augment_size=-0.1).validate()
 
 
+def test_width_stretches_only_left_right_by_one_bounded_factor_and_leaves_earlier_draws_alone():
+    before = clouds(10)
+    after = augment_batch(before, rotate_deg=0.0, shift=0.0, mirror=False, width=0.12,
+                          generator=torch.Generator().manual_seed(11))
+    factors = []
+    for f in ratios(before, after):
+        torch.testing.assert_close(f[:, 1:], torch.ones_like(f[:, 1:]))                 # y and z untouched
+        torch.testing.assert_close(f[:, 0], f[:1, 0].expand_as(f[:, 0]), atol=1e-4, rtol=1e-4)  # one x factor
+        factors.append(float(f[0, 0]))
+    assert all(0.88 - 1e-6 <= f <= 1.12 + 1e-6 for f in factors) and len(set(round(f, 5) for f in factors)) == 4
+    # drawn after size: the earlier draws (rotation, mirror, shift, size) are what they were without it, and the
+    # stretch acts on x before the rotation, so un-rotating recovers a pure x stretch of the same sample
+    g = dict(rotate_deg=10.0, shift=0.0, mirror=False, size=0.1)
+    plain = augment_batch(before, **g, generator=torch.Generator().manual_seed(12))
+    wide = augment_batch(before, **g, width=0.12, generator=torch.Generator().manual_seed(12))
+    rot = random_rotations(4, 10.0, torch.Generator().manual_seed(12), "cpu")
+    for p, w in zip(plain, wide):
+        pu, wu = p @ rot, w @ rot                                                          # back to the unit frame
+        torch.testing.assert_close(wu[..., 1:], pu[..., 1:], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(wu[..., 0], pu[..., 0])
+    with pytest.raises(ValueError, match=r"train.augment_width: must be in \[0, 0.5\), got 0.5"):
+        TrainConfig(data="x.h5", augment_width=0.5).validate()
+
+
 def test_none_labelmap_passes_through_and_draws_are_reproducible():
     a = augment_batch([clouds()[0], None], rotate_deg=5, shift=0.05, mirror=True,
                       generator=torch.Generator().manual_seed(4))

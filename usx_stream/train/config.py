@@ -79,6 +79,8 @@ class TrainConfig:
         Per-axis random scaling of each training sample by up to this fraction (0.08 = ±8 %); 0 = none.
     augment_size : float
         Random scaling of each training sample as a whole (one factor, all axes) by up to this fraction; 0 = none.
+    augment_width : float
+        Random scaling of each training sample's left-right extent only by up to this fraction; 0 = none.
     init : str
         Start from these weights instead of a random initialisation (fine-tuning): a checkpoint path, or
         ``"default"`` for the shipped checkpoint of ``variant``. The optimiser and counters start afresh.
@@ -115,6 +117,7 @@ class TrainConfig:
     augment_mirror: bool = False
     augment_scale: float = 0.0
     augment_size: float = 0.0
+    augment_width: float = 0.0
     init: str = ""
     dtype: str = "float32"
     dist_backend: str = "auto"
@@ -134,7 +137,7 @@ class TrainConfig:
                      "augment_shift_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)!r}")
-        for name in ("augment_scale", "augment_size"):
+        for name in ("augment_scale", "augment_size", "augment_width"):
             if not 0 <= getattr(self, name) < 0.5:
                 raise ValueError(f"train.{name}: must be in [0, 0.5), got {getattr(self, name)!r}")
         if not self.lr > 0:
