@@ -54,6 +54,19 @@ def ratios(before, after):
     return [torch.cat([c[s] for c in after]) / torch.cat([c[s] for c in before]) for s in range(before[0].shape[0])]
 
 
+def one_bounded_factor_per_sample(before, after, largest, axes=slice(None)):
+    """The factor each sample's ``axes`` were stretched by: asserted shared by all its points, clouds and those
+    axes, within 1 +- ``largest``, and different between the four samples."""
+    factors = []
+    for f in ratios(before, after):
+        f = f[:, axes]
+        torch.testing.assert_close(f, f[:1, :1].expand_as(f), atol=1e-4, rtol=1e-4)
+        factors.append(float(f[0, 0]))
+    assert all(1 - largest - 1e-6 <= f <= 1 + largest + 1e-6 for f in factors)
+    assert len(set(round(f, 5) for f in factors)) == 4
+    return factors
+
+
 def test_scaling_stretches_each_axis_of_a_sample_by_one_bounded_factor_shared_by_its_clouds():
     before = clouds(5)
     after = augment_batch(before, rotate_deg=0.0, shift=0.0, mirror=False, scale=0.08,
@@ -71,11 +84,7 @@ def test_size_scales_a_sample_as_a_whole_by_one_bounded_factor_and_leaves_earlie
     before = clouds(7)
     after = augment_batch(before, rotate_deg=0.0, shift=0.0, mirror=False, size=0.1,
                           generator=torch.Generator().manual_seed(8))
-    factors = []
-    for f in ratios(before, after):
-        torch.testing.assert_close(f, f[:1, :1].expand_as(f), atol=1e-4, rtol=1e-4)  # one factor, every axis
-        factors.append(float(f[0, 0]))
-    assert all(0.9 - 1e-6 <= f <= 1.1 + 1e-6 for f in factors) and len(set(round(f, 5) for f in factors)) == 4
+    one_bounded_factor_per_sample(before, after, 0.1)                                  # one factor, every axis
     # drawn last: with a rigid motion the size only rescales what the same seed gave without it
     rigid = augment_batch(before, rotate_deg=10.0, shift=0.05, mirror=True, generator=torch.Generator().manual_seed(9))
     sized = augment_batch(before, rotate_deg=10.0, shift=0.05, mirror=True, size=0.1,
@@ -92,12 +101,9 @@ def test_width_stretches_only_left_right_by_one_bounded_factor_and_leaves_earlie
     before = clouds(10)
     after = augment_batch(before, rotate_deg=0.0, shift=0.0, mirror=False, width=0.12,
                           generator=torch.Generator().manual_seed(11))
-    factors = []
     for f in ratios(before, after):
         torch.testing.assert_close(f[:, 1:], torch.ones_like(f[:, 1:]))                 # y and z untouched
-        torch.testing.assert_close(f[:, 0], f[:1, 0].expand_as(f[:, 0]), atol=1e-4, rtol=1e-4)  # one x factor
-        factors.append(float(f[0, 0]))
-    assert all(0.88 - 1e-6 <= f <= 1.12 + 1e-6 for f in factors) and len(set(round(f, 5) for f in factors)) == 4
+    one_bounded_factor_per_sample(before, after, 0.12, axes=slice(0, 1))               # one x factor
     # drawn after size: the earlier draws (rotation, mirror, shift, size) are what they were without it, and the
     # stretch acts on x before the rotation, so un-rotating recovers a pure x stretch of the same sample
     g = dict(rotate_deg=10.0, shift=0.0, mirror=False, size=0.1)
