@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "only; --compare is left as it is, so '--compare' the same model measures the fit)")
     parser.add_argument("--fit-compare", action="store_true",
                         help="fit --compare's bodies too (a multimodal one): two models compared as the node runs them")
+    parser.add_argument("--width-response", action="store_true",
+                        help="also measure how far each model's completed body width follows a left-right stretch "
+                             "of the ultrasound cloud by x0.9/1.1/1.2 (usx_stream.train.width_response; no body fit)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N samples only (0 = all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
 
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.data import read_pairs_many
     from ..train.evaluate import evaluate_model, load_model, summarise, wilcoxon_compare
+    from ..train.width_response import model_width_response
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
         if args.limit:
             arrays = _head(arrays, args.limit)
         specs = [args.model] + ([args.compare] if args.compare else [])
-        evals = []
+        evals, widths = [], []
         for k, spec in enumerate(specs):
             net, cfg, name = load_model(spec)
             fit = args.fit_body if k == 0 else args.fit_compare
             evals.append(evaluate_model(net, cfg, arrays, name=name, fit_body=fit))
+            if args.width_response:
+                widths.append(model_width_response(net, cfg, arrays, name=name))
     except (ValueError, FileNotFoundError) as e:
         log.error("eval: %s", e)
         return 2
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
               "models": [summarise(ev, arrays.labels) for ev in evals]}
     if len(evals) == 2:
         result["wilcoxon"] = wilcoxon_compare(evals[0], evals[1], arrays.labels)
+    if widths:
+        result["width_response"] = widths
     with open(args.json_out, "w") as f:
         json.dump(result, f, indent=1, allow_nan=True)
     for summary in result["models"]:
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             p = w["p_a_better"]
             print(f"  CD_t {region:5s}: median diff {w['median_diff']:+.2f}e-4, "
                   f"p = {p:.3g}" if not math.isnan(p) else f"  CD_t {region}: no test")
+    _print_width_response(widths)
     if args.report:
         from ..train.report import write_report
 
@@ -109,6 +118,13 @@ def _print_body_levels(result: dict) -> None:
         w = result["wilcoxon"]["overall"]["body"]["assd_mm"]
         print(f"  body ASSD, first better: median diff {w['median_diff']:+.3f} mm, one-sided p = {w['p_a_better']:.3g} "
               f"(n = {w['n']})")
+
+
+def _print_width_response(widths: list[dict]) -> None:
+    for w in widths:
+        stretches = "  ".join(f"x{r['factor']:g} -> x{r['width_ratio']:.3f}" for r in w["stretches"])
+        print(f"body width, {w['name']}: truth {w['truth_width_mm']:.1f} mm, completed {w['pred_width_mm']:.1f} mm "
+              f"(medians); left-right stretch of the cloud {stretches}: follows {w['follow_mean']:.2f}")
 
 
 def _head(arrays, n: int):
