@@ -72,6 +72,33 @@ def test_every_launch_key_is_read(tmp_path, monkeypatch, caplog):
         "telemetry": {"report_path": str(tmp_path / "telemetry.json"), "report_interval_s": 0.2, "window": 500},
     })
     cfg, reads = config.recording_reads(launch)
+    node = _run_sim_node(cfg, monkeypatch, caplog)
+    assert node.updates >= 1 and node.latest.surfaces, node.latest
+    assert node.telemetry._window == launch.telemetry.window
+    assert (tmp_path / "telemetry.json").is_file()
+    assert any("telemetry (every 0.2 s)" in r.getMessage() for r in caplog.records)
+
+    # The detector takes its parameters as a mapping of the [bone] table (BoneDetectionParams.from_mapping),
+    # which records nothing: count them as read once the detector is seen to hold the launch values.
+    params = node.ingest._detector.params
+    for f in fields(BoneDetectionParams):
+        assert getattr(params, f.name) == launch.bone.as_dict()[f.name], f.name
+        reads.add(f"bone.{f.name}")
+
+    recorded = sorted((tmp_path / "rec").glob("inputs_*.igs.mha"))
+    _ingest_on_automatic_grid(cfg, recorded[0])
+    _call_readers_of_unbuilt_parts(cfg, recorded[0], tmp_path)
+
+    every = {f"{stage}.{key}" for stage, keys in config.SCHEMA.items() for key in keys}
+    excused = set(NOT_REACHED) | set(NOT_WIRED)
+    assert excused <= every, f"excused keys gone from the schema: {sorted(excused - every)}"
+    unread = sorted(every - reads - excused)
+    assert not unread, f"launch keys no code reads: {unread}"
+    assert not reads & excused, f"read after all, drop them from the lists: {sorted(reads & excused)}"
+
+
+def _run_sim_node(cfg, monkeypatch, caplog):
+    """``usx-stream run`` on ``cfg`` for its simulated session; the node it built."""
     nodes = []
     build_node = assemble.build_node
 
@@ -90,47 +117,32 @@ def test_every_launch_key_is_read(tmp_path, monkeypatch, caplog):
             assert run_command.run(argparse.Namespace(launch="sim.toml", duration=60.0, set=[])) == 0
     finally:
         torch.set_num_threads(threads)
-    node = nodes[0]
-    assert node.updates >= 1 and node.latest.surfaces, node.latest
-    assert node.telemetry._window == launch.telemetry.window
-    assert (tmp_path / "telemetry.json").is_file()
-    assert any("telemetry (every 0.2 s)" in r.getMessage() for r in caplog.records)
+    return nodes[0]
 
-    # The detector takes its parameters as a mapping of the [bone] table (BoneDetectionParams.from_mapping),
-    # which records nothing: count them as read once the detector is seen to hold the launch values.
-    params = node.ingest._detector.params
-    for f in fields(BoneDetectionParams):
-        assert getattr(params, f.name) == launch.bone.as_dict()[f.name], f.name
-        reads.add(f"bone.{f.name}")
 
-    # an automatic grid (compound.margin_mm): the ingest stage on the recorded frames, no ROI
+def _ingest_on_automatic_grid(cfg, recorded):
+    """The ingest stage on a few recorded frames with an automatic grid (compound.margin_mm), no ROI."""
     from usx_stream.node.ingest import IngestStage
     from usx_stream.sources.replay import looped_frames
 
-    recorded = sorted((tmp_path / "rec").glob("inputs_*.igs.mha"))
     auto = cfg.with_overrides({"compound.origin_mm": [], "compound.extent_mm": [], "bone.enabled": False})
     ingest = IngestStage(auto.compound, auto.bone, calibration=assemble.make_calibration(cfg), bootstrap_frames=3)
     stop = threading.Event()
-    for n, frame in enumerate(looped_frames(recorded[0], loop=False, stop=stop)):
+    for n, frame in enumerate(looped_frames(recorded, loop=False, stop=stop)):
         ingest.add(frame)
         if n == 3:
             stop.set()
     ingest.flush()
     assert ingest.reconstructor is not None
 
-    # readers of the parts a simulated session does not build
+
+def _call_readers_of_unbuilt_parts(cfg, recorded, tmp_path):
+    """The readers of the parts a simulated session does not build: PlusServer, replay, device set, X-ray files."""
     assemble.make_source(cfg.with_overrides({"source.kind": "igtl"}))
-    assemble.make_source(cfg.with_overrides({"source.kind": "replay", "source.path": str(recorded[0])}))
+    assemble.make_source(cfg.with_overrides({"source.kind": "replay", "source.path": str(recorded)}))
     assert assemble.make_calibration(cfg) is not None
     with pytest.raises(config.ConfigError, match="xray.labelmap_path"):
         assemble.make_xray_cache(cfg.with_overrides({
             "xray.source": "file", "xray.geometry": str(REPO_ROOT / "calibration" / "carm_geometry.example.json"),
             "xray.image_path": str(_write_tiny_mha(tmp_path / "xray.mha")),
             "xray.labelmap_path": str(tmp_path / "missing.mha")}))
-
-    every = {f"{stage}.{key}" for stage, keys in config.SCHEMA.items() for key in keys}
-    excused = set(NOT_REACHED) | set(NOT_WIRED)
-    assert excused <= every, f"excused keys gone from the schema: {sorted(excused - every)}"
-    unread = sorted(every - reads - excused)
-    assert not unread, f"launch keys no code reads: {unread}"
-    assert not reads & excused, f"read after all, drop them from the lists: {sorted(reads & excused)}"
