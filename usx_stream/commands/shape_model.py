@@ -1,4 +1,5 @@
-"""build or sample the statistical shape model of the lumbar spine (L1-L5) learnt from real CT surfaces
+"""build or sample the statistical shape model of the lumbar spine (L1-L5) learnt from real CT surfaces, or
+segment the lumbar vertebrae of a CT to add one more subject
 
 build: registers every real vertebra under --data to a template of its level (rigid, then Coherent Point
 Drift and a normal-aware polish), learns a PCA model per level and the neighbour poses from the spines in
@@ -10,11 +11,21 @@ intersection, neighbour collision, body dimensions, Mahalanobis distance) and wr
 (LPS axes: x left, y posterior, z cranial, mm, origin at the L3 centroid), the input of
 `usx-stream simulate --spine OUT`.
 
+segment-ct: labels L1-L5 of a CT (NIfTI, Hounsfield units) from a body-centre seed per level (T12, L1..L5,
+S1; voxel indices i,j,k) and an atlas (a TotalSegmentator v2 label map of another patient, e.g. s0004): the
+atlas vertebrae are fitted to the CT's bone, then a watershed splits the bone between them
+(usx_stream.shape.ct_segment). Writes a TotalSegmentator v2 label map, usable as --labelmap here and as
+--spine of simulate and dataset. Check the --png picture before using a result; --omit drops a level that
+came out wrong.
+
 examples:
   usx-stream shape-model build --out ssm.npz
   usx-stream shape-model build --out ssm.npz --labelmap s0012=combined_label_map.nii.gz
   usx-stream shape-model build --out ssm.npz --size-sd 0.07      # draws spread in size like adults
   usx-stream shape-model sample --model ssm.npz --seed 3 --out spine3 --png spine3.png
+  usx-stream shape-model segment-ct --ct ct.nii.gz --atlas s0004_labels.nii.gz --out s0028_labels.nii.gz \
+      --seed T12=143,133,227 --seed L1=143,137,202 --seed L2=143,140,177 --seed L3=143,143,152 \
+      --seed L4=143,138,131 --seed L5=143,135,109 --seed S1=143,125,88 --png s0028.png
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    b, s = add_actions(parser, {"build": "build ssm.npz from the real vertebrae",
-                                "sample": "write a plausible sampled spine as L1..L5.ply"})
+    b, s, g = add_actions(parser, {"build": "build ssm.npz from the real vertebrae",
+                                   "sample": "write a plausible sampled spine as L1..L5.ply",
+                                   "segment-ct": "label L1..L5 of a CT from a seed per level and an atlas"})
     b.add_argument("--data", default="../shared/data/vertebrae", help="reference vertebrae folder (default: %(default)s)")
     b.add_argument("--labelmap", action="append", default=[], metavar="[SUBJECT=]FILE",
                    help="another subject as a TotalSegmentator v2 label map (NIfTI), a spine in place; repeatable; "
@@ -48,10 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--sd", type=float, default=None,
                    help="Mahalanobis limit of each draw (default: usx_stream.sim.spine_spec.SSM_SAMPLE_SD, 0.5)")
     s.add_argument("--png", help="also write a picture of this spine and three more (side and top views)")
+    g.add_argument("--ct", required=True, help="CT volume, NIfTI (.nii/.nii.gz), Hounsfield units")
+    g.add_argument("--atlas", required=True,
+                   help="TotalSegmentator v2 label map of another patient holding T12, L1..L5 and the sacrum")
+    g.add_argument("--seed", action="append", default=[], metavar="LEVEL=I,J,K", dest="seeds",
+                   help="a voxel inside the vertebral body of LEVEL (T12, L1..L5, S1); all seven are required")
+    g.add_argument("--omit", default="", help="comma-separated lumbar levels left out of the output (wrong ones)")
+    g.add_argument("--out", required=True, help="output label map (.nii.gz)")
+    g.add_argument("--png", help="also write a picture to check the result by eye")
 
 
 def run(args: argparse.Namespace) -> int:
-    return _build(args) if args.action == "build" else _sample(args)
+    return {"build": _build, "sample": _sample, "segment-ct": _segment_ct}[args.action](args)
 
 
 def _build(args) -> int:
@@ -119,5 +139,57 @@ def _sample(args) -> int:
         more = [sample_checked(model, np.random.default_rng(ss), sd=args.sd)[0].spine
                 for ss in np.random.SeedSequence(args.seed).spawn(3)]
         preview_png([draw.spine] + more, args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def parse_seeds(specs: list[str]) -> dict[str, tuple[float, float, float]]:
+    """``--seed LEVEL=I,J,K`` values as level -> voxel indices; a bad or repeated one names itself."""
+    from ..errors import InputError
+    from ..shape.ct_segment import SEED_LEVELS
+
+    out: dict[str, tuple[float, float, float]] = {}
+    for spec in specs:
+        level, _, ijk = spec.partition("=")
+        if level not in SEED_LEVELS:
+            raise InputError(f"--seed {spec!r}: level must be one of {', '.join(SEED_LEVELS)}")
+        try:
+            values = tuple(float(v) for v in ijk.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise InputError(f"--seed {spec!r}: expected LEVEL=I,J,K (three voxel indices)")
+        if level in out:
+            raise InputError(f"--seed: {level} given twice")
+        out[level] = values
+    return out
+
+
+def _segment_ct(args) -> int:
+    from ..errors import InputError
+    from ..io.nifti_write import write_nifti_labels
+    from ..shape.ct_segment import LUMBAR, TOTALSEGMENTATOR_CODES, segment_lumbar
+    from ..sim.ct_labelmaps import read_nifti_labels
+
+    omit = [lv for lv in args.omit.split(",") if lv]
+    bad = [lv for lv in omit if lv not in LUMBAR]
+    if bad:
+        raise InputError(f"--omit: {', '.join(bad)} is not a lumbar level (L1..L5)")
+    seeds = parse_seeds(args.seeds)
+    ct, ijk_to_lps = read_nifti_labels(args.ct)
+    atlas, atlas_ijk_to_lps = read_nifti_labels(args.atlas)
+    seg = segment_lumbar(ct, ijk_to_lps, seeds, atlas, atlas_ijk_to_lps)
+    for lv, f in seg.fits.items():
+        kept = "" if lv not in LUMBAR else ("  omitted" if lv in omit else f", {f.volume_cm3:.1f} cm3")
+        print(f"{lv}: seed {[round(float(v), 1) for v in f.seed_ijk]}, atlas scale {f.scale:.3f}, "
+              f"fit residual {f.residual_mm:.2f} mm, axis tilt {f.tilt_deg:.1f} deg{kept}")
+    for lv in omit:
+        seg.labels[seg.labels == TOTALSEGMENTATOR_CODES[lv][0]] = 0
+    write_nifti_labels(args.out, seg.labels, seg.ijk_to_lps)
+    print(f"wrote {args.out}")
+    if args.png:
+        from ..shape.ct_segment_preview import preview_png
+
+        preview_png(ct, seg, args.png)
         print(f"wrote {args.png}")
     return 0
