@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ct_segment import LUMBAR, CtSegmentation
+from .ct_segment import LUMBAR, TOTALSEGMENTATOR_CODES, CtSegmentation
 
 _COLOURS = {31: "tab:pink", 30: "tab:brown", 29: "tab:purple", 28: "tab:red", 27: "tab:green"}
 
@@ -20,7 +20,7 @@ def preview_png(ct: np.ndarray, seg: CtSegmentation, path: str | Path) -> Path:
     from matplotlib.colors import ListedColormap
 
     seeds = {lv: np.rint(f.seed_ijk).astype(int) for lv, f in seg.fits.items()}
-    levels = [lv for lv in LUMBAR if np.any(seg.labels == _code(lv))]
+    levels = [lv for lv in LUMBAR if np.any(seg.labels == TOTALSEGMENTATOR_CODES[lv][0])]
     fig, axes = plt.subplots(1, 1 + len(levels), figsize=(4 + 3 * len(levels), 5.5),
                              gridspec_kw={"width_ratios": [1.6] + [1] * len(levels)})
     axes = np.atleast_1d(axes)
@@ -47,10 +47,6 @@ def preview_png(ct: np.ndarray, seg: CtSegmentation, path: str | Path) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)
-
-
-def _code(level: str) -> int:
-    return 31 - LUMBAR.index(level)
 
 
 def _show(ax, image: np.ndarray, labels: np.ndarray, cmap) -> None:
