@@ -146,23 +146,29 @@ def _sample(args) -> int:
 def parse_seeds(specs: list[str]) -> dict[str, tuple[float, float, float]]:
     """``--seed LEVEL=I,J,K`` values as level -> voxel indices; a bad or repeated one names itself."""
     from ..errors import InputError
-    from ..shape.ct_segment import SEED_LEVELS
 
     out: dict[str, tuple[float, float, float]] = {}
-    for spec in specs:
-        level, _, ijk = spec.partition("=")
-        if level not in SEED_LEVELS:
-            raise InputError(f"--seed {spec!r}: level must be one of {', '.join(SEED_LEVELS)}")
-        try:
-            values = tuple(float(v) for v in ijk.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != 3:
-            raise InputError(f"--seed {spec!r}: expected LEVEL=I,J,K (three voxel indices)")
+    for level, ijk in map(_seed, specs):
         if level in out:
             raise InputError(f"--seed: {level} given twice")
-        out[level] = values
+        out[level] = ijk
     return out
+
+
+def _seed(spec: str) -> tuple[str, tuple[float, float, float]]:
+    from ..errors import InputError
+    from ..shape.ct_segment import SEED_LEVELS
+
+    level, _, text = spec.partition("=")
+    if level not in SEED_LEVELS:
+        raise InputError(f"--seed {spec!r}: level must be one of {', '.join(SEED_LEVELS)}")
+    try:
+        ijk = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        ijk = ()
+    if len(ijk) != 3:
+        raise InputError(f"--seed {spec!r}: expected LEVEL=I,J,K (three voxel indices)")
+    return level, ijk
 
 
 def _segment_ct(args) -> int:
