@@ -79,10 +79,6 @@ def _mm(ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return ijk @ affine[:3, :3].T + affine[:3, 3]
 
 
-def _ijk(p: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return (p - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
-
-
 def _shell(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
@@ -112,16 +108,15 @@ def refine_seed(mask: np.ndarray, seed: np.ndarray, *, radius: int = SEED_RADIUS
 def similarity(src: np.ndarray, dst: np.ndarray, scale_range=(0.0, np.inf)):
     """Least-squares ``(s, R, t)`` with ``dst ~ s R src + t`` (Umeyama), ``s`` clipped to ``scale_range``.
 
-    The translation is solved for the clipped scale, so a clipped fit stays centred on the target.
+    The rotation does not depend on the scale; the translation is solved again for the clipped scale, so a
+    clipped fit stays centred on the target.
     """
-    ms, md = src.mean(axis=0), dst.mean(axis=0)
-    a, b = src - ms, dst - md
-    u, sv, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.eye(3)
-    d[2, 2] = np.sign(np.linalg.det(u @ vt))
-    r = u @ d @ vt
-    s = float(np.clip(np.trace(np.diag(sv) @ d) / (a ** 2).sum(axis=1).mean(), *scale_range))
-    return s, r, md - s * r @ ms
+    from ..xray.pose_fit import rigid_fit
+
+    m, s = rigid_fit(src, dst, with_scale=True)
+    r = m[:3, :3] / s
+    s = float(np.clip(s, *scale_range))
+    return s, r, dst.mean(axis=0) - s * r @ src.mean(axis=0)
 
 
 def icp(template: np.ndarray, tree, target: np.ndarray, start, *, scale_range, iterations: int = 40,
