@@ -14,7 +14,6 @@ from tests.cli_files import run_cli
 from tests.shape.ct_phantom import dice, phantom_ct
 from usx_stream.commands.shape_model import parse_seeds
 from usx_stream.errors import InputError
-from usx_stream.io.nifti_write import write_nifti_labels
 from usx_stream.shape.ct_segment import SEED_LEVELS, TOTALSEGMENTATOR_CODES, refine_seed, segment_lumbar
 from usx_stream.sim.ct_labelmaps import lumbar_label_meshes, read_nifti_labels
 
@@ -30,13 +29,21 @@ def atlas_path():
 
 @pytest.fixture(scope="module")
 def segmented(atlas_path, tmp_path_factory):
-    """The phantom CT through the command line, L1 left out: (truth, output labels, stdout, folder)."""
+    """The phantom CT through the command line, L1 left out: (truth, output labels, stdout, folder).
+
+    The CT goes in as NRRD with the atlas's oblique axes (what 3D Slicer saves), the atlas as NIfTI."""
+    sitk = pytest.importorskip("SimpleITK")
     atlas, atlas_affine = read_nifti_labels(atlas_path)
     ct, truth, affine, seeds = phantom_ct(atlas, atlas_affine)
     folder = tmp_path_factory.mktemp("segment_ct")
-    write_nifti_labels(folder / "ct.nii.gz", ct, affine)
+    image = sitk.GetImageFromArray(ct.transpose(2, 1, 0))
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
+    image.SetOrigin(affine[:3, 3].tolist())
+    sitk.WriteImage(image, str(folder / "ct.nrrd"), useCompression=True)
     args = [f"--seed={lv}=" + ",".join(f"{v:.1f}" for v in seeds[lv]) for lv in SEED_LEVELS]
-    done = run_cli("shape-model", "segment-ct", "--ct", "ct.nii.gz", "--atlas", str(atlas_path), *args,
+    done = run_cli("shape-model", "segment-ct", "--ct", "ct.nrrd", "--atlas", str(atlas_path), *args,
                    "--omit", "L1", "--out", "labels.nii.gz", "--png", "check.png", cwd=folder, timeout=600)
     assert done.returncode == 0, done.stderr
     labels, out_affine = read_nifti_labels(folder / "labels.nii.gz")

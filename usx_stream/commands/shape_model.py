@@ -11,8 +11,9 @@ intersection, neighbour collision, body dimensions, Mahalanobis distance) and wr
 (LPS axes: x left, y posterior, z cranial, mm, origin at the L3 centroid), the input of
 `usx-stream simulate --spine OUT`.
 
-segment-ct: labels L1-L5 of a CT (NIfTI, Hounsfield units) from a body-centre seed per level (T12, L1..L5,
-S1; voxel indices i,j,k) and an atlas (a TotalSegmentator v2 label map of another patient, e.g. s0004): the
+segment-ct: labels L1-L5 of a CT (Hounsfield units; NIfTI, or with the ct extra NRRD, MetaImage or a folder
+holding one DICOM series) from a body-centre seed per level (T12, L1..L5, S1; voxel indices i,j,k in the
+file's order, as 3D Slicer shows them) and an atlas (a TotalSegmentator v2 label map of another patient, e.g. s0004): the
 atlas vertebrae are fitted to the CT's bone, then a watershed splits the bone between them
 (usx_stream.shape.ct_segment). Writes a TotalSegmentator v2 label map, usable as --labelmap here and as
 --spine of simulate and dataset. Check the --png picture before using a result; --omit drops a level that
@@ -60,9 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--sd", type=float, default=None,
                    help="Mahalanobis limit of each draw (default: usx_stream.sim.spine_spec.SSM_SAMPLE_SD, 0.5)")
     s.add_argument("--png", help="also write a picture of this spine and three more (side and top views)")
-    g.add_argument("--ct", required=True, help="CT volume, NIfTI (.nii/.nii.gz), Hounsfield units")
+    g.add_argument("--ct", required=True, help="CT volume in Hounsfield units: NIfTI (.nii/.nii.gz); NRRD, MetaImage (.mha/.mhd) "
+                        "or a folder holding one DICOM series with SimpleITK (pip install 'usx-stream[ct]')")
     g.add_argument("--atlas", required=True,
-                   help="TotalSegmentator v2 label map of another patient holding T12, L1..L5 and the sacrum")
+                   help="TotalSegmentator v2 label map of another patient holding T12, L1..L5 and the sacrum "
+                        "(read like --ct)")
     g.add_argument("--seed", action="append", default=[], metavar="LEVEL=I,J,K", dest="seeds",
                    help="a voxel inside the vertebral body of LEVEL (T12, L1..L5, S1); all seven are required")
     g.add_argument("--omit", default="", help="comma-separated lumbar levels left out of the output (wrong ones)")
@@ -172,18 +175,21 @@ def _seed(spec: str) -> tuple[str, tuple[float, float, float]]:
 
 
 def _segment_ct(args) -> int:
+    import numpy as np
+
     from ..errors import InputError
+    from ..io.ct_image import read_ct_image
     from ..io.nifti_write import write_nifti_labels
     from ..shape.ct_segment import LUMBAR, TOTALSEGMENTATOR_CODES, segment_lumbar
-    from ..sim.ct_labelmaps import read_nifti_labels
 
     omit = [lv for lv in args.omit.split(",") if lv]
     bad = [lv for lv in omit if lv not in LUMBAR]
     if bad:
         raise InputError(f"--omit: {', '.join(bad)} is not a lumbar level (L1..L5)")
     seeds = parse_seeds(args.seeds)
-    ct, ijk_to_lps = read_nifti_labels(args.ct)
-    atlas, atlas_ijk_to_lps = read_nifti_labels(args.atlas)
+    ct, ijk_to_lps = read_ct_image(args.ct, what="--ct")
+    atlas, atlas_ijk_to_lps = read_ct_image(args.atlas, what="--atlas")
+    atlas = np.rint(atlas).astype(np.int16)
     seg = segment_lumbar(ct, ijk_to_lps, seeds, atlas, atlas_ijk_to_lps)
     for lv, f in seg.fits.items():
         kept = "" if lv not in LUMBAR else ("  omitted" if lv in omit else f", {f.volume_cm3:.1f} cm3")
