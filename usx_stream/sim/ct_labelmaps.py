@@ -170,10 +170,22 @@ def read_nifti_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels (I, J, K), ijk_to_lps (4, 4))`` from NIfTI, NRRD or MetaImage (by suffix)."""
+    """``(labels (I, J, K), ijk_to_lps (4, 4))`` from NIfTI, NRRD or MetaImage (by suffix).
+
+    NRRD and MetaImage go through SimpleITK where it is installed (the ``ct`` extra: oblique axes, NRRD's
+    ``space`` honoured), else through :func:`usx_stream.io.volumes.read_volume` (axis-aligned grids only)."""
     path = Path(path)
     if path.name.endswith((".nii", ".nii.gz")):
         return read_nifti_labels(path)
+    try:
+        import SimpleITK  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from ..io.ct_image import read_ct_image
+
+        voxels, ijk_to_lps = read_ct_image(path, what="label map")
+        return np.rint(voxels).astype(np.int64), ijk_to_lps
     from ..io.volumes import read_volume
 
     vol = read_volume(path)
