@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.cli_files import run_cli
+from tests.itk_files import itk_image, write_itk
 from usx_stream.errors import InputError
 from usx_stream.io.ct_image import read_ct_image
 from usx_stream.io.nifti_write import write_nifti_labels
@@ -31,18 +32,10 @@ def _oblique():
     return voxels, affine
 
 
-def _image(voxels, affine):
-    image = sitk.GetImageFromArray(voxels.transpose(2, 1, 0))
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
-    image.SetOrigin(affine[:3, 3].tolist())
-    return image
-
 
 def write_dicom_series(folder, voxels, affine, *, series_uid="1.2.826.0.1.3680043.2.1125.7.1"):
     """One CT slice file per k, with the position and orientation tags a scanner writes."""
-    image = _image(voxels, affine)
+    image = itk_image(voxels, affine)
     d = np.array(image.GetDirection())
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -60,19 +53,21 @@ def write_dicom_series(folder, voxels, affine, *, series_uid="1.2.826.0.1.368004
         writer.Execute(s)
 
 
-def test_nifti_needs_no_simpleitk_and_gives_the_same_geometry(tmp_path):
-    voxels, affine = _oblique()
-    write_nifti_labels(tmp_path / "ct.nii.gz", voxels, affine)
-    got, got_affine = read_ct_image(tmp_path / "ct.nii.gz")
-    np.testing.assert_array_equal(got, voxels)
-    np.testing.assert_allclose(got_affine, affine, atol=1e-4)
+WRITERS = {
+    "nifti, our writer (read without SimpleITK)": lambda folder, v, a: write_nifti_labels(folder / "ct.nii.gz", v, a),
+    "nifti, ITK": lambda folder, v, a: write_itk(folder / "ct.nii.gz", v, a),
+    "nrrd": lambda folder, v, a: write_itk(folder / "ct.nrrd", v, a),
+    "metaimage": lambda folder, v, a: write_itk(folder / "ct.mha", v, a),
+    "dicom series, shuffled": lambda folder, v, a: write_dicom_series(folder / "ct", v, a),
+}
 
 
-@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz"])
-def test_an_oblique_volume_keeps_its_voxels_and_lps_affine(tmp_path, suffix):
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_an_oblique_volume_keeps_its_voxels_and_lps_affine(tmp_path, writer):
     voxels, affine = _oblique()
-    sitk.WriteImage(_image(voxels, affine), str(tmp_path / f"ct{suffix}"))
-    got, got_affine = read_ct_image(tmp_path / f"ct{suffix}")
+    WRITERS[writer](tmp_path, voxels, affine)
+    (path,) = list(tmp_path.iterdir())
+    got, got_affine = read_ct_image(path)
     assert got.dtype == np.float32 and got.shape == voxels.shape
     np.testing.assert_array_equal(got, voxels)
     np.testing.assert_allclose(got_affine, affine, atol=1e-4)
@@ -90,14 +85,6 @@ def test_a_right_anterior_superior_nrrd_is_turned_into_lps(tmp_path):
     want = np.diag([-0.5, -0.6, 2.0, 1.0])
     want[:3, 3] = [-1.0, -2.0, 3.0]
     np.testing.assert_allclose(got_affine, want, atol=1e-9)
-
-
-def test_a_dicom_series_is_sorted_and_placed(tmp_path):
-    voxels, affine = _oblique()
-    write_dicom_series(tmp_path / "series", voxels, affine)
-    got, got_affine = read_ct_image(tmp_path / "series")
-    np.testing.assert_array_equal(got, voxels)
-    np.testing.assert_allclose(got_affine, affine, atol=1e-4)
 
 
 def test_a_folder_with_two_series_names_both(tmp_path):

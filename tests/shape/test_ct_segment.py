@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.cli_files import run_cli
+from tests.itk_files import write_itk
 from tests.shape.ct_phantom import dice, phantom_ct
 from usx_stream.commands.shape_model import parse_seeds
 from usx_stream.errors import InputError
@@ -32,16 +33,11 @@ def segmented(atlas_path, tmp_path_factory):
     """The phantom CT through the command line, L1 left out: (truth, output labels, stdout, folder).
 
     The CT goes in as NRRD with the atlas's oblique axes (what 3D Slicer saves), the atlas as NIfTI."""
-    sitk = pytest.importorskip("SimpleITK")
+    pytest.importorskip("SimpleITK")
     atlas, atlas_affine = read_nifti_labels(atlas_path)
     ct, truth, affine, seeds = phantom_ct(atlas, atlas_affine)
     folder = tmp_path_factory.mktemp("segment_ct")
-    image = sitk.GetImageFromArray(ct.transpose(2, 1, 0))
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
-    image.SetOrigin(affine[:3, 3].tolist())
-    sitk.WriteImage(image, str(folder / "ct.nrrd"), useCompression=True)
+    write_itk(folder / "ct.nrrd", ct, affine)
     args = [f"--seed={lv}=" + ",".join(f"{v:.1f}" for v in seeds[lv]) for lv in SEED_LEVELS]
     done = run_cli("shape-model", "segment-ct", "--ct", "ct.nrrd", "--atlas", str(atlas_path), *args,
                    "--omit", "L1", "--out", "labels.nii.gz", "--png", "check.png", cwd=folder, timeout=600)

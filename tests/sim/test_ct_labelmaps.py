@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from tests.itk_files import write_itk
 from usx_stream.frames import LEVELS
 from usx_stream.sim.anatomy import make_spine
 from usx_stream.sim.ct_labelmaps import label_meshes, read_labels
@@ -77,16 +78,6 @@ def test_labelmaps_folder_gives_one_sample_per_vertebra(ct, tmp_path):
     assert all(np.ptp(lm[:, 0]) < 1e-5 for lm in arrays.labelmap)
 
 
-def _nrrd(path, labels, ijk_to_lps):
-    sitk = pytest.importorskip("SimpleITK")
-    image = sitk.GetImageFromArray(labels.astype(np.int16).transpose(2, 1, 0))
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
-    image.SetOrigin(ijk_to_lps[:3, 3].tolist())
-    sitk.WriteImage(image, str(path), useCompression=True)
-
-
 def test_an_oblique_nrrd_label_map_reads_back_in_lps(ct, tmp_path):
     """What 3D Slicer exports from a segmentation of an oblique CT: SimpleITK keeps its axes."""
     from scipy.spatial.transform import Rotation
@@ -94,7 +85,8 @@ def test_an_oblique_nrrd_label_map_reads_back_in_lps(ct, tmp_path):
     _, _, labels, ijk_to_lps = ct
     oblique = ijk_to_lps.copy()
     oblique[:3, :3] = Rotation.from_euler("zx", [8.0, -4.0], degrees=True).as_matrix() @ ijk_to_lps[:3, :3]
-    _nrrd(tmp_path / "case1.nrrd", labels, oblique)
+    pytest.importorskip("SimpleITK")
+    write_itk(tmp_path / "case1.nrrd", labels.astype(np.int16), oblique)
     got, affine = read_labels(tmp_path / "case1.nrrd")
     np.testing.assert_array_equal(got, labels)
     np.testing.assert_allclose(affine, oblique, atol=1e-4)
@@ -104,7 +96,8 @@ def test_without_simpleitk_an_axis_aligned_nrrd_still_reads(ct, tmp_path, monkey
     import sys
 
     _, _, labels, ijk_to_lps = ct
-    _nrrd(tmp_path / "case1.nrrd", labels, ijk_to_lps)
+    pytest.importorskip("SimpleITK")
+    write_itk(tmp_path / "case1.nrrd", labels.astype(np.int16), ijk_to_lps)
     monkeypatch.setitem(sys.modules, "SimpleITK", None)   # as if the 'ct' extra were not installed
     got, affine = read_labels(tmp_path / "case1.nrrd")
     np.testing.assert_array_equal(got, labels)
