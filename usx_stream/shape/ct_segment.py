@@ -5,7 +5,9 @@ segmentation. This is the classical way to make one where no learned segmenter i
 
 1. bone is the smoothed CT above :data:`BONE_HU`; the "outer" bone (above :data:`OUTER_HU`, closed and
    hole-filled) gives the surface a template is fitted to (its lower threshold keeps the thin cortex of
-   osteoporotic bodies, whose cancellous bone sits at 60-250 HU);
+   osteoporotic bodies, whose cancellous bone sits at 60-250 HU; fitted to the 180 HU surface instead, the
+   s0028 L3 below is 1.19 mm off, not 0.49, though the sharp-edged test phantom then comes out at its true
+   size rather than ~5 % too large);
 2. each seed (a body centre: T12, L1..L5 and S1, voxel indices) is moved to the centroid of the outer bone
    around it;
 3. each level of the atlas (a TotalSegmentator v2 label map of another patient) is fitted to the outer bone
