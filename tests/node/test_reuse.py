@@ -153,3 +153,11 @@ def test_unchanged_levels_keep_their_surface_and_changed_ones_are_completed(engi
     assert fresh.completed == list(fresh.surfaces) and fresh.reused == []
     for lv in third.completed:
         np.testing.assert_allclose(third.points_ref_mm[lv], fresh.points_ref_mm[lv], rtol=0, atol=1e-4)
+    # reuse=False on the updater that has reused: every level completed from this volume alone, as if reuse
+    # were off (what the demo scores: figures that do not depend on when earlier updates ran)
+    volume, info = stage.snapshot()
+    final = updater.update(volume, beam_direction=info["beam_direction"], xray=None, timestamp=info["timestamp"],
+                           reuse=False)
+    assert final.completed == list(fresh.surfaces) and final.reused == []
+    for lv in final.completed:
+        np.testing.assert_allclose(final.points_ref_mm[lv], fresh.points_ref_mm[lv], rtol=0, atol=1e-4)

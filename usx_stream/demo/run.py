@@ -123,9 +123,11 @@ def _finish(out: Path, node, session, received, *, extra: dict | None = None) ->
     from ..io.meshes import write_mesh
 
     volume, info = node.ingest.snapshot()
+    # Scored: every level completed from the final volume. A surface the live node kept from an earlier update
+    # (node.reuse) depends on when that update ran, so the same session would score differently run to run.
     try:
         finals = {f: node.updater.update(volume, beam_direction=info["beam_direction"], xray=node.xray.snapshot(),
-                                         force_fusion=f) for f in ("multimodal", "us_only")}
+                                         force_fusion=f, reuse=False) for f in ("multimodal", "us_only")}
     finally:
         node.updater.close()
     levels = {}

@@ -199,11 +199,13 @@ class SurfaceUpdater:
                             num_labelmap=cfg.num_labelmap, seed=self.seed)
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
-               timestamp: float = 0.0, force_fusion: str | None = None) -> UpdateResult:
+               timestamp: float = 0.0, force_fusion: str | None = None, reuse: bool = True) -> UpdateResult:
         """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray.
 
         Levels whose inputs are within ``completion.reuse_*`` of those their last surface was completed
-        from keep that surface (:mod:`usx_stream.node.reuse`); the others are completed and meshed."""
+        from keep that surface (:mod:`usx_stream.node.reuse`); the others are completed and meshed.
+        ``reuse=False`` completes every level from these inputs: the result then depends on the volume alone,
+        not on when earlier updates happened to run."""
         t = self.telemetry
         inputs = self.inputs(volume, beam_direction=beam_direction, xray=xray, force_fusion=force_fusion)
         fusion = inputs.fusion
@@ -212,7 +214,7 @@ class SurfaceUpdater:
             return result
         now = self.clock()
         seen = {c.level: self.reuse.inputs_of(c, fusion, now) for c in inputs.levels}
-        misses = {c.level: self.reuse.miss_reason(seen[c.level], c.level) for c in inputs.levels}
+        misses = {c.level: self.reuse.miss_reason(seen[c.level], c.level) if reuse else "off" for c in inputs.levels}
         todo = [c for c in inputs.levels if misses[c.level] is not None]
         for c in todo:
             if misses[c.level] != "off":
