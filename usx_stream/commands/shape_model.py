@@ -13,8 +13,8 @@ intersection, neighbour collision, body dimensions, Mahalanobis distance) and wr
 
 segment-ct: labels L1-L5 of a CT (Hounsfield units; NIfTI, or with the ct extra NRRD, MetaImage or a folder
 holding one DICOM series) from a body-centre seed per level (T12, L1..L5, S1; voxel indices i,j,k in the
-file's order, as 3D Slicer shows them) and an atlas (a TotalSegmentator v2 label map of another patient, e.g. s0004): the
-atlas vertebrae are fitted to the CT's bone, then a watershed splits the bone between them
+file's order, as 3D Slicer shows them) and an atlas (a TotalSegmentator v2 label map of another patient,
+e.g. s0004): the atlas vertebrae are fitted to the CT's bone, then a watershed splits the bone between them
 (usx_stream.shape.ct_segment). Writes a TotalSegmentator v2 label map, usable as --labelmap here and as
 --spine of simulate and dataset. Check the --png picture before using a result; --omit drops a level that
 came out wrong.
@@ -61,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--sd", type=float, default=None,
                    help="Mahalanobis limit of each draw (default: usx_stream.sim.spine_spec.SSM_SAMPLE_SD, 0.5)")
     s.add_argument("--png", help="also write a picture of this spine and three more (side and top views)")
-    g.add_argument("--ct", required=True, help="CT volume in Hounsfield units: NIfTI (.nii/.nii.gz); NRRD, MetaImage (.mha/.mhd) "
-                        "or a folder holding one DICOM series with SimpleITK (pip install 'usx-stream[ct]')")
+    g.add_argument("--ct", required=True,
+                   help="CT volume in Hounsfield units: NIfTI (.nii/.nii.gz); NRRD, MetaImage (.mha/.mhd) or a "
+                        "folder holding one DICOM series with SimpleITK (pip install 'usx-stream[ct]')")
     g.add_argument("--atlas", required=True,
                    help="TotalSegmentator v2 label map of another patient holding T12, L1..L5 and the sacrum "
                         "(read like --ct)")
