@@ -26,8 +26,8 @@ perpendicular to the spine's cranio-caudal axis there, in the sagittal plane):
    while the transverse processes (at L5 they reach anterior of the posterior wall) lie farther out and
    the pedicles and superior articular processes rise above the endplate behind it;
 4. the body is the bone anterior of the plane ``wall_margin_mm`` (1 mm) in front of that wall, normal to
-   ``posterior``, and within those bounds, reduced to its largest 6-connected component (pedicle
-   stubs and anything else cut loose are dropped).
+   ``posterior``, and within those bounds, reduced to its largest 6-connected component (the pedicle
+   roots and any other fragment the plane cuts loose are dropped).
 
 If no wall is found within 4..40 mm posterior of the anchor (not a vertebra seen in these axes), the
 plane is put 12 mm posterior of the anchor and the fallback is logged. Checked on every real spine of
