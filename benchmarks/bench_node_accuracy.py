@@ -51,6 +51,11 @@ def _mean(values) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _mm(value) -> str:
+    """A figure for the table; '-' where a model completed nothing at that level."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def run_one(spine: str, seed: int, out: Path, *, launch: str | None, frames: int | None) -> dict:
     """One demo run and the score of its published meshes; per-level figures and their means."""
     from usx_stream.demo.run import run_demo
@@ -84,7 +89,7 @@ def _print(runs: list[dict], spines: dict) -> None:
     print("spine, seed: completion body ASSD multimodal / US-only (ratio); published mesh whole / body (mm)")
     for r in runs:
         m = r["means"]
-        per_level = " ".join(f"{lv} {v['multimodal_body_assd_mm']:.2f}/{v['us_only_body_assd_mm']:.2f}"
+        per_level = " ".join(f"{lv} {_mm(v['multimodal_body_assd_mm'])}/{_mm(v['us_only_body_assd_mm'])}"
                              for lv, v in r["levels"].items())
         print(f"  {Path(r['spine']).name}, {r['seed']}: {m['multimodal_body_assd_mm']:.2f} / "
               f"{m['us_only_body_assd_mm']:.2f} (x{m['ratio_multimodal_to_us_only']:.2f}); mesh "

@@ -57,3 +57,13 @@ def test_seeds_must_be_integers(bench, capsys):
         bench.main(["--seeds", "7,x"])
     assert exc.value.code == 2
     assert "--seeds: comma-separated integers, got '7,x'" in capsys.readouterr().err
+
+
+def test_a_level_one_model_left_empty_prints_a_dash(bench, capsys):
+    levels = {"L1": {"multimodal_body_assd_mm": None, "us_only_body_assd_mm": 2.5, "mesh_assd_mm": 1.5,
+                     "mesh_body_assd_mm": 1.4}}
+    means = {"multimodal_body_assd_mm": float("nan"), "us_only_body_assd_mm": 2.5, "mesh_assd_mm": 1.5,
+             "mesh_body_assd_mm": 1.4, "ratio_multimodal_to_us_only": float("nan")}
+    runs = [{"spine": "s", "seed": 1, "levels": levels, "means": means}]
+    bench._print(runs, bench.summarise(runs))
+    assert "[L1 -/2.50]" in capsys.readouterr().out
