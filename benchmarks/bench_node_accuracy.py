@@ -71,7 +71,9 @@ def run_one(spine: str, seed: int, out: Path, *, launch: str | None, frames: int
         levels[level] = {"multimodal_body_assd_mm": entry.get("multimodal", {}).get("body_assd_mm"),
                          "us_only_body_assd_mm": entry.get("us_only", {}).get("body_assd_mm"),
                          "mesh_assd_mm": mesh.get("assd_mm"), "mesh_body_assd_mm": mesh.get("body_assd_mm")}
-    means = {key: _mean(v[key] for v in levels.values()) for key in next(iter(levels.values()), {})}
+    if not levels:
+        raise RuntimeError(f"{spine}, seed {seed}: the demo completed no level (see {out / 'report.json'})")
+    means = {key: _mean(v[key] for v in levels.values()) for key in next(iter(levels.values()))}
     means["ratio_multimodal_to_us_only"] = means["multimodal_body_assd_mm"] / means["us_only_body_assd_mm"]
     return {"spine": spine, "seed": seed, "levels": levels, "means": means}
 
