@@ -206,8 +206,6 @@ def build_model(data_dir: str | Path, *, held_out: tuple[str, ...] = ("Verse631"
         SD of a spine-wide size factor drawn with every sampled spine (:data:`SIZE_SD_ADULT` and why);
         0 = none (the model's draws vary in size only as far as its few subjects did).
     """
-    from ..datasets.mesh_alignment import AlignmentError
-
     if not 0 < variance_kept <= 1:
         raise ValueError(f"variance_kept: expected (0, 1], got {variance_kept}")
     if not 0 <= size_sd < 0.25:
@@ -226,40 +224,53 @@ def build_model(data_dir: str | Path, *, held_out: tuple[str, ...] = ("Verse631"
         mine = [i for i in instances if i.level == level]
         if not mine:
             raise ValueError(f"level {level}: no vertebra under {data_dir}")
-        tpl_inst = next((i for i in mine if i.subject == template_subject), mine[0])
-        tpl = canonical_template(tpl_inst.mesh, level, frame=tpl_inst.frame, n_triangles=n_triangles, seed=seed)
-        meta["templates"][level] = tpl_inst.name
-        basis = kernel_basis(tpl.vertices_mm, beta=1.0)
-        done: list[tuple[Instance, object]] = []
-        for k, inst in enumerate(mine):
-            try:
-                done.append((inst, correspond(tpl, inst.mesh, frame=inst.frame, n_points=n_points,
-                                              seed=seed + 1000 * LEVELS.index(level) + k, basis=basis)))
-            except AlignmentError as e:
-                log.warning("%s: skipped (%s)", inst.name, e)
-                meta["skipped"].append(inst.name)
-        train = [(i, c) for i, c in done if i.subject not in held_out]
-        test = [(i, c) for i, c in done if i.subject in held_out]
-        if not train:
-            raise ValueError(f"level {level}: no training vertebra left after holding out {held_out}")
-        aligned, to_model = _procrustes(np.stack([c.vertices_mm for _, c in train]), tpl.vertices_mm)
-        mean, modes, var = _pca(aligned, variance_kept)
-        body = np.flatnonzero(mean[:, 1] < _body_wall_mm(level))
-        lm = LevelModel(mean, modes, var, np.asarray(tpl.triangles, dtype=np.int64), body)
-        for (inst, c), m in zip(train, to_model):
-            if inst.in_place:  # model frame -> source frame
-                frames[(inst.subject, level)] = np.linalg.inv(c.instance_to_canonical) @ np.linalg.inv(m)
-        lm.extra = {
-            "instances": np.array([i.name for i, _ in train]),
-            "residual_mm": np.array([c.residual_mm for _, c in train]),
-            "coefficients": np.stack([lm.project(a) for a in aligned]) if len(var) else np.zeros((len(train), 0)),
-            "dims_mm": np.stack([body_dimensions(a, body) for a in aligned]),
-            **_held_out_errors(lm, test, seed),
-        }
-        out[level] = lm
-        log.info("%s: %d training shapes, %d modes (%.0f%% variance), residual %.2f mm", level, len(train),
-                 len(var), 100 * variance_kept, lm.extra["residual_mm"].mean())
+        out[level] = _build_level(level, mine, held_out=held_out, template_subject=template_subject,
+                                  n_triangles=n_triangles, n_points=n_points, variance_kept=variance_kept,
+                                  seed=seed, meta=meta, frames=frames)
     return ShapeModel(out, _poses(frames, levels), meta)
+
+
+def _build_level(level: str, mine: list, *, held_out, template_subject, n_triangles, n_points, variance_kept,
+                 seed, meta: dict, frames: dict) -> LevelModel:
+    """One level of :func:`build_model`: template, dense correspondence of every instance, Procrustes, PCA.
+
+    Names of the template and of instances that could not be aligned go into ``meta``; the pose of every
+    training vertebra that sits in its spine goes into ``frames`` ((subject, level) -> model to source frame)."""
+    from ..datasets.mesh_alignment import AlignmentError
+
+    tpl_inst = next((i for i in mine if i.subject == template_subject), mine[0])
+    tpl = canonical_template(tpl_inst.mesh, level, frame=tpl_inst.frame, n_triangles=n_triangles, seed=seed)
+    meta["templates"][level] = tpl_inst.name
+    basis = kernel_basis(tpl.vertices_mm, beta=1.0)
+    done: list[tuple[Instance, object]] = []
+    for k, inst in enumerate(mine):
+        try:
+            done.append((inst, correspond(tpl, inst.mesh, frame=inst.frame, n_points=n_points,
+                                          seed=seed + 1000 * LEVELS.index(level) + k, basis=basis)))
+        except AlignmentError as e:
+            log.warning("%s: skipped (%s)", inst.name, e)
+            meta["skipped"].append(inst.name)
+    train = [(i, c) for i, c in done if i.subject not in held_out]
+    test = [(i, c) for i, c in done if i.subject in held_out]
+    if not train:
+        raise ValueError(f"level {level}: no training vertebra left after holding out {held_out}")
+    aligned, to_model = _procrustes(np.stack([c.vertices_mm for _, c in train]), tpl.vertices_mm)
+    mean, modes, var = _pca(aligned, variance_kept)
+    body = np.flatnonzero(mean[:, 1] < _body_wall_mm(level))
+    lm = LevelModel(mean, modes, var, np.asarray(tpl.triangles, dtype=np.int64), body)
+    for (inst, c), m in zip(train, to_model):
+        if inst.in_place:  # model frame -> source frame
+            frames[(inst.subject, level)] = np.linalg.inv(c.instance_to_canonical) @ np.linalg.inv(m)
+    lm.extra = {
+        "instances": np.array([i.name for i, _ in train]),
+        "residual_mm": np.array([c.residual_mm for _, c in train]),
+        "coefficients": np.stack([lm.project(a) for a in aligned]) if len(var) else np.zeros((len(train), 0)),
+        "dims_mm": np.stack([body_dimensions(a, body) for a in aligned]),
+        **_held_out_errors(lm, test, seed),
+    }
+    log.info("%s: %d training shapes, %d modes (%.0f%% variance), residual %.2f mm", level, len(train),
+             len(var), 100 * variance_kept, lm.extra["residual_mm"].mean())
+    return lm
 
 
 def _held_out_errors(lm: LevelModel, test: list, seed: int) -> dict[str, np.ndarray]:
