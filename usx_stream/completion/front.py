@@ -184,10 +184,6 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
     (0, 3) for a vertebra without partial points (or, multimodal, without labelmap points); ``spread_mm``
     (num_out,) float32 mm when ``samples`` > 0.
     """
-    import torch
-
-    from usx_stream.completion import ops, uncertainty as unc
-
     if not isinstance(samples, (int, np.integer)) or samples < 0:
         raise ValueError(f"complete_levels: samples must be an integer >= 0, got {samples!r}")
     if samples and error_head:
@@ -206,30 +202,13 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
     if not done:
         return results
     with timer("complete"):
-        dev = engine.device
-        partial = torch.from_numpy(np.ascontiguousarray(np.stack([p.partial_unit for _, p in done]))).to(dev)
-        labelmap = (torch.from_numpy(np.ascontiguousarray(np.stack([p.labelmap_unit for _, p in done]))).to(dev)
-                    if multimodal else None)
-        with torch.inference_mode():
-            if samples:
-                eps = unc.latent_draws(int(samples), len(done), engine.cfg.latent, seed=seed)
-                out = engine.run_device_samples(partial, labelmap, eps)
-                completed = list(out[:, 0].cpu().numpy())
-            else:
-                fine = engine.run_device(partial, labelmap).float()
-                completed = list(fine.cpu().numpy())
-    if head is not None:
-        with timer("uncertainty"), torch.inference_mode(), ops.tree_knn():
-            expected = head(fine, partial.float(), None if labelmap is None else labelmap.float()).cpu().numpy()
-        for k, (i, p) in enumerate(done):
-            results[i].spread_mm = (expected[k] * _mm_per_unit(p)).astype(np.float32)
-    if samples:
+        batch = _run_network(engine, done, multimodal=multimodal, samples=int(samples), seed=seed)
+    if head is not None or samples:
         with timer("uncertainty"):
-            how = unc.resolve_correspondence(correspondence, bool(getattr(engine.model, "index_correspondence",
-                                                                          False)))
-            spread_unit = unc.point_spread(out[:, 0], out[:, 1:], correspondence=how).cpu().numpy()
-            for k, (i, p) in enumerate(done):
-                results[i].spread_mm = (spread_unit[k] * _mm_per_unit(p)).astype(np.float32)
+            spread_unit = _uncertainty(engine, batch, head, correspondence)
+        for k, (i, p) in enumerate(done):
+            results[i].spread_mm = (spread_unit[k] * _mm_per_unit(p)).astype(np.float32)
+    completed = batch.completed
     if fit_body:
         with timer("body_fit"):
             _fit_bodies(done, completed, results)
@@ -237,6 +216,53 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
         results[i].points_mm = p.to_input_frame(completed[k])
         results[i].prepared = p
     return results
+
+
+@dataclass
+class _NetworkBatch:
+    """One batch through the network: its inputs on the engine's device, and what came out."""
+
+    partial: object                    # (B, num_partial, 3) tensor
+    labelmap: object                   # (B, num_labelmap, 3) tensor or None (US-only)
+    completed: list[np.ndarray]        # per vertebra (num_out, 3) float32, unit frame: the posterior mean
+    outputs: object                    # (B, num_out, 3) tensor, or (B, 1 + K, num_out, 3) with latent draws
+
+
+def _run_network(engine, done: list[tuple[int, PreparedLevel]], *, multimodal: bool, samples: int,
+                 seed: int) -> _NetworkBatch:
+    import torch
+
+    from usx_stream.completion import uncertainty as unc
+
+    dev = engine.device
+    partial = torch.from_numpy(np.ascontiguousarray(np.stack([p.partial_unit for _, p in done]))).to(dev)
+    labelmap = (torch.from_numpy(np.ascontiguousarray(np.stack([p.labelmap_unit for _, p in done]))).to(dev)
+                if multimodal else None)
+    with torch.inference_mode():
+        if samples:
+            eps = unc.latent_draws(samples, len(done), engine.cfg.latent, seed=seed)
+            out = engine.run_device_samples(partial, labelmap, eps)
+            completed = list(out[:, 0].cpu().numpy())
+        else:
+            out = engine.run_device(partial, labelmap).float()
+            completed = list(out.cpu().numpy())
+    return _NetworkBatch(partial, labelmap, completed, out)
+
+
+def _uncertainty(engine, batch: _NetworkBatch, head, correspondence: str) -> np.ndarray:
+    """Per-point uncertainty in unit-frame units, (B, num_out): the error head's expected distance to the true
+    surface (``head`` given), else the spread of the latent draws about the mean (``batch.outputs`` has draws)."""
+    import torch
+
+    from usx_stream.completion import ops, uncertainty as unc
+
+    if head is not None:
+        lm = None if batch.labelmap is None else batch.labelmap.float()
+        with torch.inference_mode(), ops.tree_knn():
+            return head(batch.outputs, batch.partial.float(), lm).cpu().numpy()
+    out = batch.outputs
+    how = unc.resolve_correspondence(correspondence, bool(getattr(engine.model, "index_correspondence", False)))
+    return unc.point_spread(out[:, 0], out[:, 1:], correspondence=how).cpu().numpy()
 
 
 def _fit_bodies(done: list[tuple[int, PreparedLevel]], completed: list[np.ndarray],
