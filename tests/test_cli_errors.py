@@ -39,6 +39,7 @@ def inputs(tmp_path):
     (tmp_path / "good.xml").write_text(DEVICE_SET)
     for name, text in {**DEVICE_SET_DEFECTS, **LAUNCH_FILES}.items():
         (tmp_path / name).write_text(text)
+    (tmp_path / "notes.h5").write_text("paired data, to be made\n")   # named like data, not HDF5
     return tmp_path
 
 
@@ -81,6 +82,11 @@ CASES = [
     ("compound-no-volume-reconstruction", _compound("good.igs.mha", "no_volume_reconstruction.xml"),
      ["no_volume_reconstruction.xml", "VolumeReconstruction"]),
     ("compound-truncated-xml", _compound("good.igs.mha", "truncated.xml"), ["truncated.xml", "line 10, column"]),
+    ("error-head-missing-data", ["error-head", "check", "--model", "default", "--data", "missing.h5"],
+     ["data file", "missing.h5", "not found"]),
+    ("error-head-not-hdf5", ["error-head", "check", "--model", "default", "--data", "notes.h5"],
+     ["data file", "notes.h5", "not a readable HDF5 file"]),
+    ("merge-not-hdf5", ["dataset", "--merge", "merged.h5", "notes.h5"], ["--merge", "notes.h5", "not a readable HDF5"]),
 ]
 
 
@@ -95,6 +101,20 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, names):
     for name in names:
         assert name in lines[0]
     assert not (inputs / "volume.mha").exists()
+
+
+@pytest.mark.parametrize("args", [["eval", "--data", "notes.h5", "--model", "default", "--json", "e.json"],
+                                  ["train", "--data", "notes.h5", "--val", "notes.h5", "--out", "run", "--epochs", "1"]],
+                         ids=["eval", "train"])
+def test_paired_data_that_is_not_hdf5_is_named_not_a_traceback(inputs, args):
+    """eval and train log their input errors; the file that is not HDF5 is named on that line."""
+    done = run_cli(*args, cwd=inputs)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "notes.h5: not a readable HDF5 file" in errors[0], done.stderr
+    assert not (inputs / "e.json").exists()
+    assert not list(inputs.glob("run/*.pt"))   # the run folder keeps only its log, which says why
 
 
 def test_the_same_inputs_without_their_defect_succeed(inputs):

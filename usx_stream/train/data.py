@@ -132,8 +132,6 @@ def merge_pairs(out: str | Path, parts: Sequence[str | Path], *, command: str = 
         A part that is missing, not a shard, made with other settings (seed, source, configuration,
         point counts, ...) or given twice, or a set of parts that does not cover every item once.
     """
-    import h5py
-
     if not parts:
         raise InputError("--merge: no part files given")
     loaded = []
@@ -141,7 +139,7 @@ def merge_pairs(out: str | Path, parts: Sequence[str | Path], *, command: str = 
         path = Path(path)
         if not path.is_file():
             raise InputError(f"--merge: part not found: {path}")
-        with h5py.File(path, "r") as f:
+        with _open_hdf5(path, f"--merge: {path}") as f:
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
             if "shard" not in attrs or "shard_items" not in attrs:
                 raise InputError(f"--merge: {path} is not a part of a sharded generation (no shard attribute)")
@@ -188,21 +186,31 @@ def merge_pairs(out: str | Path, parts: Sequence[str | Path], *, command: str = 
     return _write(out, merged, {**settings, "command": command, "skipped": json.dumps(skipped)})
 
 
+def _open_hdf5(path: Path, what: str):
+    """``h5py.File(path, "r")``; a file HDF5 cannot open (another format, truncated) is bad input named by
+    ``what``, not an OSError from inside h5py."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"{what}: not a readable HDF5 file ({e})") from None
+
+
 def read_pairs(path: str | Path) -> PairedArrays:
     """Read a paired-data HDF5 file written by :func:`write_pairs` (or the original code's layout).
 
     Files without ``labelmaps`` (US-only data) get an empty ``(N, 0, 3)`` labelmap; files without
     ``mm_per_unit`` are assumed to use 50 mm per unit (``completion.normalize.SCALE_MM``).
     """
-    import h5py
-
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file: not found: {path}")
-    with h5py.File(path, "r") as f:
+        raise InputError(f"data file: not found: {path}")
+    with _open_hdf5(path, f"data file {path}") as f:
         missing = [k for k in ("incomplete_pcds", "complete_pcds", "labels") if k not in f]
         if missing:
-            raise ValueError(f"data file {path}: missing datasets {missing}")
+            raise InputError(f"data file {path}: missing datasets {missing} (not paired data from "
+                             f"usx-stream dataset?)")
         partial = f["incomplete_pcds"][()].astype(np.float32)
         complete = f["complete_pcds"][()].astype(np.float32)
         labels = f["labels"][()].astype(np.int64)
