@@ -39,8 +39,27 @@ def inputs(tmp_path):
     (tmp_path / "good.xml").write_text(DEVICE_SET)
     for name, text in {**DEVICE_SET_DEFECTS, **LAUNCH_FILES}.items():
         (tmp_path / name).write_text(text)
-    (tmp_path / "notes.h5").write_text("paired data, to be made\n")   # named like data, not HDF5
+    for name in ("notes.h5", "notes.pt", "notes.npz"):   # named like data, weights, a shape model; text
+        (tmp_path / name).write_text("to be made\n")
+    _write_small_pairs(tmp_path / "pairs.h5")
     return tmp_path
+
+
+def _write_small_pairs(path):
+    """Two vertebrae of paired data with the shipped model's point counts (random points: only the file
+    format matters here)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from usx_stream.train.data import write_pairs
+
+    rng = np.random.default_rng(0)
+    samples = [SimpleNamespace(level=lv, partial=rng.normal(size=(1024, 3)) * 0.3,
+                               labelmap=rng.normal(size=(256, 3)) * 0.3, complete=rng.normal(size=(2048, 3)) * 0.3,
+                               name=f"v{k}", center_mm=np.zeros(3))
+               for k, lv in enumerate(("L1", "L2"))]
+    write_pairs(path, samples, mm_per_unit=50.0)
 
 
 def _replay(seq: str, *extra: str) -> list[str]:
@@ -87,6 +106,12 @@ CASES = [
     ("error-head-not-hdf5", ["error-head", "check", "--model", "default", "--data", "notes.h5"],
      ["data file", "notes.h5", "not a readable HDF5 file"]),
     ("merge-not-hdf5", ["dataset", "--merge", "merged.h5", "notes.h5"], ["--merge", "notes.h5", "not a readable HDF5"]),
+    ("error-head-not-a-head", ["error-head", "check", "--model", "default", "--head", "notes.pt", "--data", "pairs.h5"],
+     ["--head", "notes.pt", "not a readable error head"]),
+    ("simulate-not-a-shape-model", ["simulate", "--spine", "ssm:notes.npz", "--out", "session"],
+     ["notes.npz", "not a readable shape model", "not an .npz archive"]),
+    ("shape-model-sample-not-a-model", ["shape-model", "sample", "--model", "notes.npz", "--out", "spines"],
+     ["notes.npz", "not a readable shape model"]),
 ]
 
 
@@ -103,16 +128,20 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, names):
     assert not (inputs / "volume.mha").exists()
 
 
-@pytest.mark.parametrize("args", [["eval", "--data", "notes.h5", "--model", "default", "--json", "e.json"],
-                                  ["train", "--data", "notes.h5", "--val", "notes.h5", "--out", "run", "--epochs", "1"]],
-                         ids=["eval", "train"])
-def test_paired_data_that_is_not_hdf5_is_named_not_a_traceback(inputs, args):
-    """eval and train log their input errors; the file that is not HDF5 is named on that line."""
+@pytest.mark.parametrize("args, named", [
+    (["eval", "--data", "notes.h5", "--model", "default", "--json", "e.json"], "notes.h5: not a readable HDF5 file"),
+    (["train", "--data", "notes.h5", "--val", "notes.h5", "--out", "run", "--epochs", "1"],
+     "notes.h5: not a readable HDF5 file"),
+    (["eval", "--data", "pairs.h5", "--model", "notes.pt", "--json", "e.json"],
+     "notes.pt: not a readable completion checkpoint"),
+], ids=["eval-data", "train-data", "eval-model"])
+def test_eval_and_train_name_a_file_of_the_wrong_kind(inputs, args, named):
+    """eval and train log their input errors: one ERROR line naming the file, no traceback."""
     done = run_cli(*args, cwd=inputs)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "notes.h5: not a readable HDF5 file" in errors[0], done.stderr
+    assert len(errors) == 1 and named in errors[0], done.stderr
     assert not (inputs / "e.json").exists()
     assert not list(inputs.glob("run/*.pt"))   # the run folder keeps only its log, which says why
 

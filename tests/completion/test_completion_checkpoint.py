@@ -185,6 +185,21 @@ def test_save_load_round_trip(tmp_path, tiny_cfg):
         checkpoint.load_checkpoint(tmp_path / "orig.pth")
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named_as_bad_input(tmp_path, tiny_cfg):
+    """Text saved as .pt, and a checkpoint cut short (an interrupted copy), are the user's file at fault."""
+    from usx_stream.errors import InputError
+
+    good = checkpoint.save_checkpoint(tmp_path / "m.pt", build_model(tiny_cfg), tiny_cfg, {})
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:2000])
+    (tmp_path / "notes.pt").write_text("weights to come\n")
+    for name in ("cut.pt", "notes.pt"):
+        with pytest.raises(InputError, match=rf"{name}: not a readable completion checkpoint") as info:
+            checkpoint.load_checkpoint(tmp_path / name)
+        assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="notes.pt: not a readable original checkpoint"):
+        checkpoint.load_original_checkpoint(tmp_path / "notes.pt")
+
+
 def test_hash_changes_with_weights(tiny_cfg):
     model = build_model(tiny_cfg)
     before = checkpoint.state_dict_hash(model)

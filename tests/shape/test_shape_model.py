@@ -158,3 +158,15 @@ def test_build_records_its_size_spread_and_refuses_a_silly_one(vertebrae_data):
     for bad in (-0.01, 0.3):
         with pytest.raises(ValueError, match=f"size_sd: expected \\[0, 0.25\\), got {bad}"):
             build_model(vertebrae_data, size_sd=bad)
+
+
+def test_a_file_that_is_not_a_shape_model_is_named_as_bad_input(model, tmp_path):
+    from usx_stream.errors import InputError
+
+    (tmp_path / "notes.npz").write_text("a model to come\n")
+    (tmp_path / "cut.npz").write_bytes(_CACHE["path"].read_bytes()[:3000])
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    for name, why in (("notes.npz", "not an .npz archive"), ("cut.npz", "BadZipFile"),
+                      ("other.npz", "not a usx-stream-ssm/1 shape model")):
+        with pytest.raises(InputError, match=rf"{name}: .*{why}"):
+            load_model(tmp_path / name)

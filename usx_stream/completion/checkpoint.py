@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from usx_stream.completion.nets import CompletionNet, ModelConfig, build_model
+from usx_stream.errors import InputError
 
 _LOG = logging.getLogger(__name__)
 
@@ -40,6 +41,16 @@ def save_checkpoint(path: str | Path, model: CompletionNet, cfg: ModelConfig, ex
     return path
 
 
+def read_torch_file(path: Path, what: str, *, map_location: str | torch.device = "cpu"):
+    """``torch.load(path, weights_only=True)`` of a file the user named: one that is not a torch file (text, a
+    truncated download, another format) is bad input naming ``what`` and the path, not an unpickling traceback."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever the unpickler or zip reader met, the file is at fault
+        reason = " ".join(str(e).split())   # torch's zip errors run over several lines
+        raise InputError(f"{path}: not a readable {what} ({type(e).__name__}: {reason})") from None
+
+
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu"
                     ) -> tuple[CompletionNet, ModelConfig, dict]:
     """Read a checkpoint written by ``save_checkpoint``.
@@ -51,7 +62,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"completion checkpoint not found: {path}")
-    data = torch.load(path, map_location=map_location, weights_only=True)
+    data = read_torch_file(path, "completion checkpoint", map_location=map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else None
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={found!r}); "
@@ -187,5 +198,5 @@ def load_original_checkpoint(path: str | Path, *, multimodal: bool | None = None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"original checkpoint not found: {path}")
-    return load_original_state_dict(torch.load(path, map_location="cpu", weights_only=True),
+    return load_original_state_dict(read_torch_file(path, "original checkpoint"),
                                     multimodal=multimodal, **overrides)

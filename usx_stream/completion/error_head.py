@@ -112,7 +112,9 @@ def load_error_head(path: str | Path, *, completion_hash: str | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"error head not found: {path}")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import read_torch_file
+
+    data = read_torch_file(path, "error head")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path}: not an error head file (format {data.get('format') if isinstance(data, dict) else None!r}, "
                          f"expected {FORMAT!r})")

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from ..errors import InputError
 from ..frames import LEVELS, Surface
 from ..transforms import apply
 from .correspondence import canonical_template, correspond, kernel_basis
@@ -324,13 +326,20 @@ def load_model(path: str | Path) -> ShapeModel:
 
     Raises
     ------
-    ValueError
-        When the file is not a shape model of this format.
+    InputError
+        When the file is not a shape model of this format (or not readable as one).
     """
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        # numpy takes any file without the zip or .npy magic for a pickle, and says so
+        reason = "not an .npz archive" if "pickled" in str(e) else f"{type(e).__name__}: {e}"
+        raise InputError(f"{path}: not a readable shape model ({reason})") from None
     if "meta" not in data or json.loads(str(data["meta"])).get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} shape model")
+        raise InputError(f"{path}: not a {FORMAT} shape model")
     levels = {}
     for lv in (str(x) for x in data["levels"]):
         extra = {k[len(lv) + 1:]: v for k, v in data.items() if k.startswith(f"{lv}_")}

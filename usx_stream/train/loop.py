@@ -128,7 +128,7 @@ class _Run:
         log.info("initialised from %s", path)
 
     def _restore(self) -> None:
-        from ..completion.checkpoint import load_checkpoint
+        from ..completion.checkpoint import load_checkpoint, read_torch_file
 
         last, state_path = self.out / "last.pt", self.out / "state.pt"
         if not (last.is_file() and state_path.is_file()):
@@ -137,7 +137,7 @@ class _Run:
         if model_cfg != self.model_cfg:
             raise ValueError(f"resume: {last} holds a different model configuration than variant/model ask for")
         self.net.load_state_dict(net.state_dict())
-        state = torch.load(state_path, map_location=self.device, weights_only=True)
+        state = read_torch_file(state_path, "training state", map_location=self.device)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"].cpu())
