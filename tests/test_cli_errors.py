@@ -24,6 +24,7 @@ DEVICE_SET_DEFECTS = {
     "no_volume_reconstruction.xml": re.sub(r"<VolumeReconstruction.*?/>", "", DEVICE_SET, flags=re.S),
     "truncated.xml": DEVICE_SET[: DEVICE_SET.index("<VolumeReconstruction") + 30],
 }
+SEED_LEVELS = ("T12", "L1", "L2", "L3", "L4", "L5", "S1")
 LAUNCH_FILES = {
     "unknown_key.toml": "[compound]\nspacing_mn = 0.5\n",
     "wrong_type.toml": '[compound]\nspacing_mm = "fine"\n',
@@ -39,7 +40,7 @@ def inputs(tmp_path):
     (tmp_path / "good.xml").write_text(DEVICE_SET)
     for name, text in {**DEVICE_SET_DEFECTS, **LAUNCH_FILES}.items():
         (tmp_path / name).write_text(text)
-    for name in ("notes.h5", "notes.pt", "notes.npz"):   # named like data, weights, a shape model; text
+    for name in ("notes.h5", "notes.pt", "notes.npz", "scan.nii.gz"):   # named like data, weights, models, CT; text
         (tmp_path / name).write_text("to be made\n")
     _write_small_pairs(tmp_path / "pairs.h5")
     return tmp_path
@@ -112,6 +113,11 @@ CASES = [
      ["notes.npz", "not a readable shape model", "not an .npz archive"]),
     ("shape-model-sample-not-a-model", ["shape-model", "sample", "--model", "notes.npz", "--out", "spines"],
      ["notes.npz", "not a readable shape model"]),
+    ("shape-model-build-missing-data", ["shape-model", "build", "--data", "missing", "--out", "ssm.npz"],
+     ["--data", "no such folder", "missing"]),
+    ("segment-ct-not-nifti", ["shape-model", "segment-ct", "--ct", "scan.nii.gz", "--atlas", "scan.nii.gz",
+                              *[f"--seed={lv}=1,1,{k}" for k, lv in enumerate(SEED_LEVELS)], "--out", "labels.nii.gz"],
+     ["scan.nii.gz", "not a readable .nii.gz"]),
 ]
 
 

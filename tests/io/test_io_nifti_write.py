@@ -51,3 +51,23 @@ def test_refuses_what_it_cannot_store(labels, affine, match):
 def test_refuses_a_name_that_is_not_nifti(tmp_path):
     with pytest.raises(ValueError, match="labels.mha"):
         write_nifti_labels(tmp_path / "labels.mha", np.zeros((2, 2, 2)), np.eye(4))
+
+
+def test_a_label_file_that_is_not_nifti_is_bad_input_naming_the_file(tmp_path):
+    """What a user may hand over by mistake: text, a cut-short download, a volume with a time axis."""
+    from usx_stream.errors import InputError
+
+    good = write_nifti_labels(tmp_path / "good.nii.gz", np.arange(24).reshape(2, 3, 4), np.eye(4))
+    (tmp_path / "cut.nii.gz").write_bytes(good.read_bytes()[:40])
+    (tmp_path / "text.nii.gz").write_text("labels to come\n")
+    (tmp_path / "text.nii").write_text("labels to come\n")
+    raw = bytearray(nifti_label_bytes(np.zeros((2, 3, 4)), np.eye(4)))
+    (tmp_path / "short.nii").write_bytes(bytes(raw[:-10]))
+    raw[40:50] = np.array([4, 2, 3, 4, 2], "<i2").tobytes()   # dim[0] = 4 with a second time point
+    (tmp_path / "4d.nii").write_bytes(bytes(raw[:352]) + bytes(2 * 2 * 3 * 4 * 2))
+    for name, why in (("cut.nii.gz", "not a readable .nii.gz"), ("text.nii.gz", "not a readable .nii.gz"),
+                      ("text.nii", "too short for a NIfTI-1 file"), ("4d.nii", "expected a 3D volume"),
+                      ("short.nii", "the voxel data ends early")):
+        with pytest.raises(InputError, match=why) as info:
+            read_nifti_labels(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)

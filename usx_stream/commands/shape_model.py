@@ -85,7 +85,9 @@ def _build(args) -> int:
 
     data = Path(args.data)
     if not data.is_dir():
-        raise FileNotFoundError(f"--data: no such folder: {data}")
+        from ..errors import InputError
+
+        raise InputError(f"--data: no such folder: {data}")
     held = tuple(x for x in args.held_out.split(",") if x)
     model = build_model(data, held_out=held, variance_kept=args.variance, seed=args.seed,
                         labelmaps=labelmap_subjects(args.labelmap), size_sd=args.size_sd)

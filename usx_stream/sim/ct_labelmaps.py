@@ -99,6 +99,8 @@ def lumbar_label_meshes(path: str | Path, *, labels: str = "auto", smooth_voxels
     path = Path(path)
     try:
         volume, ijk_to_lps = read_labels(path)
+    except InputError:
+        raise   # names the file already
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: {e}") from e
     present = np.unique(volume)
@@ -150,20 +152,27 @@ def read_nifti_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         Voxel indices to LPS patient coordinates, mm.
     """
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    except (gzip.BadGzipFile, EOFError) as e:   # not gzip, or cut short
+        raise InputError(f"{path}: not a readable .nii.gz ({e})") from None
     if len(raw) < 352:
-        raise ValueError(f"{path.name}: too short for a NIfTI-1 file")
+        raise InputError(f"{path}: too short for a NIfTI-1 file")
     end = "<" if np.frombuffer(raw[:4], "<i4")[0] == 348 else ">"
     if np.frombuffer(raw[:4], end + "i4")[0] != 348:
-        raise ValueError(f"{path.name}: not a NIfTI-1 file (sizeof_hdr != 348)")
+        raise InputError(f"{path}: not a NIfTI-1 file (sizeof_hdr != 348)")
     dim = np.frombuffer(raw[40:56], dtype=end + "i2")
     dtype_code = int(np.frombuffer(raw[70:72], dtype=end + "i2")[0])
     if dtype_code not in _NIFTI_DTYPES:
-        raise ValueError(f"{path.name}: NIfTI datatype {dtype_code} is not supported for labels")
+        raise InputError(f"{path}: NIfTI datatype {dtype_code} is not supported for labels")
     if dim[0] < 3 or any(d > 1 for d in dim[4:dim[0] + 1]):
-        raise ValueError(f"{path.name}: expected a 3D volume, got dim {dim[:dim[0] + 1].tolist()}")
+        raise InputError(f"{path}: expected a 3D volume, got dim {dim[:dim[0] + 1].tolist()}")
     shape = tuple(int(d) for d in dim[1:4])
     offset = int(np.frombuffer(raw[108:112], dtype=end + "f4")[0])
+    dtype = np.dtype(end + _NIFTI_DTYPES[dtype_code])
+    if len(raw) < offset + dtype.itemsize * int(np.prod(shape)):
+        raise InputError(f"{path}: the voxel data ends early ({len(raw) - offset} of "
+                         f"{dtype.itemsize * int(np.prod(shape))} bytes; a cut-short copy?)")
     data = np.frombuffer(raw, dtype=end + _NIFTI_DTYPES[dtype_code], count=int(np.prod(shape)), offset=offset)
     labels = np.rint(data.reshape(shape, order="F")).astype(np.int64)
     return labels, _RAS_TO_LPS @ _nifti_affine(raw[:348], end)
