@@ -56,6 +56,22 @@ def test_demo_on_a_real_spine_session_reports_the_present_levels(real_session, t
     assert "body ASSD (mm) per level" in printed and "demo.png, demo_uncertainty.png" in printed
 
 
+@pytest.mark.parametrize("text, named", [
+    ("{", "ground_truth.json is not valid JSON"),
+    ('{"files": {}}', "ground_truth.json has no 'levels' object"),
+    ('{"levels": {"L1": {"mesh": "L1.stl"}}}', "levels.L1 lacks body_mesh, centroid_mm, vertebra_to_reference"),
+])
+def test_a_damaged_ground_truth_is_named_not_a_traceback(tmp_path, capsys, text, named):
+    """A session folder someone edited by hand: the demo names the file and what is wrong with it."""
+    folder = tmp_path / "session"
+    folder.mkdir()
+    (folder / "ground_truth.json").write_text(text)
+    assert main(["demo", "--session", str(folder), "--out", str(tmp_path / "o")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"usx-stream demo: error: --session {folder}: ") and named in line, line
+    assert not (tmp_path / "o").exists()
+
+
 def test_demo_refuses_session_and_spine_together(tmp_path):
     assert main(["demo", "--session", str(tmp_path), "--spine", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
 

@@ -83,23 +83,23 @@ def run_demo(out_dir: str | Path, *, launch: str | Path | None = None, seed: int
     if session is not None and spine is not None:
         raise InputError("demo: give --session or --spine, not both")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = load_launch(launch or default_launch_dir() / "demo.toml")
     cfg = cfg.with_overrides({"record.dir": str(out / "recording"), "telemetry.report_path": str(out / "telemetry.json")})
     seed = int(cfg.source.seed if seed is None else seed)
     t0 = time.monotonic()
+    real = None
     if session is not None:
         sim = load_session(session)
         sequence = Path(session) / "sim_session.igs.mha"
         if sim.xray is None:
             raise InputError(f"--session {session}: the session has no X-ray (simulated with --no-xray?)")
         log.info("read session %s: %d frames in %.1f s", session, len(sim.frames), time.monotonic() - t0)
-    else:
-        real = None
-        if spine is not None:
-            from ..sim.spine_spec import load_spine
+    elif spine is not None:
+        from ..sim.spine_spec import load_spine
 
-            real = load_spine(spine, seed=seed, labels=labels, scale=scale, frame=frame)
+        real = load_spine(spine, seed=seed, labels=labels, scale=scale, frame=frame)
+    out.mkdir(parents=True, exist_ok=True)   # only now: bad input leaves no half-made output folder
+    if session is None:
         sim = simulate_session(seed, n_frames=n_frames or cfg.source.n_frames, spine=real)
         sequence = write_session(sim, out / "session")["sequence"]
         log.info("simulated %d frames in %.1f s", len(sim.frames), time.monotonic() - t0)

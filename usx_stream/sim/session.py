@@ -263,6 +263,29 @@ def write_session(session: Session, out_dir: str | Path) -> dict[str, Path]:
     return files
 
 
+def _read_truth(out: Path) -> dict:
+    """``ground_truth.json`` of a session folder, checked for what :func:`load_session` reads from it."""
+    import json
+
+    from ..errors import InputError
+
+    path = out / "ground_truth.json"
+    if not path.is_file():
+        raise InputError(f"--session {out}: no ground_truth.json (not a folder written by usx-stream simulate)")
+    try:
+        truth = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"--session {out}: ground_truth.json is not valid JSON ({e})") from None
+    if not isinstance(truth, dict) or not isinstance(truth.get("levels"), dict):
+        raise InputError(f"--session {out}: ground_truth.json has no 'levels' object (not written by usx-stream "
+                         "simulate)")
+    for level, entry in truth["levels"].items():
+        missing = [k for k in ("mesh", "body_mesh", "centroid_mm", "vertebra_to_reference") if k not in entry]
+        if missing:
+            raise InputError(f"--session {out}: ground_truth.json levels.{level} lacks {', '.join(missing)}")
+    return truth
+
+
 def load_session(folder: str | Path, *, with_frames: bool = True) -> Session:
     """Read a session folder written by :func:`write_session` (procedural or real spine).
 
@@ -285,8 +308,6 @@ def load_session(folder: str | Path, *, with_frames: bool = True) -> Session:
     InputError
         A file the session needs is missing or unreadable (the message names it).
     """
-    import json
-
     from ..errors import InputError
     from ..frames import XrayImage
     from ..io.meshes import read_mesh
@@ -295,10 +316,7 @@ def load_session(folder: str | Path, *, with_frames: bool = True) -> Session:
     from .anatomy import Vertebra
 
     out = Path(folder)
-    truth_path = out / "ground_truth.json"
-    if not truth_path.is_file():
-        raise InputError(f"--session {out}: no ground_truth.json (not a folder written by usx-stream simulate)")
-    truth = json.loads(truth_path.read_text(encoding="utf-8"))
+    truth = _read_truth(out)
     files = {k: out / v for k, v in truth.get("files", {}).items()}
     for role in ("sequence", "device_set"):
         if role not in files or not files[role].is_file():
