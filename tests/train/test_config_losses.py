@@ -23,6 +23,7 @@ def test_toml_config_and_overrides(tmp_path):
     ('[train]\ndata = "a.h5"\nvariant = "xray_only"\n', "train.variant"),
     ('[train]\nepochs = 3\n', "train.data"),
     ('[train]\ndata = "a.h5"\nlr_decay = 1.5\n', "train.lr_decay"),
+    ('[train\ndata = "a.h5"\n', r"train config .*bad\.toml: Expected '\]'"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, match):
     path = tmp_path / "bad.toml"

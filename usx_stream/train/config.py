@@ -168,8 +168,11 @@ def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfi
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"train config: file not found: {path}")
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
+        try:
+            with path.open("rb") as f:
+                doc = tomllib.load(f)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:   # else the message would not name the file
+            raise ValueError(f"train config {path}: {e}") from None
         table = doc.get("train", doc)
         if not isinstance(table, dict):
             raise ValueError(f"train config {path}: [train] must be a table")
