@@ -107,6 +107,18 @@ CASES = [
     ("error-head-not-hdf5", ["error-head", "check", "--model", "default", "--data", "notes.h5"],
      ["data file", "notes.h5", "not a readable HDF5 file"]),
     ("merge-not-hdf5", ["dataset", "--merge", "merged.h5", "notes.h5"], ["--merge", "notes.h5", "not a readable HDF5"]),
+    ("eval-data-not-hdf5", ["eval", "--data", "notes.h5", "--model", "default", "--json", "e.json"],
+     ["data file", "notes.h5", "not a readable HDF5 file"]),
+    ("eval-model-not-a-checkpoint", ["eval", "--data", "pairs.h5", "--model", "notes.pt", "--json", "e.json"],
+     ["notes.pt", "not a readable completion checkpoint"]),
+    ("eval-fit-compare-alone", ["eval", "--data", "pairs.h5", "--fit-compare", "--json", "e.json"],
+     ["--fit-compare", "--compare"]),
+    ("train-data-not-hdf5", ["train", "--data", "notes.h5", "--val", "notes.h5", "--out", "run", "--epochs", "1"],
+     ["data file", "notes.h5", "not a readable HDF5 file"]),
+    ("export-model-not-a-checkpoint", ["export", "--model", "notes.pt"], ["notes.pt", "not a readable completion"]),
+    ("export-batch-0", ["export", "--batch", "0"], ["--batch", "got 0"]),
+    ("dataset-spine-without-meshes", ["dataset", "--out", "d.h5", "--node-sessions", "1", "--spine", "."],
+     ["--spine", "no mesh named L1..L5"]),
     ("error-head-not-a-head", ["error-head", "check", "--model", "default", "--head", "notes.pt", "--data", "pairs.h5"],
      ["--head", "notes.pt", "not a readable error head"]),
     ("simulate-not-a-shape-model", ["simulate", "--spine", "ssm:notes.npz", "--out", "session"],
@@ -131,25 +143,8 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, names):
     assert lines[0].startswith(f"usx-stream {args[0]}: error: ")
     for name in names:
         assert name in lines[0]
-    assert not (inputs / "volume.mha").exists()
-
-
-@pytest.mark.parametrize("args, named", [
-    (["eval", "--data", "notes.h5", "--model", "default", "--json", "e.json"], "notes.h5: not a readable HDF5 file"),
-    (["train", "--data", "notes.h5", "--val", "notes.h5", "--out", "run", "--epochs", "1"],
-     "notes.h5: not a readable HDF5 file"),
-    (["eval", "--data", "pairs.h5", "--model", "notes.pt", "--json", "e.json"],
-     "notes.pt: not a readable completion checkpoint"),
-], ids=["eval-data", "train-data", "eval-model"])
-def test_eval_and_train_name_a_file_of_the_wrong_kind(inputs, args, named):
-    """eval and train log their input errors: one ERROR line naming the file, no traceback."""
-    done = run_cli(*args, cwd=inputs)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr + done.stdout
-    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and named in errors[0], done.stderr
-    assert not (inputs / "e.json").exists()
-    assert not list(inputs.glob("run/*.pt"))   # the run folder keeps only its log, which says why
+    assert not (inputs / "volume.mha").exists() and not (inputs / "e.json").exists()
+    assert not list(inputs.glob("run/*.pt"))   # a training run's folder keeps only its log, which says why
 
 
 def test_the_same_inputs_without_their_defect_succeed(inputs):

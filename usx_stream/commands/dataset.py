@@ -43,10 +43,7 @@ name and left out.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
                           repeats=args.repeats, command=args.command_line,
                           progress=not args.no_progress, shard=shard, labels=args.labels)
     except ValueError as e:
-        log.error("dataset: %s", e)
-        return 2
+        raise InputError(str(e)) from e
     return _print_report(report)
 
 
@@ -198,8 +194,7 @@ def _run_node(args: argparse.Namespace, shard=None) -> int:
                                shard=shard, spine=spine, variation=variation,
                                complete_points=args.complete_points)
     except ValueError as e:
-        log.error("dataset: %s", e)
-        return 2
+        raise InputError(str(e)) from e
     return _print_report(report)
 
 

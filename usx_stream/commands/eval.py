@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +49,7 @@ def _line(summary: dict, region: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..errors import InputError
     from ..train.data import read_pairs_many
     from ..train.evaluate import evaluate_model, load_model, summarise, wilcoxon_compare
     from ..train.width_response import model_width_response
@@ -59,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.fit_compare and not args.compare:
-        log.error("eval: --fit-compare needs --compare")
-        return 2
+        raise InputError("--fit-compare needs --compare")
     try:
         arrays = read_pairs_many(args.data)
         if args.limit:
@@ -74,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
             if args.width_response:
                 widths.append(model_width_response(net, cfg, arrays, name=name))
     except (ValueError, FileNotFoundError) as e:
-        log.error("eval: %s", e)
-        return 2
+        raise InputError(str(e)) from e
     result = {"data": args.data, "samples": len(arrays), "mm_per_unit": arrays.mm_per_unit,
               "models": [summarise(ev, arrays.labels) for ev in evals]}
     if len(evals) == 2:

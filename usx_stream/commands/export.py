@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,24 +66,22 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..errors import InputError
     from ..completion import checkpoint, export
 
     if args.batch < 1:
-        log.error("export: --batch must be >= 1, got %s", args.batch)
-        return 2
+        raise InputError(f"--batch: must be >= 1, got {args.batch}")
     try:
         model, cfg, source = _load(args)
     except (FileNotFoundError, ValueError) as e:
-        log.error("export: %s", e)
-        return 2
+        raise InputError(str(e)) from e
     if args.save_checkpoint:
         checkpoint.save_checkpoint(args.save_checkpoint, model, cfg, {"source": source})
     report = {"model": source, "batch": args.batch, "config": cfg.to_dict()}
     try:
         program = export.export_program(model, batch=args.batch)
     except ValueError as e:
-        log.error("export: %s", e)
-        return 2
+        raise InputError(str(e)) from e
     if args.program:
         Path(args.program).parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, args.program)

@@ -19,9 +19,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..train.config import load_train_config
     from ..train.loop import train
 
@@ -75,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_train_config(args.config, **{k: getattr(args, k) for k in keys})
         result = train(cfg, resume=args.resume, progress=not args.no_progress)
     except ValueError as e:
-        log.error("train: %s", e)
-        return 2
+        raise InputError(str(e)) from e
     if result.rank != 0:
         return 0
     print(f"{cfg.variant}: {result.step} steps, epoch {result.epoch}, {result.seconds / 60:.1f} min"
