@@ -135,6 +135,18 @@ def test_register_none_scores_every_level(rec, none_report):
     assert none_report["recording"]["posterior_ref"][1] > 0.95
 
 
+def test_a_truth_left_in_its_ct_frame_is_flagged_not_just_scored_badly(rec, none_report, tmp_path, capsys):
+    """--register none with the truth still in the CT frame: the scores come with a warning saying why."""
+    assert none_report["warnings"] == []
+    out = tmp_path / "far.json"
+    assert main(["score", "--recording", str(rec["rec"]), "--truth", str(rec["truth_ct"]), "--register", "none",
+                 "--calibration", str(rec["calibration"]), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert min(s["assd_mm"] for s in report["levels"].values()) > 15
+    assert len(report["warnings"]) == 1 and "--register auto" in report["warnings"][0]
+    assert "warning: the surfaces are a median" in capsys.readouterr().out
+
+
 def test_auto_registration_recovers_the_ct_pose_and_gives_the_same_scores(rec, none_report, tmp_path, capsys):
     rc, report, err = _score(rec, rec["truth_ct"], "auto", tmp_path, capsys, png=True)
     assert rc == 0, err

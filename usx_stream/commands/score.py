@@ -94,5 +94,7 @@ def run(args: argparse.Namespace) -> int:
         write_png(args.png, result.clouds, result.posterior_ref,
                   title=f"{args.recording} vs {args.truth} (registration {r['method']})")
         print(f"picture: {args.png}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
     print(f"scores: {args.json_out}")
     return 0

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ScoreResult", "score_recording", "parse_register"]
 
+FAR_APART_MM = 15.0
+"""With ``--register none``, a median whole-vertebra ASSD above this means the truth is not in Reference:
+a completion that failed is a few mm off, a truth in another frame (a CT's scanner frame) tens to hundreds."""
+
 
 @dataclass
 class ScoreResult:
@@ -30,7 +34,8 @@ class ScoreResult:
     Attributes
     ----------
     report : dict
-        JSON-ready: ``levels``, ``summary``, ``registration``, ``truth``, ``recording``.
+        JSON-ready: ``levels``, ``summary``, ``registration``, ``truth``, ``recording``, ``warnings`` (lines
+        saying the figures cannot mean what they seem, e.g. a truth in another frame; usually empty).
     clouds : dict
         Per level ``(pred (S, 3), truth (S, 3), pred_to_truth_mm (S,))`` in Reference, for the picture.
     posterior_ref : (3,) ndarray
@@ -102,7 +107,11 @@ def score_recording(recording: str | Path, truth_path: str | Path, *, labels: st
     levels, clouds = score_levels(published, truth.meshes, registration, posterior)
     if not levels:
         raise InputError(f"no level in both the recording ({sorted(published)}) and the truth ({sorted(truth.meshes)})")
+    warnings = _frame_warnings(method, levels)
+    for w in warnings:
+        log.warning("%s", w)
     report = {
+        "warnings": warnings,
         "levels": levels,
         "summary": summary(levels),
         "registration": registration.as_json(),
@@ -114,3 +123,12 @@ def score_recording(recording: str | Path, truth_path: str | Path, *, labels: st
                       "posterior_ref": np.round(posterior, 6).tolist()},
     }
     return ScoreResult(report, clouds, posterior)
+
+
+def _frame_warnings(method: str, levels: dict) -> list[str]:
+    """Scores that say the truth and the surfaces are not in one frame, which ``--register none`` assumes."""
+    median = float(np.median([s["assd_mm"] for s in levels.values()]))
+    if method != "none" or not median > FAR_APART_MM:
+        return []
+    return [f"the surfaces are a median {median:.0f} mm from the truth: with --register none the truth must "
+            "already be in Reference (a CT's scanner frame is not); use --register auto or fiducials:PAIRS.csv"]
