@@ -147,6 +147,21 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, names):
     assert not list(inputs.glob("run/*.pt"))   # a training run's folder keeps only its log, which says why
 
 
+@pytest.mark.parametrize("args, named", [
+    (["run", "--launch", "unknown_key.toml", "--duration", "-1"], "argument --duration: must be > 0"),
+    (_replay("good.igs.mha", "--port", "70000"), "argument --port: expected a port 0..65535, got '70000'"),
+    (_replay("good.igs.mha", "--speed", "0"), "argument --speed: must be > 0"),
+    (["listen", "--port", "0"], "argument --port: expected a port 1..65535, got '0'"),
+    (["listen", "--duration", "-3"], "argument --duration: must be >= 0"),
+    (["listen", "--count", "-1"], "argument --count: must be >= 0"),
+], ids=["run-duration", "replay-port", "replay-speed", "listen-port-0", "listen-duration", "listen-count"])
+def test_an_option_out_of_range_is_a_usage_error_naming_it(inputs, args, named):
+    """Checked by the parser before anything runs: usage, then the one line naming the option."""
+    done = run_cli(*args, cwd=inputs)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"usx-stream {args[0]}: error: {named}"), done.stderr
+
+
 def test_the_same_inputs_without_their_defect_succeed(inputs):
     """The files above fail only because of their defect."""
     done = run_cli(*_compound("good.igs.mha", "good.xml"), cwd=inputs)

@@ -21,15 +21,19 @@ import time
 
 import numpy as np
 
+from ._types import non_negative, tcp_port
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=18944, help="server port (default: %(default)s)")
+    parser.add_argument("--port", type=tcp_port(allow_zero=False), default=18944,
+                        help="server port (default: %(default)s)")
     parser.add_argument("--frames", action="store_true", help="print TrackedFrames instead of messages")
     parser.add_argument("--image-device", default="Image_Reference",
                         help="PLUS image device name for --frames (default: %(default)s)")
-    parser.add_argument("--count", type=int, default=0, help="stop after N messages/frames (0: no limit)")
-    parser.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: no limit)")
+    parser.add_argument("--count", type=non_negative(int), default=0, help="stop after N messages/frames (0: no limit)")
+    parser.add_argument("--duration", type=non_negative(float), default=0.0,
+                        help="stop after S seconds (0: no limit)")
 
 
 def describe(msg) -> str:

@@ -30,33 +30,19 @@ import sys
 import threading
 import time
 
+from ._types import non_negative, positive_float, tcp_port
+
 logger = logging.getLogger(__name__)
-
-
-def _non_negative(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not value >= 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-        return value
-    parse.__name__ = kind.__name__  # argparse names the type in its message
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="PLUS sequence file (.igs.mha, .igs.nrrd)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=18944, help="TCP port, 0 = any free one (default: %(default)s)")
-    parser.add_argument("--rate", type=_non_negative(float), default=None,
+    parser.add_argument("--port", type=tcp_port(allow_zero=True), default=18944,
+                        help="TCP port, 0 = any free one (default: %(default)s)")
+    parser.add_argument("--rate", type=non_negative(float), default=None,
                         help="frames per second; 0 = as fast as possible (default: the recorded rate)")
-    parser.add_argument("--speed", type=_positive_float, default=1.0,
+    parser.add_argument("--speed", type=positive_float, default=1.0,
                         help="real-time factor when following the recorded rate (default: %(default)s)")
     parser.add_argument("--loop", action="store_true",
                         help="repeat the file until interrupted, timestamps increasing as in a live stream "
@@ -64,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="PLUS device set XML whose CoordinateDefinitions give ImageToProbe")
     wait = parser.add_mutually_exclusive_group()
-    wait.add_argument("--wait-clients", type=_non_negative(int), default=1, metavar="N",
+    wait.add_argument("--wait-clients", type=non_negative(int), default=1, metavar="N",
                       help="start streaming once N clients are connected (default: %(default)s)")
     wait.add_argument("--no-wait", dest="wait_clients", action="store_const", const=0,
                       help="stream at once, connected or not (a client that connects later joins mid-file)")

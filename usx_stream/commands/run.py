@@ -19,12 +19,14 @@ import signal
 import threading
 import time
 
+from ._types import positive_float
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launch", required=True, help="launch file (TOML), see launch/")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     parser.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                         help="override a launch-file value (VALUE in TOML syntax, e.g. 0.25 or '\"cpu\"')")
 
