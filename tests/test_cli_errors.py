@@ -154,12 +154,19 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, names):
     (["listen", "--port", "0"], "argument --port: expected a port 1..65535, got '0'"),
     (["listen", "--duration", "-3"], "argument --duration: must be >= 0"),
     (["listen", "--count", "-1"], "argument --count: must be >= 0"),
-], ids=["run-duration", "replay-port", "replay-speed", "listen-port-0", "listen-duration", "listen-count"])
+    (["eval", "--data", "pairs.h5", "--json", "e.json", "--limit", "-1"], "argument --limit: must be >= 0"),
+    (["error-head", "check", "--data", "pairs.h5", "--latent", "-2"], "argument --latent: must be >= 0"),
+    (["error-head", "fit", "--data", "pairs.h5", "--val", "pairs.h5", "--out", "h.pt", "--epochs", "0"],
+     "argument --epochs: must be > 0"),
+    (["shape-model", "sample", "--model", "notes.npz", "--out", "spines", "--sd", "-1"], "argument --sd: must be > 0"),
+], ids=["run-duration", "replay-port", "replay-speed", "listen-port-0", "listen-duration", "listen-count",
+        "eval-limit", "error-head-latent", "error-head-epochs", "shape-model-sd"])
 def test_an_option_out_of_range_is_a_usage_error_naming_it(inputs, args, named):
     """Checked by the parser before anything runs: usage, then the one line naming the option."""
     done = run_cli(*args, cwd=inputs)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(f"usx-stream {args[0]}: error: {named}"), done.stderr
+    command = " ".join(args[:2]) if args[0] in ("error-head", "shape-model") else args[0]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"usx-stream {command}: error: {named}"), done.stderr
 
 
 def test_the_same_inputs_without_their_defect_succeed(inputs):

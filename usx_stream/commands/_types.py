@@ -26,6 +26,16 @@ def positive_float(text: str) -> float:
 positive_float.__name__ = "float"
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+positive_int.__name__ = "int"
+
+
 def tcp_port(*, allow_zero: bool):
     """A TCP port; 0 ("any free one") only where a server binds (``allow_zero``), never for a client."""
     low = 0 if allow_zero else 1

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 
 from ._actions import add_actions
+from ._types import non_negative, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--data", required=True, help="training pairs, comma-separated HDF5 files")
     f.add_argument("--val", required=True, help="validation pairs (other subjects), comma-separated HDF5 files")
     f.add_argument("--out", required=True, help="output head file (.pt)")
-    f.add_argument("--epochs", type=int, default=30)
+    f.add_argument("--epochs", type=positive_int, default=30)
     f.add_argument("--seed", type=int, default=0)
     c.add_argument("--head", default="default", help="'default' (the head shipped with the default weights) or a "
                                                      "head file (default: %(default)s)")
     c.add_argument("--data", required=True, help="held-out pairs, comma-separated HDF5 files")
-    c.add_argument("--latent", type=int, default=0, metavar="K",
+    c.add_argument("--latent", type=non_negative(int), default=0, metavar="K",
                    help="also report the spread of K latent draws (completion.uncertainty = latent) on the same points")
     c.add_argument("--json", help="also write the report here")
 

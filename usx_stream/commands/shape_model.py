@@ -36,6 +36,7 @@ import logging
 from pathlib import Path
 
 from ._actions import add_actions
+from ._types import positive_float
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--model", required=True, help="ssm.npz from build")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--sd", type=float, default=None,
+    s.add_argument("--sd", type=positive_float, default=None,
                    help="Mahalanobis limit of each draw (default: usx_stream.sim.spine_spec.SSM_SAMPLE_SD, 0.5)")
     s.add_argument("--png", help="also write a picture of this spine and three more (side and top views)")
     g.add_argument("--ct", required=True,
