@@ -117,6 +117,8 @@ CASES = [
      ["data file", "notes.h5", "not a readable HDF5 file"]),
     ("export-model-not-a-checkpoint", ["export", "--model", "notes.pt"], ["notes.pt", "not a readable completion"]),
     ("export-batch-0", ["export", "--batch", "0"], ["--batch", "got 0"]),
+    ("simulate-fewer-frames-than-passes", ["simulate", "--out", "s", "--frames", "2"],
+     ["--frames", "one frame per pass", "got 2"]),
     ("dataset-spine-without-meshes", ["dataset", "--out", "d.h5", "--node-sessions", "1", "--spine", "."],
      ["--spine", "no mesh named L1..L5"]),
     ("error-head-not-a-head", ["error-head", "check", "--model", "default", "--head", "notes.pt", "--data", "pairs.h5"],
@@ -159,8 +161,15 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, names):
     (["error-head", "fit", "--data", "pairs.h5", "--val", "pairs.h5", "--out", "h.pt", "--epochs", "0"],
      "argument --epochs: must be > 0"),
     (["shape-model", "sample", "--model", "notes.npz", "--out", "spines", "--sd", "-1"], "argument --sd: must be > 0"),
+    (["simulate", "--out", "s", "--scale", "-1"], "argument --scale: must be > 0"),
+    (["simulate", "--out", "s", "--variation", "-1"], "argument --variation: must be in [0, 3], got '-1'"),
+    (["demo", "--out", "d", "--frames", "2"], "argument --frames: must be >= 3"),
+    (_compound("good.igs.mha", "good.xml") + ["--threads", "-2"], "argument --threads: must be > 0"),
+    (["shape-model", "build", "--data", ".", "--out", "m.npz", "--variance", "2"],
+     "argument --variance: must be in (0, 1], got '2'"),
 ], ids=["run-duration", "replay-port", "replay-speed", "listen-port-0", "listen-duration", "listen-count",
-        "eval-limit", "error-head-latent", "error-head-epochs", "shape-model-sd"])
+        "eval-limit", "error-head-latent", "error-head-epochs", "shape-model-sd", "simulate-scale",
+        "simulate-variation", "demo-frames", "compound-threads", "shape-model-variance"])
 def test_an_option_out_of_range_is_a_usage_error_naming_it(inputs, args, named):
     """Checked by the parser before anything runs: usage, then the one line naming the option."""
     done = run_cli(*args, cwd=inputs)

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._types import positive_float
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="geometry JSON to write with the fitted XrayToReference")
     parser.add_argument("--no-prior", action="store_true",
                         help="3D-2D: do not start the fit from the input geometry's pose")
-    parser.add_argument("--max-rms-mm", type=float, default=None, metavar="MM",
+    parser.add_argument("--max-rms-mm", type=positive_float, default=None, metavar="MM",
                         help="fail (exit 1, write nothing) when the RMS residual in mm exceeds this")
 
 

@@ -23,6 +23,8 @@ import argparse
 import logging
 import time
 
+from ._types import positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "lattice (origin on a multiple of the spacing) (default: %(default)s)")
     parser.add_argument("--backend", choices=("numba", "numpy", "torch"), default="numba",
                         help="exact mode only: compute backend (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="exact mode, numba backend: threads pasting each frame (default: %(default)s)")
     parser.add_argument("--no-fill-holes", action="store_true", help="skip hole filling even if configured")
     parser.add_argument("--weights-out", default=None, metavar="PATH",

@@ -45,6 +45,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._types import in_range, positive_float, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output HDF5 file (required unless --merge)")
@@ -68,10 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", choices=("auto", "verse", "totalsegmentator"), default="auto",
                         help="--labelmaps label set: verse (20..24 = L1..L5), totalsegmentator (v2: 31 = L1 .. "
                              "27 = L5) or auto (totalsegmentator when a label above 28 is present; default)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply mesh coordinates to get mm (default 1)")
+    parser.add_argument("--scale", type=positive_float, default=1.0, help="multiply mesh coordinates to get mm (default 1)")
     parser.add_argument("--frame", choices=("LPS", "RAS"), default=None,
                         help="patient-frame convention of the meshes (default: align by registration)")
-    parser.add_argument("--repeats", type=int, default=1, help="samples per user mesh (different sweeps)")
+    parser.add_argument("--repeats", type=positive_int, default=1, help="samples per user mesh (different sweeps)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
                         help="processes (default: all cores)")
@@ -82,8 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest beam-to-normal angle that still echoes, degrees (default 70)")
     parser.add_argument("--lateral-offsets-mm", default=None, dest="lateral_offsets_mm",
                         help="comma-separated left-right offsets of the passes, mm, e.g. --lateral-offsets-mm=-22,0,22 (the default)")
-    parser.add_argument("--variation", type=float, default=1.0, help="procedural shape variation (1 = published)")
-    parser.add_argument("--mesh-spacing", type=float, default=1.5, dest="mesh_spacing",
+    parser.add_argument("--variation", type=in_range(float, 0, 3), default=1.0, help="procedural shape variation (1 = published)")
+    parser.add_argument("--mesh-spacing", type=positive_float, default=1.5, dest="mesh_spacing",
                         help="grid spacing of the procedural meshes, mm (coarser is faster)")
     parser.add_argument("--launch", default=None,
                         help="--node-sessions: the launch file whose compounding, bone and X-ray settings "

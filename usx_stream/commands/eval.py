@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure how far each model's completed body width follows a left-right stretch "
                              "of the ultrasound cloud by x0.9/1.1/1.2 (usx_stream.train.width_response; no body fit)")
     parser.add_argument("--limit", type=non_negative(int), default=0, help="evaluate the first N samples only (0 = all)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--threads", type=non_negative(int), default=0, help="torch threads (0 = default)")
 
 
 def _line(summary: dict, region: str) -> str:

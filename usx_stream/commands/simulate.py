@@ -32,15 +32,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._types import in_range, non_negative, positive_float, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--frames", type=int, default=240, help="number of B-mode frames (default 240)")
-    parser.add_argument("--passes", type=int, default=3, help="cranio-caudal passes of the sweep (default 3)")
+    parser.add_argument("--seed", type=non_negative(int), default=0, help="random seed (default 0)")
+    parser.add_argument("--frames", type=positive_int, default=240, help="number of B-mode frames (default 240)")
+    parser.add_argument("--passes", type=positive_int, default=3, help="cranio-caudal passes of the sweep (default 3)")
     parser.add_argument("--lordosis", type=float, default=40.0, metavar="DEG",
                         help="mean L1-L5 lordosis in degrees (default 40)")
-    parser.add_argument("--variation", type=float, default=1.0,
+    parser.add_argument("--variation", type=in_range(float, 0, 3), default=1.0,
                         help="scale of the anatomical variation, 0 = mean spine (default 1)")
     parser.add_argument("--no-xray", action="store_true", help="skip the X-ray")
     add_spine_arguments(parser)
@@ -54,7 +56,7 @@ def add_spine_arguments(parser: argparse.ArgumentParser) -> None:
                              "model (usx-stream shape-model build; SEED defaults to --seed); default: a procedural spine")
     parser.add_argument("--labels", choices=("auto", "verse", "totalsegmentator"), default="auto",
                         help="label set of a --spine label volume (default auto)")
-    parser.add_argument("--scale", type=float, default=1.0,
+    parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="--spine meshes: factor to millimetres (default 1; 1000 for metres)")
     parser.add_argument("--frame", choices=("LPS", "RAS"), default="LPS",
                         help="--spine meshes: axes convention (default LPS; label volumes use their affine)")
@@ -70,13 +72,11 @@ def load_spine(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from usx_stream.errors import InputError
     from usx_stream.sim.session import simulate_session, write_session
 
-    if args.seed < 0:
-        raise SystemExit(f"usx-stream simulate: --seed must be >= 0, got {args.seed}")
-    if args.frames < args.passes or args.passes < 1:
-        raise SystemExit(f"usx-stream simulate: need --passes >= 1 and --frames >= --passes, "
-                         f"got {args.frames}/{args.passes}")
+    if args.frames < args.passes:
+        raise InputError(f"--frames: need at least one frame per pass (--passes {args.passes}), got {args.frames}")
     t0 = time.perf_counter()
     spine = load_spine(args)
     session = simulate_session(args.seed, n_frames=args.frames, passes=args.passes, lordosis_deg=args.lordosis,
