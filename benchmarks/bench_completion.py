@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "bench_completion.json")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1:
+        parser.error(f"--repeats and --threads: must be >= 1, got {args.repeats} and {args.threads}")
     if args.child:
         config, batch, repeats, threads = args.child
         run = child_engine if config == "engine" else lambda *a: child(config, *a)

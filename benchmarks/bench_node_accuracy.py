@@ -33,6 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from usx_stream.errors import InputError  # noqa: E402 (after the path: run from a checkout)
+
 PROCEDURAL = "procedural"
 
 
@@ -112,12 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch", default=None, help="launch file (default: launch/demo.toml)")
     parser.add_argument("--out", default="bench_out/node_accuracy", help="output folder (one sub-folder per run)")
     args = parser.parse_args(argv)
+    missing = [s for s in args.spine or [] if s != PROCEDURAL and not s.startswith("ssm:") and not Path(s).exists()]
+    if missing:   # before the first run: each takes minutes
+        parser.error(f"--spine: not found: {', '.join(missing)}")
     out = Path(args.out)
     runs = []
     for i, spine in enumerate(args.spine or [PROCEDURAL]):
         for seed in args.seeds:
-            runs.append(run_one(spine, seed, out / f"{i}_{Path(spine).name}_{seed}", launch=args.launch,
-                                frames=args.frames))
+            try:
+                runs.append(run_one(spine, seed, out / f"{i}_{Path(spine).name}_{seed}", launch=args.launch,
+                                    frames=args.frames))
+            except InputError as e:
+                parser.error(str(e))
     spines = summarise(runs)
     _print(runs, spines)
     out.mkdir(parents=True, exist_ok=True)

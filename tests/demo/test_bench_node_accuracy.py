@@ -59,6 +59,15 @@ def test_seeds_must_be_integers(bench, capsys):
     assert "--seeds: comma-separated integers, got '7,x'" in capsys.readouterr().err
 
 
+def test_a_missing_spine_is_refused_before_any_run(bench, capsys, tmp_path):
+    """The second --spine is checked before the first one's run starts (each run takes minutes)."""
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--spine", "procedural", "--spine", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert f"--spine: not found: {tmp_path / 'nope'}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_level_one_model_left_empty_prints_a_dash(bench, capsys):
     levels = {"L1": {"multimodal_body_assd_mm": None, "us_only_body_assd_mm": 2.5, "mesh_assd_mm": 1.5,
                      "mesh_body_assd_mm": 1.4}}
