@@ -134,20 +134,33 @@ def merge_pairs(out: str | Path, parts: Sequence[str | Path], *, command: str = 
     """
     if not parts:
         raise InputError("--merge: no part files given")
-    loaded = []
-    for path in parts:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"--merge: part not found: {path}")
-        with _open_hdf5(path, f"--merge: {path}") as f:
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-            if "shard" not in attrs or "shard_items" not in attrs:
-                raise InputError(f"--merge: {path} is not a part of a sharded generation (no shard attribute)")
-            data = {k: f[k][()] for k in ("incomplete_pcds", "labelmaps", "complete_pcds", "labels", "names",
-                                          "centers_mm") if k in f}
-        if len(data) < 6:
-            raise InputError(f"--merge: {path}: not a usx-stream pair file (datasets {sorted(data)})")
-        loaded.append((path, attrs, data))
+    loaded = [_read_part(Path(path)) for path in parts]
+    settings = _same_generation(loaded)
+    ordered = _in_order(loaded, int(settings.get("items", -1)))
+    merged = {key: np.concatenate([d[key] for _, _, d in ordered]) for key in loaded[0][2] if key != "names"}
+    merged["names"] = [n.decode() if isinstance(n, bytes) else str(n) for _, _, d in ordered for n in d["names"]]
+    skipped = [r for _, a, _ in ordered for r in json.loads(a.get("skipped", "[]"))]
+    return _write(out, merged, {**settings, "command": command, "skipped": json.dumps(skipped)})
+
+
+def _read_part(path: Path) -> tuple[Path, dict, dict]:
+    """``(path, attributes, datasets)`` of one part of a sharded generation."""
+    if not path.is_file():
+        raise InputError(f"--merge: part not found: {path}")
+    with _open_hdf5(path, f"--merge: {path}") as f:
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        if "shard" not in attrs or "shard_items" not in attrs:
+            raise InputError(f"--merge: {path} is not a part of a sharded generation (no shard attribute)")
+        data = {k: f[k][()] for k in ("incomplete_pcds", "labelmaps", "complete_pcds", "labels", "names",
+                                      "centers_mm") if k in f}
+    if len(data) < 6:
+        raise InputError(f"--merge: {path}: not a usx-stream pair file (datasets {sorted(data)})")
+    return path, attrs, data
+
+
+def _same_generation(loaded: list[tuple[Path, dict, dict]]) -> dict:
+    """The generation's settings (attributes but the part's own), after checking every part shares them and
+    its point counts."""
     first_path, first_attrs, first_data = loaded[0]
     settings = {k: v for k, v in first_attrs.items() if k not in _PART_ATTRS}
     for path, attrs, data in loaded[1:]:
@@ -159,7 +172,13 @@ def merge_pairs(out: str | Path, parts: Sequence[str | Path], *, command: str = 
             if data[key].shape[1:] != first_data[key].shape[1:]:
                 raise InputError(f"--merge: {path}: {key} shape {data[key].shape[1:]} differs from {first_path}'s "
                                  f"{first_data[key].shape[1:]}")
-    n_parts, n_items = json.loads(first_attrs["shard"])[1], int(settings.get("items", -1))
+    return settings
+
+
+def _in_order(loaded: list[tuple[Path, dict, dict]], n_items: int) -> list[tuple[Path, dict, dict]]:
+    """The parts in shard order, after checking each is there once and together they cover items 0..n-1."""
+    first_path, first_attrs, _ = loaded[0]
+    n_parts = json.loads(first_attrs["shard"])[1]
     by_index: dict[int, tuple] = {}
     for path, attrs, data in loaded:
         i, n = json.loads(attrs["shard"])
@@ -180,10 +199,7 @@ def merge_pairs(out: str | Path, parts: Sequence[str | Path], *, command: str = 
         covered = stop
     if covered != n_items:
         raise InputError(f"--merge: the parts cover items 0..{covered - 1} of {n_items}")
-    merged = {key: np.concatenate([d[key] for _, _, d in ordered]) for key in first_data if key != "names"}
-    merged["names"] = [n.decode() if isinstance(n, bytes) else str(n) for _, _, d in ordered for n in d["names"]]
-    skipped = [r for _, a, _ in ordered for r in json.loads(a.get("skipped", "[]"))]
-    return _write(out, merged, {**settings, "command": command, "skipped": json.dumps(skipped)})
+    return ordered
 
 
 def _open_hdf5(path: Path, what: str):
