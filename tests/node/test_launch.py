@@ -54,6 +54,8 @@ def test_defaults_fill_every_key():
     ({"compound": {"origin_mm": [0, 0, 0]}}, "compound.extent_mm: origin_mm and extent_mm must be given together"),
     ({"bone": {"landmarks_mm": {"L6": [0, 0, 0]}}}, "bone.landmarks_mm.L6: unknown level"),
     ({"bone": {"landmarks_mm": {"L1": [0, 0]}}}, "bone.landmarks_mm.L1: must have 3 numbers"),
+    ({"bone": {"cranial_axis": [0, 0, 0]}}, "bone.cranial_axis: must be a non-zero direction (or empty), got [0.0"),
+    ({"bone": {"cranial_axis": [0, 1]}}, "bone.cranial_axis: must have 3 numbers (or be empty)"),
     ({"xray": {"source": "file"}}, "xray.image_path: required when xray.source = 'file'"),
     ({"surface": {"triangle_budget": True}}, "surface.triangle_budget: must be an integer, got True"),
 ])

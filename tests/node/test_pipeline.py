@@ -134,17 +134,22 @@ def test_a_bad_xray_is_counted_and_the_node_keeps_every_frame(session_files):
     assert result.fusion == "us_only" and set(result.surfaces) == set(LEVELS)
 
 
-def test_a_failing_update_is_counted_and_told_and_the_node_goes_on(session_files):
-    # One landmark cannot give the cranio-caudal axis: every update fails with a ValueError naming why.
-    # The node stays up, counts the failures, shows the reason as its status, and recovers as soon as a
-    # second landmark arrives.
-    session, files = session_files
-    one = {"L3": session.spine.vertebrae["L3"].centroid_mm.tolist()}
+def _run_node(session, files, bone: dict):
     cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.05}, "compound": ROI,
-                        "publish": {"igtl_enabled": False}, "bone": {"landmarks_mm": one}})
+                        "publish": {"igtl_enabled": False}, "bone": bone})
     node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=tiny_engines(), xray=XrayCache(),
                 calibration=session.calibration)
     node.start()
+    return node
+
+
+def test_a_failing_update_is_counted_and_told_and_the_node_goes_on(session_files):
+    # Two landmarks on one point give no cranio-caudal axis: every update fails with a ValueError naming why.
+    # The node stays up, counts the failures, shows the reason as its status, and recovers as soon as the
+    # landmark is corrected.
+    session, files = session_files
+    l3 = session.spine.vertebrae["L3"].centroid_mm.tolist()
+    node = _run_node(session, files, {"landmarks_mm": {"L3": l3, "L4": l3}})
     try:
         assert node.wait_source_done(timeout=120)
         deadline = time.monotonic() + 60
@@ -152,10 +157,34 @@ def test_a_failing_update_is_counted_and_told_and_the_node_goes_on(session_files
             node.wait_update(node.updates, timeout=0.2)
         assert node.error is None
         assert node.telemetry.report()["counters"]["updates_failed"] >= 1
-        assert node.status.startswith("update failed: bone.split: one level centre")
+        assert node.status.startswith("update failed: bone.split: two level centres coincide"), node.status
         node.updater.landmarks["L4"] = session.spine.vertebrae["L4"].centroid_mm
         result = node.run_update()
     finally:
         node.stop()
     assert set(result.surfaces) == {"L3", "L4"}
     assert node.status.startswith("L3\u2013L4 us_only")
+
+
+def test_one_known_level_needs_the_cranial_axis_and_is_completed_with_it(session_files):
+    # A single level centre (one landmark, or an X-ray of one vertebra) gives no direction to split along or
+    # to orient the vertebra by: without bone.cranial_axis the status says so (no failure); with it, the
+    # level is completed.
+    session, files = session_files
+    one = {"L3": session.spine.vertebrae["L3"].centroid_mm.tolist()}
+    node = _run_node(session, files, {"landmarks_mm": one})
+    try:
+        assert node.wait_source_done(timeout=120)
+        result = node.run_update()
+    finally:
+        node.stop()
+    assert not result.surfaces and not node.telemetry.report()["counters"].get("updates_failed")
+    assert node.status == ("L3 only: one level centre (landmarks) needs bone.cranial_axis in the launch file, "
+                           "or two or more levels"), node.status
+    node = _run_node(session, files, {"landmarks_mm": one, "cranial_axis": [0.0, 0.0, 2.0]})   # Reference: z cranial
+    try:
+        assert node.wait_source_done(timeout=120)
+        result = node.run_update()
+    finally:
+        node.stop()
+    assert set(result.surfaces) == {"L3"} and node.status == "L3 us_only (no X-ray)", node.status

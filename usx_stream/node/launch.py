@@ -211,6 +211,9 @@ def _check_cross(sections: Mapping[str, Section]) -> None:
     xr = sections["xray"]
     if xr.enabled and xr.source == "file" and not xr.image_path:
         raise _fail("xray.image_path", "required when xray.source = 'file'", xr.image_path)
+    axis = sections["bone"].cranial_axis
+    if axis and not sum(v * v for v in axis) > 0:
+        raise _fail("bone.cranial_axis", "must be a non-zero direction (or empty)", axis)
     comp = sections["compound"]
     if bool(comp.origin_mm) != bool(comp.extent_mm):
         raise _fail("compound.extent_mm", "origin_mm and extent_mm must be given together", comp.extent_mm)

@@ -118,6 +118,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_points": Key("int", 50, "fewest points per level sent to completion", lo=0),
         "split_max_radius_mm": Key("float", 80.0, "farthest a point may lie from its level's axis, mm", gt=0),
         "landmarks_mm": Key("points", {}, "fallback level centres in Reference, mm: L1 = [x, y, z] ..."),
+        "cranial_axis": Key("floats", [], "cranial direction in Reference (e.g. [0, 0, 1] when Reference is RAS or "
+                            "LPS): lets a level be completed when it is the only one known (an X-ray or landmarks "
+                            "of one vertebra); empty: two or more level centres are needed", length=3),
     },
     "xray": {
         "enabled": Key("bool", True, "use the X-ray (off: US-only completion)"),

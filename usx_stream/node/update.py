@@ -93,6 +93,7 @@ class UpdateInputs:
     num_partial: int = 0            # the network's input point counts (for ``clouds``)
     num_labelmap: int = 0
     seed: int = 0
+    blocked: str = ""               # why no level could be split at all (a user-facing line), else empty
 
     @cached_property
     def clouds(self) -> list[VertebraCloud]:
@@ -119,6 +120,8 @@ def node_status(inputs: UpdateInputs) -> str:
     """
     if inputs.centres_source == "none":
         return "waiting for X-ray or level landmarks" if inputs.xray_expected else "waiting for level landmarks"
+    if inputs.blocked:
+        return inputs.blocked
     done = [c.level for c in inputs.levels]
     parts = []
     if done:
@@ -157,6 +160,8 @@ class SurfaceUpdater:
         self.telemetry = telemetry or Telemetry()
         self.seed = seed
         self.landmarks = {k: np.asarray(v, dtype=np.float64) for k, v in (bone.landmarks_mm or {}).items()}
+        axis = getattr(bone, "cranial_axis", None)
+        self.cranial_axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis) if axis else None
         self._pool, self._pool_size = None, 0
         # a node built by assemble.build_node has these resolved (compute.py); "auto" here for bare configs
         self.mesh_backend, self.mesh_device = choose_surface(getattr(surface, "backend", "scipy"),
@@ -189,14 +194,20 @@ class SurfaceUpdater:
         with t.time("levels"):
             centres, source = choose_level_centres(
                 xray_centres=xray_level_centres(xray, bone) if use_xray else None, landmarks=self.landmarks or None)
-            per_level = split_levels(bone, centres, max_radius_mm=self._bone.split_max_radius_mm) if centres else {}
+            blocked = ""
+            if len(centres) == 1 and self.cranial_axis is None:
+                # one centre gives no cranio-caudal direction to split along or to orient the vertebra by
+                blocked = (f"{next(iter(centres))} only: one level centre ({source}) needs bone.cranial_axis in the "
+                           "launch file, or two or more levels")
+            per_level = (split_levels(bone, centres, axis=self.cranial_axis,
+                                      max_radius_mm=self._bone.split_max_radius_mm) if centres and not blocked else {})
             visible = [lv for lv, pts in per_level.items() if len(pts) >= max(self._bone.min_points, 1)]
             levels = (self._level_points(visible, per_level, centres, beam_direction,
                                          xray if fusion == "multimodal" else None) if visible else [])
         cfg = self.engines[fusion].cfg
         return UpdateInputs(fusion, source, per_level, levels, xray_expected=bool(self._xray.enabled),
                             min_points=max(self._bone.min_points, 1), num_partial=cfg.num_partial,
-                            num_labelmap=cfg.num_labelmap, seed=self.seed)
+                            num_labelmap=cfg.num_labelmap, seed=self.seed, blocked=blocked)
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                timestamp: float = 0.0, force_fusion: str | None = None, reuse: bool = True) -> UpdateResult:
@@ -314,7 +325,7 @@ class SurfaceUpdater:
     def _level_points(self, levels, per_level, centres, beam_direction, xray) -> list[LevelPoints]:
         """Each visible level's bone points, labelmap points (``xray`` given) and canonical axes, Reference, mm."""
         posterior = -np.asarray(beam_direction, dtype=np.float64)
-        cranial = prep.cranial_axes(centres)
+        cranial = prep.cranial_axes(centres, fallback_cranial=self.cranial_axis)
         lm_points = {}
         if xray is not None:
             lm_points = bp.backproject_levels(xray.labelmap, xray.geometry, centres_mm=centres,
