@@ -91,6 +91,20 @@ def test_us_only_fallback_until_an_xray_arrives(session_files):
     assert not any(k.startswith("xray_body") for s in result.surfaces.values() for k in s.metadata)
 
 
+def test_an_xray_whose_labelmap_places_no_level_falls_back_to_the_landmarks_us_only(session_files):
+    # The image and its geometry arrived, the labelmap is empty (a segmentation that found nothing): the
+    # landmark levels are completed US-only and the status says why; every update used to fail instead.
+    session, _ = session_files
+    node = _landmark_node(session_files)
+    xr = session.xray
+    node.xray.update(pixels=xr.pixels, labelmap=np.zeros_like(xr.labelmap), geometry=xr.geometry, timestamp=0.0)
+    result = _update_after_the_last_frame(node)
+    assert node.error is None and not node.telemetry.report()["counters"].get("updates_failed")
+    assert result.fusion == "us_only" and result.centres_source == "landmarks"
+    assert set(result.surfaces) == set(LEVELS)
+    assert node.status == "L1\u2013L5 us_only (the X-ray labelmap has no vertebra label 1..5)", node.status
+
+
 def test_meshing_on_two_workers_gives_the_same_surfaces_as_on_one(session_files):
     node = _landmark_node(session_files)
     node.start()

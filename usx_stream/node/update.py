@@ -94,6 +94,7 @@ class UpdateInputs:
     num_labelmap: int = 0
     seed: int = 0
     blocked: str = ""               # why no level could be split at all (a user-facing line), else empty
+    xray_unlabelled: bool = False   # an X-ray is there but its labelmap places no level
 
     @cached_property
     def clouds(self) -> list[VertebraCloud]:
@@ -118,14 +119,19 @@ def node_status(inputs: UpdateInputs) -> str:
     Examples: ``"L1–L5 multimodal"``, ``"L2–L4 us_only (no X-ray); L5: too few bone points (12 < 50)"``,
     ``"waiting for X-ray or level landmarks"``.
     """
+    unlabelled = "the X-ray labelmap has no vertebra label 1..5"
     if inputs.centres_source == "none":
+        if inputs.xray_unlabelled:
+            return f"{unlabelled}: waiting for level landmarks"
         return "waiting for X-ray or level landmarks" if inputs.xray_expected else "waiting for level landmarks"
     if inputs.blocked:
         return inputs.blocked
     done = [c.level for c in inputs.levels]
     parts = []
     if done:
-        why = " (no X-ray)" if inputs.fusion == "us_only" and inputs.xray_expected else ""
+        why = ""
+        if inputs.fusion == "us_only" and inputs.xray_expected:
+            why = f" ({unlabelled})" if inputs.xray_unlabelled else " (no X-ray)"
         parts.append(f"{_level_span(done)} {inputs.fusion}{why}")
     for lv in LEVELS:
         n = len(inputs.per_level.get(lv, ()))
@@ -190,15 +196,18 @@ class SurfaceUpdater:
         if is_tensor(volume.channels.get("bone")):   # a torch-compounded channel: extracted on its device
             t.count("bone_points_on_device")
         use_xray = xray is not None and xray.ready and self._xray.enabled
-        fusion = force_fusion or ("multimodal" if use_xray else "us_only")
         with t.time("levels"):
-            centres, source = choose_level_centres(
-                xray_centres=xray_level_centres(xray, bone) if use_xray else None, landmarks=self.landmarks or None)
+            xray_centres = xray_level_centres(xray, bone) if use_xray else {}
+            centres, source = choose_level_centres(xray_centres=xray_centres or None, landmarks=self.landmarks or None)
+            # Levels placed by landmarks have no labelmap points: only X-ray levels can be fused with the X-ray.
+            fusion = force_fusion or ("multimodal" if source == "xray" else "us_only")
             blocked = ""
             if len(centres) == 1 and self.cranial_axis is None:
                 # one centre gives no cranio-caudal direction to split along or to orient the vertebra by
                 blocked = (f"{next(iter(centres))} only: one level centre ({source}) needs bone.cranial_axis in the "
                            "launch file, or two or more levels")
+            elif fusion == "multimodal" and source not in ("xray", "none"):
+                blocked = f"multimodal needs the X-ray's levels; the level centres are from {source}"
             per_level = (split_levels(bone, centres, axis=self.cranial_axis,
                                       max_radius_mm=self._bone.split_max_radius_mm) if centres and not blocked else {})
             visible = [lv for lv, pts in per_level.items() if len(pts) >= max(self._bone.min_points, 1)]
@@ -207,7 +216,8 @@ class SurfaceUpdater:
         cfg = self.engines[fusion].cfg
         return UpdateInputs(fusion, source, per_level, levels, xray_expected=bool(self._xray.enabled),
                             min_points=max(self._bone.min_points, 1), num_partial=cfg.num_partial,
-                            num_labelmap=cfg.num_labelmap, seed=self.seed, blocked=blocked)
+                            num_labelmap=cfg.num_labelmap, seed=self.seed, blocked=blocked,
+                            xray_unlabelled=use_xray and not xray_centres)
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                timestamp: float = 0.0, force_fusion: str | None = None, reuse: bool = True) -> UpdateResult:

@@ -313,6 +313,7 @@ def load_session(folder: str | Path, *, with_frames: bool = True) -> Session:
     from ..io.meshes import read_mesh
     from ..io.sequence import read_sequence
     from ..io.volumes import read_volume
+    from ..xray.cache import validate_labelmap
     from .anatomy import Vertebra
 
     out = Path(folder)
@@ -327,7 +328,11 @@ def load_session(folder: str | Path, *, with_frames: bool = True) -> Session:
     if "xray" in files and "carm" in files:
         geometry = load_carm_geometry(files["carm"])
         image, labelmap = read_volume(files["xray"]), read_volume(files["xray_labelmap"])
-        xray = XrayImage(pixels=image.data[0].astype(np.float32), labelmap=labelmap.data[0].astype(np.uint8),
+        try:
+            labels = validate_labelmap(labelmap.data[0])
+        except ValueError as e:   # e.g. a label map of another label set (VerSe 20..24)
+            raise InputError(f"--session {out}: {files['xray_labelmap'].name}: {e}") from None
+        xray = XrayImage(pixels=image.data[0].astype(np.float32), labelmap=labels,
                          pixel_spacing_mm=np.asarray(image.spacing_mm[:2], dtype=np.float64),
                          timestamp=frames[-1].timestamp if frames else 0.0, geometry=geometry)
     vertebrae = {}
