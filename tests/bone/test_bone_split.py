@@ -72,6 +72,23 @@ def test_missing_levels_and_mapping_input():
     assert all(np.array_equal(out[k], same[k]) for k in out)
 
 
+def test_a_missing_level_between_known_ones_gives_its_bone_to_neither_neighbour():
+    """L1, L3 and L5 known (an X-ray labelmap with L2 and L4 left out): each keeps one level's thickness,
+    so L2's and L4's blobs are not split between their neighbours' partial clouds."""
+    rng = np.random.default_rng(3)
+    centres = lordotic_centres()
+    pts, labels = cloud_around(centres, rng)
+    known = {lv: centres[n] for n, lv in enumerate(LEVELS) if lv in ("L1", "L3", "L5")}
+    out = split_levels(pts, known, max_radius_mm=80)
+    assert list(out) == ["L1", "L3", "L5"]
+    for lv in out:
+        theirs = pts[labels == lv]
+        got = {tuple(p) for p in out[lv]}
+        assert sum(tuple(p) in got for p in theirs) >= 0.9 * len(theirs), lv        # its own bone, nearly all
+        strays = sum(tuple(p) in got for p in pts[np.isin(labels, ["L2", "L4"])])
+        assert strays <= 0.05 * len(theirs), (lv, strays)                          # and next to none of a gap's
+
+
 def test_single_centre_needs_an_axis():
     c = {"L3": [0, 0, 0]}
     with pytest.raises(ValueError, match="needs the cranio-caudal axis"):

@@ -104,7 +104,7 @@ def split_levels(points_mm, centres, *, axis=None, max_radius_mm: float = 80.0,
         raise ValueError("bone.split: one level centre needs the cranio-caudal axis")
     ordered = [known[lv] for lv in levels]
     axes = _local_axes(ordered, axis)
-    half = _half_thickness(ordered, level_spacing_mm)
+    half = _half_thickness(ordered, [LEVELS.index(lv) for lv in levels], level_spacing_mm)
     ratio = np.full((len(pts), len(levels)), np.inf)
     for n, (c, a, h) in enumerate(zip(ordered, axes, half)):
         d = pts - c
@@ -120,12 +120,14 @@ def split_levels(points_mm, centres, *, axis=None, max_radius_mm: float = 80.0,
     return out
 
 
-def _half_thickness(ordered: list[np.ndarray], level_spacing_mm: float) -> list[float]:
-    """Slab half-thickness per level: half the mean distance to its neighbours (end levels: one)."""
+def _half_thickness(ordered: list[np.ndarray], index: list[int], level_spacing_mm: float) -> list[float]:
+    """Slab half-thickness per level: half the mean distance to its neighbours (end levels: one), per level
+    step: where a level between two known ones is missing (L1 and L3 known, not L2), each keeps one level's
+    thickness and the missing level's bone goes to neither, instead of half of it joining each."""
     n = len(ordered)
     if n == 1:
         return [level_spacing_mm / 2]
-    gaps = [float(np.linalg.norm(ordered[i + 1] - ordered[i])) for i in range(n - 1)]
+    gaps = [float(np.linalg.norm(ordered[i + 1] - ordered[i])) / (index[i + 1] - index[i]) for i in range(n - 1)]
     half = []
     for i in range(n):
         near = [g for g in (gaps[i - 1] if i > 0 else None, gaps[i] if i < n - 1 else None) if g is not None]
