@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from usx_stream.bone.split import choose_level_centres, split_levels
+from usx_stream.bone.split import choose_level_centres, implausible_centres, split_levels
 from usx_stream.frames import LEVELS
 from usx_stream.transforms import rotation
 
@@ -131,3 +131,18 @@ def test_validation():
         split_levels(np.zeros((1, 3)), {"T12": [0, 0, 0]})
     with pytest.raises(ValueError, match="max_radius_mm: must be > 0"):
         split_levels(np.zeros((1, 3)), lordotic_centres(), max_radius_mm=0)
+
+
+def test_implausible_centres_name_what_is_wrong():
+    centres = lordotic_centres()
+    assert implausible_centres(centres) == ""
+    assert implausible_centres({"L1": centres[0], "L3": centres[2], "L5": centres[4]}) == ""   # gaps are fine
+    assert implausible_centres({"L3": centres[2]}) == ""                                        # one: no rule
+    assert implausible_centres(centres / 1000.0).startswith(
+        "L1 and L2 centres are 0.0 mm apart per level (15-60 expected: millimetres")           # sent in metres
+    swapped = centres.copy()
+    swapped[[1, 3]] = swapped[[3, 1]]                     # the points named L2 and L4 placed on each other
+    assert implausible_centres(swapped).startswith("L1 and L2 centres are 107.3 mm apart per level")
+    folded = {"L1": [0.0, 0.0, 0.0], "L2": [0.0, 0.0, -36.0], "L3": [0.0, 0.0, -10.0]}   # L3 back up: 26 mm
+    assert implausible_centres(folded) == ("level centres out of order along the spine: L2, L3, L1 from one end "
+                                           "to the other")

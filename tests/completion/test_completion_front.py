@@ -102,3 +102,19 @@ def test_from_default_loads_the_packaged_weights():
     assert engine.backend == "eager" and engine.max_batch == 1
     with pytest.raises(ValueError, match="variant"):
         CompletionEngine.from_default("ct")
+
+
+def test_damaged_weights_are_named_as_a_completion_failure_of_the_levels():
+    """NaN in the weights: the error names the completion and its levels, whether the NaN stops the network's
+    neighbour search or only reaches its output."""
+    levels = _levels()
+    for where in ("first", "last"):
+        torch.manual_seed(0)
+        engine = CompletionEngine(build_model(tiny_config(multimodal=False)), device="cpu", warmup=False)
+        params = list(engine.model.parameters())
+        with torch.no_grad():
+            (params[0] if where == "first" else params[-1]).fill_(float("nan"))
+        with pytest.raises(ValueError, match=r"^completion of L2, L3, L4: ") as info:
+            complete_levels(engine, levels)
+        if where == "last":
+            assert "the network returned non-finite points" in str(info.value)

@@ -158,26 +158,49 @@ def _run_node(session, files, bone: dict):
 
 
 def test_a_failing_update_is_counted_and_told_and_the_node_goes_on(session_files):
-    # Two landmarks on one point give no cranio-caudal axis: every update fails with a ValueError naming why.
-    # The node stays up, counts the failures, shows the reason as its status, and recovers as soon as the
-    # landmark is corrected.
+    # Damaged weights (a NaN in the US-only network) make every update fail with a ValueError naming why.
+    # The node stays up, keeps compounding, counts the failures, shows the reason as its status, and
+    # recovers as soon as the weights are whole again.
+    import torch
+
     session, files = session_files
-    l3 = session.spine.vertebrae["L3"].centroid_mm.tolist()
-    node = _run_node(session, files, {"landmarks_mm": {"L3": l3, "L4": l3}})
+    node = _landmark_node(session_files)
+    weight = next(node.updater.engines["us_only"].model.parameters())
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    node.start()
     try:
         assert node.wait_source_done(timeout=120)
         deadline = time.monotonic() + 60
         while not node.telemetry.report()["counters"].get("updates_failed") and time.monotonic() < deadline:
             node.wait_update(node.updates, timeout=0.2)
-        assert node.error is None
+        assert node.error is None and node.ingest.frames_received == len(session.frames)
         assert node.telemetry.report()["counters"]["updates_failed"] >= 1
-        assert node.status.startswith("update failed: bone.split: two level centres coincide"), node.status
-        node.updater.landmarks["L4"] = session.spine.vertebrae["L4"].centroid_mm
+        assert node.status.startswith("update failed: completion of L1, L2, L3, L4, L5: "), node.status
+        with torch.no_grad():
+            weight.copy_(saved)
         result = node.run_update()
     finally:
         node.stop()
-    assert set(result.surfaces) == {"L3", "L4"}
-    assert node.status.startswith("L3\u2013L4 us_only")
+    assert set(result.surfaces) == set(LEVELS)
+    assert node.status.startswith("L1\u2013L5 us_only")
+
+
+def test_landmarks_in_metres_are_told_not_completed(session_files):
+    # Markups sent in metres: every level would be split from a few millimetres of spine. The status says
+    # what is wrong; nothing is completed and nothing fails.
+    session, files = session_files
+    metres = {lv: (v.centroid_mm / 1000.0).tolist() for lv, v in session.spine.vertebrae.items()}
+    node = _run_node(session, files, {"landmarks_mm": metres})
+    try:
+        assert node.wait_source_done(timeout=120)
+        result = node.run_update()
+    finally:
+        node.stop()
+    assert not result.surfaces and not node.telemetry.report()["counters"].get("updates_failed")
+    assert node.status.startswith("landmarks: L1 and L2 centres are 0.0 mm apart per level (15-60 expected"), \
+        node.status
 
 
 def test_one_known_level_needs_the_cranial_axis_and_is_completed_with_it(session_files):

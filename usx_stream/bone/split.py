@@ -137,6 +137,38 @@ def _half_thickness(ordered: list[np.ndarray], index: list[int], level_spacing_m
     return half
 
 
+# Body centre to body centre, per level step, mm: adult lumbar levels sit 30-45 mm apart; outside this
+# range the centres are in other units or belong to other levels.
+LEVEL_SPACING_RANGE_MM = (15.0, 60.0)
+
+
+def implausible_centres(centres) -> str:
+    """Why these level centres cannot be a lumbar spine's, in one line; empty when they can.
+
+    The known levels must follow each other along the spine in L1..L5 order (their projections on the
+    centres' principal axis are monotonic) and lie :data:`LEVEL_SPACING_RANGE_MM` apart per level step.
+    Catches a markup point named L2 placed on L4, or landmarks sent in metres."""
+    known = _as_centres(centres)
+    levels = [lv for lv in LEVELS if lv in known]
+    if len(levels) < 2:
+        return ""
+    pts = np.stack([known[lv] for lv in levels])
+    index = np.array([LEVELS.index(lv) for lv in levels])
+    steps = np.linalg.norm(np.diff(pts, axis=0), axis=1) / np.diff(index)
+    lo, hi = LEVEL_SPACING_RANGE_MM
+    for n, step in enumerate(steps):
+        if not lo <= step <= hi:
+            return (f"{levels[n]} and {levels[n + 1]} centres are {step:.1f} mm apart per level ({lo:.0f}-{hi:.0f} "
+                    "expected: millimetres, and the right levels?)")
+    centred = pts - pts.mean(axis=0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    t = centred @ axis
+    if not (np.all(np.diff(t) > 0) or np.all(np.diff(t) < 0)):
+        order = [levels[i] for i in np.argsort(t)]
+        return f"level centres out of order along the spine: {', '.join(order)} from one end to the other"
+    return ""
+
+
 def choose_level_centres(*, xray_centres=None, landmarks=None) -> tuple[dict[str, np.ndarray], str]:
     """Level centres to split with: the X-ray's when known, else the landmarks.
 

@@ -201,8 +201,15 @@ def complete_levels(engine, levels: Sequence[LevelPoints], *, fit_body: bool = F
     done = [(i, p) for i, p in enumerate(prepared) if p is not None]
     if not done:
         return results
+    names = ", ".join(p.level for _, p in done)
     with timer("complete"):
-        batch = _run_network(engine, done, multimodal=multimodal, samples=int(samples), seed=seed)
+        try:
+            batch = _run_network(engine, done, multimodal=multimodal, samples=int(samples), seed=seed)
+        except ValueError as e:   # e.g. NaN reaching the network's neighbour search: say what was being done
+            raise ValueError(f"completion of {names}: {e}") from e
+    bad = [p.level for k, (_, p) in enumerate(done) if not np.isfinite(batch.completed[k]).all()]
+    if bad:   # else meshing fails later, naming no level or cause
+        raise ValueError(f"completion of {', '.join(bad)}: the network returned non-finite points (damaged weights?)")
     if head is not None or samples:
         with timer("uncertainty"):
             spread_unit = _uncertainty(engine, batch, head, correspondence)

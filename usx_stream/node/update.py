@@ -49,7 +49,7 @@ from functools import cached_property
 import numpy as np
 
 from ..bone.points import extract_bone_points, is_tensor
-from ..bone.split import choose_level_centres, split_levels
+from ..bone.split import choose_level_centres, implausible_centres, split_levels
 from ..completion import prepare as prep
 from ..completion.front import LevelPoints, complete_levels, prepare_levels
 from ..frames import LEVELS, Surface, VertebraCloud, Volume
@@ -201,8 +201,10 @@ class SurfaceUpdater:
             centres, source = choose_level_centres(xray_centres=xray_centres or None, landmarks=self.landmarks or None)
             # Levels placed by landmarks have no labelmap points: only X-ray levels can be fused with the X-ray.
             fusion = force_fusion or ("multimodal" if source == "xray" else "us_only")
-            blocked = ""
-            if len(centres) == 1 and self.cranial_axis is None:
+            blocked = implausible_centres(centres)
+            if blocked:
+                blocked = f"{source}: {blocked}"
+            elif len(centres) == 1 and self.cranial_axis is None:
                 # one centre gives no cranio-caudal direction to split along or to orient the vertebra by
                 blocked = (f"{next(iter(centres))} only: one level centre ({source}) needs bone.cranial_axis in the "
                            "launch file, or two or more levels")
