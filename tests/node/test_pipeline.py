@@ -148,13 +148,11 @@ def test_a_bad_xray_is_counted_and_the_node_keeps_every_frame(session_files):
     assert result.fusion == "us_only" and set(result.surfaces) == set(LEVELS)
 
 
-def _run_node(session, files, bone: dict):
+def _node_with_bone(session, files, bone: dict):
     cfg = parse_launch({"completion": {"min_frames": 20, "period_s": 0.05}, "compound": ROI,
                         "publish": {"igtl_enabled": False}, "bone": bone})
-    node = Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=tiny_engines(), xray=XrayCache(),
+    return Node(cfg, source=SequenceReplay(files["sequence"], rate=0), engines=tiny_engines(), xray=XrayCache(),
                 calibration=session.calibration)
-    node.start()
-    return node
 
 
 def test_a_failing_update_is_counted_and_told_and_the_node_goes_on(session_files):
@@ -192,12 +190,8 @@ def test_landmarks_in_metres_are_told_not_completed(session_files):
     # what is wrong; nothing is completed and nothing fails.
     session, files = session_files
     metres = {lv: (v.centroid_mm / 1000.0).tolist() for lv, v in session.spine.vertebrae.items()}
-    node = _run_node(session, files, {"landmarks_mm": metres})
-    try:
-        assert node.wait_source_done(timeout=120)
-        result = node.run_update()
-    finally:
-        node.stop()
+    node = _node_with_bone(session, files, {"landmarks_mm": metres})
+    result = _update_after_the_last_frame(node)
     assert not result.surfaces and not node.telemetry.report()["counters"].get("updates_failed")
     assert node.status.startswith("landmarks: L1 and L2 centres are 0.0 mm apart per level (15-60 expected"), \
         node.status
@@ -209,19 +203,11 @@ def test_one_known_level_needs_the_cranial_axis_and_is_completed_with_it(session
     # level is completed.
     session, files = session_files
     one = {"L3": session.spine.vertebrae["L3"].centroid_mm.tolist()}
-    node = _run_node(session, files, {"landmarks_mm": one})
-    try:
-        assert node.wait_source_done(timeout=120)
-        result = node.run_update()
-    finally:
-        node.stop()
+    node = _node_with_bone(session, files, {"landmarks_mm": one})
+    result = _update_after_the_last_frame(node)
     assert not result.surfaces and not node.telemetry.report()["counters"].get("updates_failed")
     assert node.status == ("L3 only: one level centre (landmarks) needs bone.cranial_axis in the launch file, "
                            "or two or more levels"), node.status
-    node = _run_node(session, files, {"landmarks_mm": one, "cranial_axis": [0.0, 0.0, 2.0]})   # Reference: z cranial
-    try:
-        assert node.wait_source_done(timeout=120)
-        result = node.run_update()
-    finally:
-        node.stop()
+    node = _node_with_bone(session, files, {"landmarks_mm": one, "cranial_axis": [0.0, 0.0, 2.0]})   # Reference: z cranial
+    result = _update_after_the_last_frame(node)
     assert set(result.surfaces) == {"L3"} and node.status == "L3 us_only (no X-ray)", node.status
