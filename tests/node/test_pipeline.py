@@ -2,6 +2,7 @@
 POLYDATA to a real OpenIGTLink client. Networks are the real modules with untrained weights (the wiring
 is under test here; accuracy is the demo's and the evaluation's business)."""
 
+import re
 import time
 
 import numpy as np
@@ -175,7 +176,8 @@ def test_a_failing_update_is_counted_and_told_and_the_node_goes_on(session_files
             node.wait_update(node.updates, timeout=0.2)
         assert node.error is None and node.ingest.frames_received == len(session.frames)
         assert node.telemetry.report()["counters"]["updates_failed"] >= 1
-        assert node.status.startswith("update failed: completion of L1, L2, L3, L4, L5: "), node.status
+        # (the levels are those with bone points when the failing update ran: the sweep may still be going)
+        assert re.match(r"update failed: completion of L\d(, L\d)*: ", node.status), node.status
         with torch.no_grad():
             weight.copy_(saved)
         result = node.run_update()
