@@ -219,7 +219,7 @@ class SurfaceUpdater:
         return UpdateInputs(fusion, source, per_level, levels, xray_expected=bool(self._xray.enabled),
                             min_points=max(self._bone.min_points, 1), num_partial=cfg.num_partial,
                             num_labelmap=cfg.num_labelmap, seed=self.seed, blocked=blocked,
-                            xray_unlabelled=use_xray and not xray_centres)
+                            xray_unlabelled=use_xray and not xray.levels)
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                timestamp: float = 0.0, force_fusion: str | None = None, reuse: bool = True) -> UpdateResult:
