@@ -116,7 +116,6 @@ CASES = [
     ("train-data-not-hdf5", ["train", "--data", "notes.h5", "--val", "notes.h5", "--out", "run", "--epochs", "1"],
      ["data file", "notes.h5", "not a readable HDF5 file"]),
     ("export-model-not-a-checkpoint", ["export", "--model", "notes.pt"], ["notes.pt", "not a readable completion"]),
-    ("export-batch-0", ["export", "--batch", "0"], ["--batch", "got 0"]),
     ("simulate-fewer-frames-than-passes", ["simulate", "--out", "s", "--frames", "2"],
      ["--frames", "one frame per pass", "got 2"]),
     ("dataset-spine-without-meshes", ["dataset", "--out", "d.h5", "--node-sessions", "1", "--spine", "."],
@@ -167,9 +166,10 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, names):
     (_compound("good.igs.mha", "good.xml") + ["--threads", "-2"], "argument --threads: must be > 0"),
     (["shape-model", "build", "--data", ".", "--out", "m.npz", "--variance", "2"],
      "argument --variance: must be in (0, 1], got '2'"),
+    (["export", "--batch", "0"], "argument --batch: must be > 0, got '0'"),
 ], ids=["run-duration", "replay-port", "replay-speed", "listen-port-0", "listen-duration", "listen-count",
         "eval-limit", "error-head-latent", "error-head-epochs", "shape-model-sd", "simulate-scale",
-        "simulate-variation", "demo-frames", "compound-threads", "shape-model-variance"])
+        "simulate-variation", "demo-frames", "compound-threads", "shape-model-variance", "export-batch"])
 def test_an_option_out_of_range_is_a_usage_error_naming_it(inputs, args, named):
     """Checked by the parser before anything runs: usage, then the one line naming the option."""
     done = run_cli(*args, cwd=inputs)

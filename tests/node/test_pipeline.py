@@ -210,6 +210,6 @@ def test_one_known_level_needs_the_cranial_axis_and_is_completed_with_it(session
     assert not result.surfaces and not node.telemetry.report()["counters"].get("updates_failed")
     assert node.status == ("L3 only: one level centre (landmarks) needs bone.cranial_axis in the launch file, "
                            "or two or more levels"), node.status
-    node = _node_with_bone(session, files, {"landmarks_mm": one, "cranial_axis": [0.0, 0.0, 2.0]})   # Reference: z cranial
+    node = _node_with_bone(session, files, {"landmarks_mm": one, "cranial_axis": [0.0, 0.0, 2.0]})   # z cranial
     result = _update_after_the_last_frame(node)
     assert set(result.surfaces) == {"L3"} and node.status == "L3 us_only (no X-ray)", node.status

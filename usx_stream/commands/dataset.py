@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", choices=("auto", "verse", "totalsegmentator"), default="auto",
                         help="--labelmaps label set: verse (20..24 = L1..L5), totalsegmentator (v2: 31 = L1 .. "
                              "27 = L5) or auto (totalsegmentator when a label above 28 is present; default)")
-    parser.add_argument("--scale", type=positive_float, default=1.0, help="multiply mesh coordinates to get mm (default 1)")
+    parser.add_argument("--scale", type=positive_float, default=1.0,
+                        help="multiply mesh coordinates to get mm (default 1)")
     parser.add_argument("--frame", choices=("LPS", "RAS"), default=None,
                         help="patient-frame convention of the meshes (default: align by registration)")
     parser.add_argument("--repeats", type=positive_int, default=1, help="samples per user mesh (different sweeps)")
@@ -84,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest beam-to-normal angle that still echoes, degrees (default 70)")
     parser.add_argument("--lateral-offsets-mm", default=None, dest="lateral_offsets_mm",
                         help="comma-separated left-right offsets of the passes, mm, e.g. --lateral-offsets-mm=-22,0,22 (the default)")
-    parser.add_argument("--variation", type=in_range(float, 0, 3), default=1.0, help="procedural shape variation (1 = published)")
+    parser.add_argument("--variation", type=in_range(float, 0, 3), default=1.0,
+                        help="procedural shape variation (1 = published)")
     parser.add_argument("--mesh-spacing", type=positive_float, default=1.5, dest="mesh_spacing",
                         help="grid spacing of the procedural meshes, mm (coarser is faster)")
     parser.add_argument("--launch", default=None,

@@ -27,7 +27,8 @@ from ._types import in_range, non_negative
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--launch", default=None, help="launch file (default: launch/demo.toml)")
-    parser.add_argument("--seed", type=non_negative(int), default=None, help="session seed (default: the launch file's)")
+    parser.add_argument("--seed", type=non_negative(int), default=None,
+                        help="session seed (default: the launch file's)")
     parser.add_argument("--frames", type=in_range(int, 3), default=None,
                         help="number of simulated frames (at least one per sweep pass: 3)")
     parser.add_argument("--session", default=None, metavar="DIR",

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width-response", action="store_true",
                         help="also measure how far each model's completed body width follows a left-right stretch "
                              "of the ultrasound cloud by x0.9/1.1/1.2 (usx_stream.train.width_response; no body fit)")
-    parser.add_argument("--limit", type=non_negative(int), default=0, help="evaluate the first N samples only (0 = all)")
+    parser.add_argument("--limit", type=non_negative(int), default=0,
+                        help="evaluate the first N samples only (0 = all)")
     parser.add_argument("--threads", type=non_negative(int), default=0, help="torch threads (0 = default)")
 
 

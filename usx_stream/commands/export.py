@@ -23,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._types import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="default | us-only | small | paper | checkpoint path")
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of furthest point sampling (inputs must then come in furthest-point order)")
     parser.add_argument("--save-checkpoint", dest="save_checkpoint", metavar="PT",
                         help="write the model in our format")
-    parser.add_argument("--batch", type=int, default=1, help="fixed batch size of the export (default 1)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="fixed batch size of the export (default 1)")
     parser.add_argument("--program", metavar="PT2", help="write the exported program (torch.export.save)")
     parser.add_argument("--onnx", metavar="ONNX", help="write an ONNX file and compare ONNX Runtime with eager")
     parser.add_argument("--json", metavar="OUT", help="write the report as JSON")
@@ -69,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..completion import checkpoint, export
 
-    if args.batch < 1:
-        raise InputError(f"--batch: must be >= 1, got {args.batch}")
     try:
         model, cfg, source = _load(args)
     except (FileNotFoundError, ValueError) as e:

@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--out", required=True, help="output .npz")
     b.add_argument("--held-out", default="Verse631", help="comma-separated subjects kept out (default: %(default)s)")
     b.add_argument("--seed", type=int, default=0, help="sampling seed of the build (default: %(default)s)")
-    b.add_argument("--variance", type=in_range(float, 0, 1, low_open=True), default=0.95, help="fraction of variance kept (default: %(default)s)")
+    b.add_argument("--variance", type=in_range(float, 0, 1, low_open=True), default=0.95,
+                   help="fraction of variance kept (default: %(default)s)")
     b.add_argument("--size-sd", type=in_range(float, 0, 0.25, high_open=True), default=0.0, dest="size_sd",
                    help="draw each sampled spine with a whole-spine size factor of this SD (0.07: the adult spread, "
                         "usx_stream.shape.ssm.SIZE_SD_ADULT; default: %(default)s, size only as the subjects vary)")
