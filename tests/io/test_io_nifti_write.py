@@ -59,6 +59,9 @@ def test_a_label_file_that_is_not_nifti_is_bad_input_naming_the_file(tmp_path):
 
     good = write_nifti_labels(tmp_path / "good.nii.gz", np.arange(24).reshape(2, 3, 4), np.eye(4))
     (tmp_path / "cut.nii.gz").write_bytes(good.read_bytes()[:40])
+    damaged = bytearray(good.read_bytes())
+    damaged[10:20] = b"\xff" * 10                          # the deflate stream right after the gzip header
+    (tmp_path / "damaged.nii.gz").write_bytes(bytes(damaged))
     (tmp_path / "text.nii.gz").write_text("labels to come\n")
     (tmp_path / "text.nii").write_text("labels to come\n")
     raw = bytearray(nifti_label_bytes(np.zeros((2, 3, 4)), np.eye(4)))
@@ -66,6 +69,7 @@ def test_a_label_file_that_is_not_nifti_is_bad_input_naming_the_file(tmp_path):
     raw[40:50] = np.array([4, 2, 3, 4, 2], "<i2").tobytes()   # dim[0] = 4 with a second time point
     (tmp_path / "4d.nii").write_bytes(bytes(raw[:352]) + bytes(2 * 2 * 3 * 4 * 2))
     for name, why in (("cut.nii.gz", "not a readable .nii.gz"), ("text.nii.gz", "not a readable .nii.gz"),
+                      ("damaged.nii.gz", "not a readable .nii.gz"),
                       ("text.nii", "too short for a NIfTI-1 file"), ("4d.nii", "expected a 3D volume"),
                       ("short.nii", "the voxel data ends early")):
         with pytest.raises(InputError, match=why) as info:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def read_nifti_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-    except (gzip.BadGzipFile, EOFError) as e:   # not gzip, or cut short
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:   # not gzip, cut short, or damaged inside
         raise InputError(f"{path}: not a readable .nii.gz ({e})") from None
     if len(raw) < 352:
         raise InputError(f"{path}: too short for a NIfTI-1 file")
