@@ -147,6 +147,8 @@ def test_a_bad_xray_is_counted_and_the_node_keeps_every_frame(session_files):
     assert node.telemetry.report()["counters"]["xray_rejected"] == 1
     assert node.xray.rejected == 1 and "label 9" in node.xray.last_error
     assert result.fusion == "us_only" and set(result.surfaces) == set(LEVELS)
+    # the display is told the X-ray was refused and why, not that there is none
+    assert node.status.startswith("L1\u2013L5 us_only (X-ray rejected: labelmap: label 9 outside 0..5"), node.status
 
 
 def _node_with_bone(session, files, bone: dict):

@@ -232,8 +232,10 @@ class Node:
         volume, info = self.ingest.snapshot()
         if volume is None:
             return None
-        result = self.updater.update(volume, beam_direction=info["beam_direction"], xray=self.xray.snapshot(),
-                                     timestamp=info["timestamp"], force_fusion=force_fusion)
+        xray = self.xray.snapshot()
+        result = self.updater.update(volume, beam_direction=info["beam_direction"], xray=xray,
+                                     timestamp=info["timestamp"], force_fusion=force_fusion,
+                                     xray_rejected=None if xray.ready else self.xray.last_error)
         self.set_status(result.status)
         with self.telemetry.time("publish"):
             for surface in result.surfaces.values():

@@ -113,16 +113,20 @@ def _level_span(levels: list[str]) -> str:
     return ", ".join(LEVELS[i] for i in idx)
 
 
-def node_status(inputs: UpdateInputs) -> str:
+def node_status(inputs: UpdateInputs, *, xray_rejected: str | None = None) -> str:
     """One line for the navigation display: what was completed and why any level was not.
 
-    Examples: ``"L1–L5 multimodal"``, ``"L2–L4 us_only (no X-ray); L5: too few bone points (12 < 50)"``,
-    ``"waiting for X-ray or level landmarks"``.
+    ``xray_rejected``: why the last X-ray was refused, when no valid one is there (the display then says so
+    instead of "no X-ray"). Examples: ``"L1–L5 multimodal"``,
+    ``"L2–L4 us_only (no X-ray); L5: too few bone points (12 < 50)"``, ``"waiting for X-ray or level landmarks"``.
     """
     unlabelled = "the X-ray labelmap has no vertebra label 1..5"
+    no_xray = f"X-ray rejected: {xray_rejected}" if xray_rejected else "no X-ray"
     if inputs.centres_source == "none":
         if inputs.xray_unlabelled:
             return f"{unlabelled}: waiting for level landmarks"
+        if xray_rejected and inputs.xray_expected:
+            return f"{no_xray}; waiting for a valid X-ray or level landmarks"
         return "waiting for X-ray or level landmarks" if inputs.xray_expected else "waiting for level landmarks"
     if inputs.blocked:
         return inputs.blocked
@@ -131,7 +135,7 @@ def node_status(inputs: UpdateInputs) -> str:
     if done:
         why = ""
         if inputs.fusion == "us_only" and inputs.xray_expected:
-            why = f" ({unlabelled})" if inputs.xray_unlabelled else " (no X-ray)"
+            why = f" ({unlabelled if inputs.xray_unlabelled else no_xray})"
         parts.append(f"{_level_span(done)} {inputs.fusion}{why}")
     for lv in LEVELS:
         n = len(inputs.per_level.get(lv, ()))
@@ -222,8 +226,10 @@ class SurfaceUpdater:
                             xray_unlabelled=use_xray and not xray.levels)
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
-               timestamp: float = 0.0, force_fusion: str | None = None, reuse: bool = True) -> UpdateResult:
-        """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray.
+               timestamp: float = 0.0, force_fusion: str | None = None, reuse: bool = True,
+               xray_rejected: str | None = None) -> UpdateResult:
+        """One surface update from ``volume``; ``force_fusion`` picks the model regardless of the X-ray;
+        ``xray_rejected`` is why the last X-ray was refused, for the status (:func:`node_status`).
 
         Levels whose inputs are within ``completion.reuse_*`` of those their last surface was completed
         from keep that surface (:mod:`usx_stream.node.reuse`); the others are completed and meshed.
@@ -232,7 +238,8 @@ class SurfaceUpdater:
         t = self.telemetry
         inputs = self.inputs(volume, beam_direction=beam_direction, xray=xray, force_fusion=force_fusion)
         fusion = inputs.fusion
-        result = UpdateResult(fusion=fusion, centres_source=inputs.centres_source, status=node_status(inputs))
+        result = UpdateResult(fusion=fusion, centres_source=inputs.centres_source,
+                              status=node_status(inputs, xray_rejected=xray_rejected))
         if not inputs.levels:
             return result
         now = self.clock()
