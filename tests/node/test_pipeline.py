@@ -215,3 +215,15 @@ def test_one_known_level_needs_the_cranial_axis_and_is_completed_with_it(session
     node = _node_with_bone(session, files, {"landmarks_mm": one, "cranial_axis": [0.0, 0.0, 2.0]})   # z cranial
     result = _update_after_the_last_frame(node)
     assert set(result.surfaces) == {"L3"} and node.status == "L3 us_only (no X-ray)", node.status
+
+
+def test_a_cranial_axis_the_levels_contradict_is_told_and_the_levels_still_completed(session_files):
+    # The axis only orients a lone level; with all five known it is checked against them, so a flipped axis
+    # is caught before an X-ray of one vertebra would be completed upside down.
+    session, files = session_files
+    every = {lv: v.centroid_mm.tolist() for lv, v in session.spine.vertebrae.items()}
+    node = _node_with_bone(session, files, {"landmarks_mm": every, "cranial_axis": [0.0, 0.0, -1.0]})
+    result = _update_after_the_last_frame(node)
+    assert set(result.surfaces) == set(LEVELS)
+    assert node.status == ("L1\u2013L5 us_only (no X-ray); bone.cranial_axis points caudally (L1 lies below L5 "
+                           "along it): flip it"), node.status

@@ -56,6 +56,7 @@ from ..frames import LEVELS, Surface, VertebraCloud, Volume
 from ..surface.mesh import mesh_points, transfer_point_values
 from .compute import choose_surface, cuda_available
 from .reuse import LevelReuse
+from .status import node_status
 from .telemetry import Telemetry
 from ..xray import backproject as bp
 from ..xray.cache import XraySnapshot
@@ -95,6 +96,7 @@ class UpdateInputs:
     seed: int = 0
     blocked: str = ""               # why no level could be split at all (a user-facing line), else empty
     xray_unlabelled: bool = False   # an X-ray is there but its labelmap places no level
+    axis_note: str = ""             # bone.cranial_axis contradicted by the known levels (told, not blocking)
 
     @cached_property
     def clouds(self) -> list[VertebraCloud]:
@@ -103,47 +105,6 @@ class UpdateInputs:
                                   multimodal=self.fusion == "multimodal", seed=self.seed)
         return [VertebraCloud(level=p.level, partial=p.partial_unit, labelmap_points=p.labelmap_unit,
                               model_to_reference=p.model_to_input) for p in prepared if p is not None]
-
-
-def _level_span(levels: list[str]) -> str:
-    """``["L1", "L2", "L3"]`` -> ``"L1–L3"``; non-consecutive levels are listed (``"L1, L3"``)."""
-    idx = sorted(LEVELS.index(lv) for lv in levels)
-    if len(idx) > 1 and idx == list(range(idx[0], idx[-1] + 1)):
-        return f"{LEVELS[idx[0]]}\u2013{LEVELS[idx[-1]]}"
-    return ", ".join(LEVELS[i] for i in idx)
-
-
-def node_status(inputs: UpdateInputs, *, xray_rejected: str | None = None) -> str:
-    """One line for the navigation display: what was completed and why any level was not.
-
-    ``xray_rejected``: why the last X-ray was refused, when no valid one is there (the display then says so
-    instead of "no X-ray"). Examples: ``"L1–L5 multimodal"``,
-    ``"L2–L4 us_only (no X-ray); L5: too few bone points (12 < 50)"``, ``"waiting for X-ray or level landmarks"``.
-    """
-    unlabelled = "the X-ray labelmap has no vertebra label 1..5"
-    no_xray = f"X-ray rejected: {xray_rejected}" if xray_rejected else "no X-ray"
-    if inputs.centres_source == "none":
-        if inputs.xray_unlabelled:
-            return f"{unlabelled}: waiting for level landmarks"
-        if xray_rejected and inputs.xray_expected:
-            return f"{no_xray}; waiting for a valid X-ray or level landmarks"
-        return "waiting for X-ray or level landmarks" if inputs.xray_expected else "waiting for level landmarks"
-    if inputs.blocked:
-        return inputs.blocked
-    done = [c.level for c in inputs.levels]
-    parts = []
-    if done:
-        why = ""
-        if inputs.fusion == "us_only" and inputs.xray_expected:
-            why = f" ({unlabelled if inputs.xray_unlabelled else no_xray})"
-        parts.append(f"{_level_span(done)} {inputs.fusion}{why}")
-    for lv in LEVELS:
-        n = len(inputs.per_level.get(lv, ()))
-        if lv in inputs.per_level and lv not in done:
-            parts.append(f"{lv}: too few bone points ({n} < {inputs.min_points})")
-    if not parts:
-        return f"waiting for bone points near the level centres ({inputs.centres_source})"
-    return "; ".join(parts)
 
 
 def xray_level_centres(xray: XraySnapshot, bone_ref_mm: np.ndarray, lateral_hint=None) -> dict[str, np.ndarray]:
@@ -205,15 +166,7 @@ class SurfaceUpdater:
             centres, source = choose_level_centres(xray_centres=xray_centres or None, landmarks=self.landmarks or None)
             # Levels placed by landmarks have no labelmap points: only X-ray levels can be fused with the X-ray.
             fusion = force_fusion or ("multimodal" if source == "xray" else "us_only")
-            blocked = implausible_centres(centres)
-            if blocked:
-                blocked = f"{source}: {blocked}"
-            elif len(centres) == 1 and self.cranial_axis is None:
-                # one centre gives no cranio-caudal direction to split along or to orient the vertebra by
-                blocked = (f"{next(iter(centres))} only: one level centre ({source}) needs bone.cranial_axis in the "
-                           "launch file, or two or more levels")
-            elif fusion == "multimodal" and source not in ("xray", "none"):
-                blocked = f"multimodal needs the X-ray's levels; the level centres are from {source}"
+            blocked = self._why_not_split(centres, source, fusion)
             per_level = (split_levels(bone, centres, axis=self.cranial_axis,
                                       max_radius_mm=self._bone.split_max_radius_mm) if centres and not blocked else {})
             visible = [lv for lv, pts in per_level.items() if len(pts) >= max(self._bone.min_points, 1)]
@@ -223,7 +176,29 @@ class SurfaceUpdater:
         return UpdateInputs(fusion, source, per_level, levels, xray_expected=bool(self._xray.enabled),
                             min_points=max(self._bone.min_points, 1), num_partial=cfg.num_partial,
                             num_labelmap=cfg.num_labelmap, seed=self.seed, blocked=blocked,
-                            xray_unlabelled=use_xray and not xray.levels)
+                            xray_unlabelled=use_xray and not xray.levels, axis_note=self._axis_note(centres))
+
+    def _why_not_split(self, centres: dict, source: str, fusion: str) -> str:
+        """Why these level centres cannot be split at all, as a status line; empty when they can."""
+        problem = implausible_centres(centres)
+        if problem:
+            return f"{source}: {problem}"
+        if len(centres) == 1 and self.cranial_axis is None:
+            # one centre gives no cranio-caudal direction to split along or to orient the vertebra by
+            return (f"{next(iter(centres))} only: one level centre ({source}) needs bone.cranial_axis in the "
+                    "launch file, or two or more levels")
+        if fusion == "multimodal" and source not in ("xray", "none"):
+            return f"multimodal needs the X-ray's levels; the level centres are from {source}"
+        return ""
+
+    def _axis_note(self, centres: dict) -> str:
+        """A configured cranial axis that the known levels contradict: it would turn a lone level upside down."""
+        levels = [lv for lv in LEVELS if lv in centres]
+        if self.cranial_axis is None or len(levels) < 2:
+            return ""
+        if (centres[levels[0]] - centres[levels[-1]]) @ self.cranial_axis >= 0:
+            return ""
+        return f"bone.cranial_axis points caudally ({levels[0]} lies below {levels[-1]} along it): flip it"
 
     def update(self, volume: Volume, *, beam_direction: np.ndarray, xray: XraySnapshot | None,
                timestamp: float = 0.0, force_fusion: str | None = None, reuse: bool = True,
