@@ -120,6 +120,8 @@ CASES = [
      ["--frames", "one frame per pass", "got 2"]),
     ("dataset-spine-without-meshes", ["dataset", "--out", "d.h5", "--node-sessions", "1", "--spine", "."],
      ["--spine", "no mesh named L1..L5"]),
+    ("error-head-missing-model", ["error-head", "check", "--model", "missing.pt", "--data", "pairs.h5"],
+     ["--model", "not a checkpoint file", "missing.pt"]),
     ("error-head-not-a-head", ["error-head", "check", "--model", "default", "--head", "notes.pt", "--data", "pairs.h5"],
      ["--head", "notes.pt", "not a readable error head"]),
     ("simulate-not-a-shape-model", ["simulate", "--spine", "ssm:notes.npz", "--out", "session"],

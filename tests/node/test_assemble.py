@@ -121,3 +121,18 @@ def test_the_example_geometry_loads_and_calibrates(tmp_path):
 
     got, want = make_xray_cache(cfg).snapshot().geometry, load_carm_geometry(out)
     np.testing.assert_allclose(got.xray_to_reference, want.xray_to_reference)
+
+
+@pytest.mark.parametrize("key", ["weights", "weights_us_only"])
+def test_weights_that_are_missing_or_not_a_checkpoint_name_the_launch_key(tmp_path, key):
+    """Like completion.error_head: one ConfigError naming the key and the file, not a traceback."""
+    import torch
+
+    from usx_stream.node.assemble import make_engines
+
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    for name, why in (("missing.pt", "completion checkpoint not found"), ("other.pt", "is not a usx-completion")):
+        cfg = parse_launch({"completion": {key: str(tmp_path / name), "backend": "eager"}})
+        with pytest.raises(ConfigError, match=rf"^completion\.{key}: .*{why}") as info:
+            make_engines(cfg)
+        assert name in str(info.value)

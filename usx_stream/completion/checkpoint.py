@@ -65,7 +65,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     data = read_torch_file(path, "completion checkpoint", map_location=map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else None
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={found!r}); "
+        raise InputError(f"{path} is not a {FORMAT} checkpoint (format={found!r}); "
                          "checkpoints of the public US-X Complete code load with load_original_checkpoint()")
     cfg = ModelConfig.from_dict(data["config"])
     model = build_model(cfg)

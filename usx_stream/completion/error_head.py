@@ -112,11 +112,12 @@ def load_error_head(path: str | Path, *, completion_hash: str | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"error head not found: {path}")
+    from ..errors import InputError
     from .checkpoint import read_torch_file
 
     data = read_torch_file(path, "error head")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an error head file (format {data.get('format') if isinstance(data, dict) else None!r}, "
+        raise InputError(f"{path}: not an error head file (format {data.get('format') if isinstance(data, dict) else None!r}, "
                          f"expected {FORMAT!r})")
     if completion_hash is not None and data["completion_hash"] != completion_hash:
         raise ValueError(f"{path}: error head trained for completion weights {data['completion_hash'][:12]}..., "

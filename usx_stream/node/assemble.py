@@ -51,7 +51,11 @@ def make_engine(variant: str, cfg: LaunchConfig, *, warmup: bool = True):
 
     c = cfg.completion
     path = c.weights if variant == "multimodal" else c.weights_us_only
-    model, _, _ = load_checkpoint(path) if path else load_default(variant)
+    try:
+        model, _, _ = load_checkpoint(path) if path else load_default(variant)
+    except (FileNotFoundError, ValueError) as e:   # as the error head's: the launch key, then why
+        key = "completion.weights" if variant == "multimodal" else "completion.weights_us_only"
+        raise ConfigError(f"{key}: {e}") from None
     precision = None if c.precision == "auto" else c.precision
     return CompletionEngine(model, backend=c.backend, device=c.device, precision=precision, max_batch=5,
                             cache_dir=c.engine_cache or None, warmup=warmup,

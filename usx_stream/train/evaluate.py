@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..frames import LEVELS
 from ..metrics import MM_KEYS, NORMALISED_KEYS, REGIONS, evaluate_completion
 from .data import PairedArrays
@@ -57,7 +58,7 @@ def load_model(spec: str):
         return net, cfg, "us_only (default)"
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"model: not a checkpoint file nor 'default'/'us-only': {spec!r}")
+        raise InputError(f"--model: not a checkpoint file nor 'default'/'us-only': {spec!r}")
     net, cfg, _ = load_checkpoint(path)
     return net, cfg, f"{'multimodal' if cfg.multimodal else 'us_only'} ({path.name})"
 
