@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from usx_stream.metrics import chamfer_cdp
+import numpy as np
+
+from usx_stream.metrics import chamfer_cdp, evaluate_completion
 from usx_stream.train.config import TrainConfig, load_train_config
-from usx_stream.train.losses import alpha_for_epoch, completion_loss
+from usx_stream.train.losses import alpha_for_epoch, body_chamfer_cdp, completion_loss
 
 
 def test_toml_config_and_overrides(tmp_path):
@@ -61,6 +63,41 @@ def test_loss_is_the_weighted_sum_and_shared_outputs_count_once():
         completion_loss({k: v for k, v in out.items() if k != "kl_gen"}, alpha=0.1)
 
 
+def test_body_term_is_the_body_cd_p_the_figures_report():
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.randn(3, 200, 3, generator=gen, dtype=torch.float64)
+    gt = torch.randn(3, 150, 3, generator=gen, dtype=torch.float64) * 1.2 + 0.1
+    got = body_chamfer_cdp(pred, gt, chunk=37)          # several chunks, one partial
+    for i in range(3):
+        want = evaluate_completion(pred[i].numpy(), gt[i].numpy(), mm_per_unit=1.0)["body"]["cd_p"]
+        assert float(got[i]) == pytest.approx(want, rel=1e-6)
+
+
+def test_body_term_moves_only_body_points_and_is_added_with_its_weight():
+    out = _out(shared=False)
+    fine = out["fine"].clone().requires_grad_(True)
+    body_chamfer_cdp(fine, out["gt"]).sum().backward()
+    plane = out["gt"][..., 1].mean(1, keepdim=True)
+    behind = fine.detach()[..., 1] > plane
+    assert behind.any() and (~behind).any()
+    assert torch.all(fine.grad[behind] == 0) and torch.any(fine.grad[~behind] != 0)
+    plain, _ = completion_loss(out, alpha=0.1)
+    weighted, parts = completion_loss(out, alpha=0.1, body_weight=2.0)
+    term = body_chamfer_cdp(out["fine"], out["gt"]).mean()
+    assert float(weighted) == pytest.approx(float(plain) + 2.0 * float(term), rel=1e-6)
+    assert parts["cd_fine_body"] == pytest.approx(float(term)) and "cd_fine_body" not in completion_loss(out, alpha=0.1)[1]
+
+
+def test_body_term_of_a_sample_without_body_points_is_zero():
+    gt = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    pred = torch.tensor([[[0.0, 2.0, 0.0], [0.0, 3.0, 0.0]]])     # all behind the truth's centroid
+    assert float(body_chamfer_cdp(pred, gt)[0]) == 0.0
+    assert np.isfinite(float(body_chamfer_cdp(gt, gt)[0]))
+
+
 def test_train_config_validation():
     with pytest.raises(ValueError, match="train.batch_size"):
         TrainConfig(data="x.h5", batch_size=0).validate()
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="train.body_weight"):
+            TrainConfig(data="x.h5", body_weight=bad).validate()

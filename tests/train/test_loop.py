@@ -15,14 +15,17 @@ from usx_stream.train.loop import _Run, train
 from usx_stream.train.network_io import model_inputs, predict
 
 
-def test_loss_decreases_on_a_fixed_batch(tiny_pairs, tmp_path):
-    cfg = TrainConfig(data=str(tiny_pairs), out=str(tmp_path), lr=1e-3, seed=0).validate()
+@pytest.mark.parametrize("body_weight", [0.0, 1.0])
+def test_loss_decreases_on_a_fixed_batch(tiny_pairs, tmp_path, body_weight):
+    cfg = TrainConfig(data=str(tiny_pairs), out=str(tmp_path), lr=1e-3, seed=0, body_weight=body_weight).validate()
     run = _Run(cfg, resume=False)
     arrays = read_pairs(tiny_pairs)
     partial, labelmap = model_inputs(arrays, run.model_cfg, "tiny")
     batch = (partial[:2], labelmap[:2], torch.from_numpy(arrays.complete[:2]))
-    losses = [run.train_step(*batch)["total"] for _ in range(3)]
+    steps = [run.train_step(*batch) for _ in range(3)]
+    losses = [p["total"] for p in steps]
     assert all(np.isfinite(losses))
+    assert ("cd_fine_body" in steps[0]) == (body_weight > 0)
     assert losses[-1] < losses[0]
     assert run.step == 3
 

@@ -20,6 +20,7 @@ Example ``train.toml``::
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,9 @@ class TrainConfig:
         Random scaling of each training sample as a whole (one factor, all axes) by up to this fraction; 0 = none.
     augment_width : float
         Random scaling of each training sample's left-right extent only by up to this fraction; 0 = none.
+    body_weight : float
+        Weight of the body-only chamfer term of the fine output in the loss (``train.losses``); 0 = the
+        paper's loss.
     init : str
         Start from these weights instead of a random initialisation (fine-tuning): a checkpoint path, or
         ``"default"`` for the shipped checkpoint of ``variant``. The optimiser and counters start afresh.
@@ -118,6 +122,7 @@ class TrainConfig:
     augment_scale: float = 0.0
     augment_size: float = 0.0
     augment_width: float = 0.0
+    body_weight: float = 0.0
     init: str = ""
     dtype: str = "float32"
     dist_backend: str = "auto"
@@ -134,12 +139,14 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)!r}")
         for name in ("max_minutes", "val_every", "val_samples", "threads", "gt_points", "augment_rotate_deg",
-                     "augment_shift_mm"):
+                     "augment_shift_mm", "body_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)!r}")
         for name in ("augment_scale", "augment_size", "augment_width"):
             if not 0 <= getattr(self, name) < 0.5:
                 raise ValueError(f"train.{name}: must be in [0, 0.5), got {getattr(self, name)!r}")
+        if not math.isfinite(self.body_weight):
+            raise ValueError(f"train.body_weight: must be a finite number >= 0, got {self.body_weight!r}")
         if not self.lr > 0:
             raise ValueError(f"train.lr: must be > 0, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:

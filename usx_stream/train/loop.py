@@ -191,7 +191,8 @@ class _Run:
         labelmap = None if labelmap is None else labelmap[rows]
         with distributed.GlobalBatchNoise(seed=cfg.seed, step=self.step, global_batch=b, ctx=ctx):
             out = self.model(partial, labelmap, complete)
-        loss, parts = completion_loss(out, alpha=alpha_for_epoch(self.epoch), chunk=self.cfg.chunk)
+        loss, parts = completion_loss(out, alpha=alpha_for_epoch(self.epoch), chunk=self.cfg.chunk,
+                                      body_weight=cfg.body_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over the ranks here
         if ctx.enabled:  # each rank's parts are means over equally many rows: their mean is the global one

@@ -1,10 +1,14 @@
 """The training loss of DESIGN §4 (VRCNet / US-X Complete).
 
 ``loss = 10·CD_p(coarse_raw) + 0.5·CD_p(coarse_high) + 1·CD_p(coarse) + α·CD_p(fine) + 20·(KL_rec + KL_gen)``
+``       [+ β·CD_p,body(fine)]``
 
 CD_p is the per-sample ``(mean √d1 + mean √d2) / 2`` of :func:`usx_stream.metrics.chamfer_cdp` against the
 (doubled) ground truth the network returns under ``"gt"``; α follows the schedule 0.01 → 0.1 → 0.5 → 1 at
-epochs 5 / 15 / 30. When two outputs are the same tensor (in the small configuration ``coarse_high``,
+epochs 5 / 15 / 30. The optional last term (β = ``body_weight``, 0 = the paper's loss) is the chamfer
+distance of the vertebral body alone, split and matched as the body metrics split and match it
+(:func:`usx_stream.metrics.region_masks`: points anterior of the truth centroid's coronal plane, each
+matched within its own region): the body is what the X-ray adds and what the figures score. When two outputs are the same tensor (in the small configuration ``coarse_high``,
 ``coarse`` and ``fine`` are one tensor) their weights are added and the distance is computed once.
 """
 
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..metrics import chamfer_cdp
+from ..metrics import POSTERIOR_AXIS, chamfer_cdp
 
 CD_WEIGHTS = {"coarse_raw": 10.0, "coarse_high": 0.5, "coarse": 1.0}
 KL_WEIGHT = 20.0
@@ -31,7 +35,7 @@ def alpha_for_epoch(epoch: int, schedule=ALPHA_SCHEDULE) -> float:
     return float(alpha)
 
 
-def completion_loss(out: dict[str, torch.Tensor], *, alpha: float, chunk: int = 1024
+def completion_loss(out: dict[str, torch.Tensor], *, alpha: float, chunk: int = 1024, body_weight: float = 0.0
                     ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts for one training forward pass.
 
@@ -44,6 +48,8 @@ def completion_loss(out: dict[str, torch.Tensor], *, alpha: float, chunk: int = 
         Weight of the ``fine`` term.
     chunk : int, keyword-only
         Row chunk of the chamfer distance matrices (memory).
+    body_weight : float, keyword-only
+        Weight β of the body-only chamfer term of the ``fine`` output (0 = none, the term is not computed).
 
     Returns
     -------
@@ -68,8 +74,63 @@ def completion_loss(out: dict[str, torch.Tensor], *, alpha: float, chunk: int = 
         loss = loss + w * cd
         for k in keys:
             parts[f"cd_{k}"] = float(cd.detach())
+    if body_weight > 0:
+        cd_body = body_chamfer_cdp(out["fine"], gt, chunk=chunk).mean()
+        loss = loss + float(body_weight) * cd_body
+        parts["cd_fine_body"] = float(cd_body.detach())
     kl = out["kl_rec"].mean() + out["kl_gen"].mean()
     loss = loss + KL_WEIGHT * kl
     parts["kl"] = float(kl.detach())
     parts["total"] = float(loss.detach())
     return loss, parts
+
+
+def body_chamfer_cdp(pred: torch.Tensor, gt: torch.Tensor, *, axis: int = POSTERIOR_AXIS, chunk: int = 1024
+                     ) -> torch.Tensor:
+    """Per-sample CD_p of the vertebral body: (B,) tensor, differentiable.
+
+    Both clouds are split at the coronal plane through the truth's centroid (``axis`` posterior; the body is
+    at or anterior of it, as :func:`usx_stream.metrics.region_masks` splits them), and each body point is
+    matched to the nearest body point of the other cloud, so the value is the body ``cd_p`` of
+    :func:`usx_stream.metrics.evaluate_completion`. Points behind the plane get no gradient. A sample whose
+    body is empty in either cloud contributes 0.
+    """
+    if pred.ndim != 3 or pred.shape[-1] != 3 or gt.ndim != 3 or gt.shape[-1] != 3 or pred.shape[0] != gt.shape[0]:
+        raise ValueError(f"pred/gt: expected (B, N, 3) and (B, M, 3), got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk: must be >= 1, got {chunk}")
+    plane = gt[..., axis].mean(dim=1, keepdim=True).detach()           # (B, 1)
+    p_body = pred[..., axis].detach() <= plane                          # (B, N)
+    g_body = gt[..., axis].detach() <= plane                            # (B, M)
+    with torch.no_grad():
+        idx1, idx2 = _nearest_within(pred.detach(), gt.detach(), p_body, g_body, chunk)
+    nn_of_pred = torch.gather(gt, 1, idx1.unsqueeze(-1).expand(-1, -1, 3))
+    nn_of_gt = torch.gather(pred, 1, idx2.unsqueeze(-1).expand(-1, -1, 3))
+    d1 = torch.sqrt(((pred - nn_of_pred) ** 2).sum(-1) + 1e-12)
+    d2 = torch.sqrt(((gt - nn_of_gt) ** 2).sum(-1) + 1e-12)
+    n1, n2 = p_body.sum(1), g_body.sum(1)
+    m1 = (d1 * p_body).sum(1) / n1.clamp(min=1)
+    m2 = (d2 * g_body).sum(1) / n2.clamp(min=1)
+    return torch.where((n1 > 0) & (n2 > 0), (m1 + m2) / 2.0, torch.zeros_like(m1))
+
+
+def _nearest_within(a, b, a_mask, b_mask, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest masked ``b`` index of every ``a`` point, nearest masked ``a`` index of every ``b`` point.
+
+    Entries for points outside their own mask (or with nothing to match) are valid indices whose
+    distances the caller masks out.
+    """
+    b_sq = (b * b).sum(-1).unsqueeze(1)
+    inf = torch.tensor(float("inf"), dtype=a.dtype, device=a.device)
+    rows = []
+    col_val = torch.full(b.shape[:2], float("inf"), dtype=a.dtype, device=a.device)
+    col_idx = torch.zeros(b.shape[:2], dtype=torch.long, device=a.device)
+    for start in range(0, a.shape[1], chunk):
+        a_c = a[:, start:start + chunk]
+        d = torch.baddbmm(b_sq + (a_c * a_c).sum(-1, keepdim=True), a_c, b.transpose(1, 2), alpha=-2.0)
+        rows.append(torch.where(b_mask.unsqueeze(1), d, inf).argmin(dim=2))
+        val, idx = torch.where(a_mask[:, start:start + chunk].unsqueeze(2), d, inf).min(dim=1)
+        better = val < col_val
+        col_val = torch.where(better, val, col_val)
+        col_idx = torch.where(better, idx + start, col_idx)
+    return torch.cat(rows, dim=1), col_idx
