@@ -208,7 +208,7 @@ def chamfer_sq_dists(pred: torch.Tensor, gt: torch.Tensor, *, chunk: int = 1024)
     if chunk < 1:
         raise ValueError(f"chunk: must be >= 1, got {chunk}")
     with torch.no_grad():
-        idx1, idx2 = _nearest_indices(pred.detach(), gt.detach(), chunk)
+        idx1, idx2 = nearest_indices(pred.detach(), gt.detach(), chunk)
     nn_of_pred = torch.gather(gt, 1, idx1.unsqueeze(-1).expand(-1, -1, 3))
     nn_of_gt = torch.gather(pred, 1, idx2.unsqueeze(-1).expand(-1, -1, 3))
     dist1 = ((pred - nn_of_pred) ** 2).sum(-1)
@@ -216,13 +216,17 @@ def chamfer_sq_dists(pred: torch.Tensor, gt: torch.Tensor, *, chunk: int = 1024)
     return dist1, dist2
 
 
-def _nearest_indices(a: torch.Tensor, b: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_indices(a: torch.Tensor, b: torch.Tensor, chunk: int, a_mask: torch.Tensor | None = None,
+                    b_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest ``b`` index of every ``a`` point and nearest ``a`` index of every ``b`` point.
 
     ``a`` (B, N, 3), ``b`` (B, M, 3) -> (B, N), (B, M) long. One pass over row chunks of the distance
-    matrix serves both directions (row minima directly, column minima as a running minimum).
+    matrix serves both directions (row minima directly, column minima as a running minimum). With masks
+    ((B, N), (B, M) bool) only masked points are candidates; an index with no candidate is 0, and the
+    caller masks its distance out.
     """
     b_sq = (b * b).sum(-1).unsqueeze(1)  # (B, 1, M)
+    inf = torch.tensor(float("inf"), dtype=a.dtype, device=a.device)
     rows = []
     col_val = torch.full(b.shape[:2], float("inf"), dtype=a.dtype, device=a.device)
     col_idx = torch.zeros(b.shape[:2], dtype=torch.long, device=a.device)
@@ -230,7 +234,9 @@ def _nearest_indices(a: torch.Tensor, b: torch.Tensor, chunk: int) -> tuple[torc
         a_c = a[:, start:start + chunk]
         # |a|^2 + |b|^2 - 2ab: only the argmin is used, so rounding in the expansion is harmless.
         d = torch.baddbmm(b_sq + (a_c * a_c).sum(-1, keepdim=True), a_c, b.transpose(1, 2), alpha=-2.0)
-        rows.append(d.argmin(dim=2))
+        rows.append((d if b_mask is None else torch.where(b_mask.unsqueeze(1), d, inf)).argmin(dim=2))
+        if a_mask is not None:
+            d = torch.where(a_mask[:, start:start + chunk].unsqueeze(2), d, inf)
         val, idx = d.min(dim=1)
         better = val < col_val
         col_val = torch.where(better, val, col_val)

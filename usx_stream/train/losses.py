@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..metrics import POSTERIOR_AXIS, chamfer_cdp
+from ..metrics import POSTERIOR_AXIS, nearest_indices, chamfer_cdp
 
 CD_WEIGHTS = {"coarse_raw": 10.0, "coarse_high": 0.5, "coarse": 1.0}
 KL_WEIGHT = 20.0
@@ -103,7 +103,7 @@ def body_chamfer_cdp(pred: torch.Tensor, gt: torch.Tensor, *, axis: int = POSTER
     p_body = pred[..., axis].detach() <= plane                          # (B, N)
     g_body = gt[..., axis].detach() <= plane                            # (B, M)
     with torch.no_grad():
-        idx1, idx2 = _nearest_within(pred.detach(), gt.detach(), p_body, g_body, chunk)
+        idx1, idx2 = nearest_indices(pred.detach(), gt.detach(), chunk, p_body, g_body)
     nn_of_pred = torch.gather(gt, 1, idx1.unsqueeze(-1).expand(-1, -1, 3))
     nn_of_gt = torch.gather(pred, 1, idx2.unsqueeze(-1).expand(-1, -1, 3))
     d1 = torch.sqrt(((pred - nn_of_pred) ** 2).sum(-1) + 1e-12)
@@ -112,25 +112,3 @@ def body_chamfer_cdp(pred: torch.Tensor, gt: torch.Tensor, *, axis: int = POSTER
     m1 = (d1 * p_body).sum(1) / n1.clamp(min=1)
     m2 = (d2 * g_body).sum(1) / n2.clamp(min=1)
     return torch.where((n1 > 0) & (n2 > 0), (m1 + m2) / 2.0, torch.zeros_like(m1))
-
-
-def _nearest_within(a, b, a_mask, b_mask, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest masked ``b`` index of every ``a`` point, nearest masked ``a`` index of every ``b`` point.
-
-    Entries for points outside their own mask (or with nothing to match) are valid indices whose
-    distances the caller masks out.
-    """
-    b_sq = (b * b).sum(-1).unsqueeze(1)
-    inf = torch.tensor(float("inf"), dtype=a.dtype, device=a.device)
-    rows = []
-    col_val = torch.full(b.shape[:2], float("inf"), dtype=a.dtype, device=a.device)
-    col_idx = torch.zeros(b.shape[:2], dtype=torch.long, device=a.device)
-    for start in range(0, a.shape[1], chunk):
-        a_c = a[:, start:start + chunk]
-        d = torch.baddbmm(b_sq + (a_c * a_c).sum(-1, keepdim=True), a_c, b.transpose(1, 2), alpha=-2.0)
-        rows.append(torch.where(b_mask.unsqueeze(1), d, inf).argmin(dim=2))
-        val, idx = torch.where(a_mask[:, start:start + chunk].unsqueeze(2), d, inf).min(dim=1)
-        better = val < col_val
-        col_val = torch.where(better, val, col_val)
-        col_idx = torch.where(better, idx + start, col_idx)
-    return torch.cat(rows, dim=1), col_idx
