@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
 
 from usx_stream.metrics import chamfer_cdp, evaluate_completion
 from usx_stream.train.config import TrainConfig, load_train_config
@@ -85,7 +84,8 @@ def test_body_term_moves_only_body_points_and_is_added_with_its_weight():
     weighted, parts = completion_loss(out, alpha=0.1, body_weight=2.0)
     term = body_chamfer_cdp(out["fine"], out["gt"]).mean()
     assert float(weighted) == pytest.approx(float(plain) + 2.0 * float(term), rel=1e-6)
-    assert parts["cd_fine_body"] == pytest.approx(float(term)) and "cd_fine_body" not in completion_loss(out, alpha=0.1)[1]
+    assert parts["cd_fine_body"] == pytest.approx(float(term))
+    assert "cd_fine_body" not in completion_loss(out, alpha=0.1)[1]
 
 
 def test_body_term_of_a_sample_without_body_points_is_zero():

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     keys = ("data", "val", "variant", "model", "out", "epochs", "batch_size", "lr", "seed", "max_minutes",
             "val_every", "val_samples", "threads", "gt_points", "device", "augment_rotate_deg", "augment_shift_mm",
-            "augment_mirror", "augment_scale", "augment_size", "augment_width", "body_weight", "init", "dtype", "dist_backend")
+            "augment_mirror", "augment_scale", "augment_size", "augment_width", "body_weight", "init", "dtype",
+            "dist_backend")
     try:
         cfg = load_train_config(args.config, **{k: getattr(args, k) for k in keys})
         result = train(cfg, resume=args.resume, progress=not args.no_progress)

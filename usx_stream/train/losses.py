@@ -5,18 +5,20 @@
 
 CD_p is the per-sample ``(mean √d1 + mean √d2) / 2`` of :func:`usx_stream.metrics.chamfer_cdp` against the
 (doubled) ground truth the network returns under ``"gt"``; α follows the schedule 0.01 → 0.1 → 0.5 → 1 at
-epochs 5 / 15 / 30. The optional last term (β = ``body_weight``, 0 = the paper's loss) is the chamfer
-distance of the vertebral body alone, split and matched as the body metrics split and match it
-(:func:`usx_stream.metrics.region_masks`: points anterior of the truth centroid's coronal plane, each
-matched within its own region): the body is what the X-ray adds and what the figures score. When two outputs are the same tensor (in the small configuration ``coarse_high``,
+epochs 5 / 15 / 30. When two outputs are the same tensor (in the small configuration ``coarse_high``,
 ``coarse`` and ``fine`` are one tensor) their weights are added and the distance is computed once.
+
+The optional last term (β = ``body_weight``, 0 = the paper's loss) is the chamfer distance of the vertebral
+body alone, split and matched as the body metrics split and match it (:func:`usx_stream.metrics.region_masks`:
+points anterior of the truth centroid's coronal plane, each matched within its own region): the body is what
+the X-ray adds and what the figures score. Stage 13 (``MODEL_HISTORY.md``) trained with β = 1 and did not ship.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..metrics import POSTERIOR_AXIS, nearest_indices, chamfer_cdp
+from ..metrics import POSTERIOR_AXIS, chamfer_cdp, nearest_indices
 
 CD_WEIGHTS = {"coarse_raw": 10.0, "coarse_high": 0.5, "coarse": 1.0}
 KL_WEIGHT = 20.0
