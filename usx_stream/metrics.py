@@ -203,10 +203,7 @@ def chamfer_sq_dists(pred: torch.Tensor, gt: torch.Tensor, *, chunk: int = 1024)
     dist2 : (B, M) tensor
         Squared distance from each ``gt`` point to the nearest ``pred`` point.
     """
-    if pred.ndim != 3 or pred.shape[-1] != 3 or gt.ndim != 3 or gt.shape[-1] != 3 or pred.shape[0] != gt.shape[0]:
-        raise ValueError(f"pred/gt: expected (B, N, 3) and (B, M, 3), got {tuple(pred.shape)} and {tuple(gt.shape)}")
-    if chunk < 1:
-        raise ValueError(f"chunk: must be >= 1, got {chunk}")
+    check_batched_pair(pred, gt, chunk)
     with torch.no_grad():
         idx1, idx2 = nearest_indices(pred.detach(), gt.detach(), chunk)
     nn_of_pred = torch.gather(gt, 1, idx1.unsqueeze(-1).expand(-1, -1, 3))
@@ -214,6 +211,14 @@ def chamfer_sq_dists(pred: torch.Tensor, gt: torch.Tensor, *, chunk: int = 1024)
     dist1 = ((pred - nn_of_pred) ** 2).sum(-1)
     dist2 = ((gt - nn_of_gt) ** 2).sum(-1)
     return dist1, dist2
+
+
+def check_batched_pair(pred: torch.Tensor, gt: torch.Tensor, chunk: int) -> None:
+    """Raise ValueError unless ``pred`` (B, N, 3) and ``gt`` (B, M, 3) pair up and ``chunk`` >= 1."""
+    if pred.ndim != 3 or pred.shape[-1] != 3 or gt.ndim != 3 or gt.shape[-1] != 3 or pred.shape[0] != gt.shape[0]:
+        raise ValueError(f"pred/gt: expected (B, N, 3) and (B, M, 3), got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk: must be >= 1, got {chunk}")
 
 
 def nearest_indices(a: torch.Tensor, b: torch.Tensor, chunk: int, a_mask: torch.Tensor | None = None,

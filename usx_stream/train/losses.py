@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..metrics import POSTERIOR_AXIS, chamfer_cdp, nearest_indices
+from ..metrics import POSTERIOR_AXIS, chamfer_cdp, check_batched_pair, nearest_indices
 
 CD_WEIGHTS = {"coarse_raw": 10.0, "coarse_high": 0.5, "coarse": 1.0}
 KL_WEIGHT = 20.0
@@ -97,10 +97,7 @@ def body_chamfer_cdp(pred: torch.Tensor, gt: torch.Tensor, *, axis: int = POSTER
     :func:`usx_stream.metrics.evaluate_completion`. Points behind the plane get no gradient. A sample whose
     body is empty in either cloud contributes 0.
     """
-    if pred.ndim != 3 or pred.shape[-1] != 3 or gt.ndim != 3 or gt.shape[-1] != 3 or pred.shape[0] != gt.shape[0]:
-        raise ValueError(f"pred/gt: expected (B, N, 3) and (B, M, 3), got {tuple(pred.shape)} and {tuple(gt.shape)}")
-    if chunk < 1:
-        raise ValueError(f"chunk: must be >= 1, got {chunk}")
+    check_batched_pair(pred, gt, chunk)
     plane = gt[..., axis].mean(dim=1, keepdim=True).detach()           # (B, 1)
     p_body = pred[..., axis].detach() <= plane                          # (B, N)
     g_body = gt[..., axis].detach() <= plane                            # (B, M)
