@@ -100,6 +100,29 @@ def test_training_learns_a_planted_error_scale_and_calibrates():
         fit_error_head(train, val, multimodal=True, epochs=0)
 
 
+def test_averaged_fit_keeps_the_mean_of_the_weights_from_the_named_epoch_on():
+    train, val, test = _planted(1), _planted(2, 16), _planted(3, 16)
+
+    def fit(epochs, average_from):
+        head, _ = fit_error_head(train, val, multimodal=True, epochs=epochs, batch=4, lr=1e-2, seed=0,
+                                 average_from=average_from)
+        # calibration shifts only the last bias; every other weight is what training or averaging left
+        return head, {k: v for k, v in head.state_dict().items() if k != "mlp.4.bias"}
+
+    _, after_2 = fit(2, 1)          # the weights after epoch 1 (the trajectory does not depend on `epochs`)
+    _, after_3 = fit(3, 2)          # the weights after epoch 2
+    head, mean_2_3 = fit(3, 1)      # their average
+    assert set(mean_2_3) == set(after_3) and "mlp.0.weight" in mean_2_3
+    for k, v in mean_2_3.items():
+        torch.testing.assert_close(v, (after_2[k] + after_3[k]) / 2, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(after_2["mlp.0.weight"], after_3["mlp.0.weight"])
+    assert rank_report(predict(head, test), test.error)["spearman_rho"] > 0.6
+    assert predict(head, val).mean() == pytest.approx(float(val.error.mean()), rel=1e-3)
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="average_from must be in"):
+            fit_error_head(train, val, multimodal=True, epochs=3, average_from=bad)
+
+
 def test_rank_report_on_known_rankings():
     rng = np.random.default_rng(0)
     error = rng.uniform(0, 3, (6, 100))

@@ -3,7 +3,8 @@
 fit: completes every pair of --data with the frozen completion weights (--model) as the node does (X-ray body
 fit included), measures each point's distance to the ground truth, and trains the small per-point head of
 usx_stream.completion.error_head on it (Laplace likelihood), keeping the epoch with the best Spearman rho on
---val. The head is tied to those weights (their state-dict hash) and written to --out.
+--val, or with --average-from E the average of its weights over epochs E and after. The head is tied to those
+weights (their state-dict hash) and written to --out.
 
 check: on held-out pairs (--data), the rank correlation between the head's per-point uncertainty and the
 per-point error, per-vertebra figures and the error by uncertainty decile, in mm. Use dense ground truth
@@ -38,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--out", required=True, help="output head file (.pt)")
     f.add_argument("--epochs", type=positive_int, default=30)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--average-from", type=non_negative(int), metavar="E",
+                   help="keep the average of the weights after each epoch from E on, instead of the epoch with the "
+                        "best validation rho (which scatters from epoch to epoch)")
     c.add_argument("--head", default="default", help="'default' (the head shipped with the default weights) or a "
                                                      "head file (default: %(default)s)")
     c.add_argument("--data", required=True, help="held-out pairs, comma-separated HDF5 files")
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     data = completion_errors(net, read_pairs_many(args.data))
     if args.action == "fit":
         val = completion_errors(net, read_pairs_many(args.val))
-        head, history = fit_error_head(data, val, multimodal=cfg.multimodal, epochs=args.epochs, seed=args.seed)
+        head, history = fit_error_head(data, val, multimodal=cfg.multimodal, epochs=args.epochs, seed=args.seed,
+                                       average_from=args.average_from)
         report = rank_report(predict(head, val) * val.mm_per_unit, val.error * val.mm_per_unit)
         extra = {"command": args.command_line, "model": name, "data": args.data,
                  "val": args.val, "train_vertebrae": len(data.error), "val_vertebrae": len(val.error),

@@ -77,14 +77,21 @@ def laplace_nll(log_scale: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
 
 
 def fit_error_head(train: CompletionErrors, val: CompletionErrors, *, multimodal: bool, epochs: int = 30,
-                   batch: int = 16, lr: float = 1e-3, seed: int = 0, hidden: int = 64
-                   ) -> tuple[ErrorHead, list[dict]]:
-    """Train a head on ``train``, select the epoch by Spearman rho on ``val`` and calibrate it there. Returns the
-    head (eval mode) and one history row per epoch (``loss``, ``val_rho``)."""
-    from scipy.stats import spearmanr
+                   batch: int = 16, lr: float = 1e-3, seed: int = 0, hidden: int = 64,
+                   average_from: int | None = None) -> tuple[ErrorHead, list[dict]]:
+    """Train a head on ``train`` and calibrate it on ``val``. Returns the head (eval mode) and one history row per
+    epoch (``loss``, ``val_rho`` of that epoch's weights).
+
+    Which weights are kept: by default the epoch with the highest Spearman rho on ``val``; with ``average_from``
+    E, the average of the weights after each epoch from E on (``torch.optim.swa_utils.AveragedModel``). The
+    per-epoch validation rho of this small head scatters by ~0.02-0.03 from one epoch to the next, so the
+    best epoch is partly a lucky draw on the validation set; the average is chosen by nothing but the schedule."""
+    from torch.optim.swa_utils import AveragedModel
 
     if epochs < 1 or batch < 1 or lr <= 0:
         raise ValueError(f"fit_error_head: epochs, batch and lr must be positive, got {epochs}, {batch}, {lr}")
+    if average_from is not None and not 0 <= average_from < epochs:
+        raise ValueError(f"fit_error_head: average_from must be in [0, epochs = {epochs}), got {average_from}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = ErrorHead(multimodal=multimodal, hidden=hidden)
@@ -94,6 +101,7 @@ def fit_error_head(train: CompletionErrors, val: CompletionErrors, *, multimodal
     target = torch.from_numpy(train.error)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=1e-4)
     best, history = (-np.inf, None), []
+    averaged = AveragedModel(head) if average_from is not None else None
     for epoch in range(epochs):
         head.train()
         order = torch.randperm(len(target), generator=gen)
@@ -106,17 +114,28 @@ def fit_error_head(train: CompletionErrors, val: CompletionErrors, *, multimodal
             opt.step()
             losses.append(loss.item())
         head.eval()
-        with torch.no_grad():
-            pred = head.log_scale(val.features).numpy()
-        rho = float(spearmanr(pred.ravel(), val.error.ravel())[0])
+        if averaged is not None and epoch >= average_from:
+            averaged.update_parameters(head)
+        rho = _validation_rho(head, val)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_rho": rho})
         log.info("error head epoch %d: loss %.4f, validation rho %.3f", epoch, history[-1]["loss"], rho)
         if rho > best[0]:
             best = (rho, {k: v.clone() for k, v in head.state_dict().items()})
-    head.load_state_dict(best[1])
+    head.load_state_dict(averaged.module.state_dict() if averaged is not None else best[1])
     head.eval()
+    if averaged is not None:
+        log.info("error head: weights of epochs %d-%d averaged, validation rho %.3f", average_from, epochs - 1,
+                 _validation_rho(head, val))
     calibrate(head, val)
     return head, history
+
+
+def _validation_rho(head: ErrorHead, val: CompletionErrors) -> float:
+    from scipy.stats import spearmanr
+
+    with torch.no_grad():
+        pred = head.log_scale(val.features).numpy()
+    return float(spearmanr(pred.ravel(), val.error.ravel())[0])
 
 
 def calibrate(head: ErrorHead, val: CompletionErrors) -> float:
