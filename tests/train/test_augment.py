@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from usx_stream.train.augment import augment_batch, random_rotations
+from usx_stream.train.augment import (WARP_FREQUENCY, WARP_WIDTH_RADIUS, augment_batch, random_rotations,
+                                     random_warp)
 from usx_stream.train.config import TrainConfig, load_train_config
 from usx_stream.train.loop import _Run, resolve_device
 
@@ -116,6 +117,42 @@ def test_width_stretches_only_left_right_by_one_bounded_factor_and_leaves_earlie
         assert not torch.allclose(wu[..., 0], pu[..., 0])
     with pytest.raises(ValueError, match=r"train.augment_width: must be in \[0, 0.5\), got 0.5"):
         TrainConfig(data="x.h5", augment_width=0.5).validate()
+
+
+def test_warp_is_smooth_bounded_shared_by_the_clouds_and_keeps_the_mid_sagittal_plane():
+    amp = 0.04
+    base = clouds(20)
+    yz = torch.rand(4, 200, 2, generator=torch.Generator().manual_seed(21)) * 2 - 1
+    plane = torch.cat([torch.zeros(4, 200, 1), yz], dim=-1)            # a labelmap-like set on x = 0
+    lateral = torch.cat([torch.full((4, 200, 1), 0.4), yz], dim=-1)    # the same (y, z), 20 mm to the side
+    warped = random_warp(base + [plane, lateral], amp, torch.Generator().manual_seed(22))
+    wp, wl = warped[3], warped[4]
+    assert torch.equal(wp[..., 0], torch.zeros_like(wp[..., 0]))         # the mid-sagittal plane stays in place
+    torch.testing.assert_close(wl[..., 1:], wp[..., 1:])                  # y, z moves depend on (y, z) only
+    for b, a in zip(base, warped[:3]):
+        d = a - b
+        assert d[..., 1:].abs().max() <= amp + 1e-6 and d[..., 1:].abs().max() > amp / 10
+        assert (d[..., 0].abs() <= amp * b[..., 0].abs() / WARP_WIDTH_RADIUS + 1e-6).all()
+    # smooth: the displacement changes no faster than its steepest waves allow (y and z: amp * w each; x: the
+    # stretch of at most amp / R and its slope times |x| <= 1)
+    w = 2 * math.pi * WARP_FREQUENCY[1]
+    slope = amp * (math.sqrt(2) * w + (1 + w) / WARP_WIDTH_RADIUS)
+    d, p = warped[0] - base[0], base[0]
+    dist = torch.cdist(p, p)
+    change = torch.cdist(d, d)
+    assert (change <= slope * dist + 1e-4).all()                          # 1e-4: cdist rounding
+    # in augment_batch: before everything else and drawn after it, so without rotation it adds the same warp
+    g = dict(rotate_deg=0.0, shift=0.05, mirror=True, size=0.1, width=0.1)
+    plain = augment_batch(base, **g, generator=torch.Generator().manual_seed(23))
+    bent = augment_batch(base, **g, warp=amp, generator=torch.Generator().manual_seed(23))
+    gen = torch.Generator().manual_seed(23)
+    augment_batch(base, **g, generator=gen)                            # consume the earlier draws
+    again = augment_batch(random_warp(base, amp, gen), **g, generator=torch.Generator().manual_seed(23))
+    for p0, b0, a0 in zip(plain, bent, again):
+        assert not torch.allclose(p0, b0)
+        torch.testing.assert_close(b0, a0)
+    with pytest.raises(ValueError, match="train.augment_warp_mm: must be >= 0, got -1.0"):
+        TrainConfig(data="x.h5", augment_warp_mm=-1.0).validate()
 
 
 def test_none_labelmap_passes_through_and_draws_are_reproducible():

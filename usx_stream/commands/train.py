@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment-width", type=float, dest="augment_width",
                         help="random scaling of each training sample's left-right extent by up to this fraction "
                              "(default 0)")
+    parser.add_argument("--augment-warp-mm", type=float, dest="augment_warp_mm",
+                        help="smooth random warp of each training sample, largest displacement in mm (default 0)")
     parser.add_argument("--body-weight", type=float, dest="body_weight",
                         help="weight of a body-only chamfer term of the fine output in the loss (default 0)")
     parser.add_argument("--init", help="start from these weights (checkpoint path, or 'default' for the shipped one)")
@@ -70,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     keys = ("data", "val", "variant", "model", "out", "epochs", "batch_size", "lr", "seed", "max_minutes",
             "val_every", "val_samples", "threads", "gt_points", "device", "augment_rotate_deg", "augment_shift_mm",
-            "augment_mirror", "augment_scale", "augment_size", "augment_width", "body_weight", "init", "dtype",
-            "dist_backend")
+            "augment_mirror", "augment_scale", "augment_size", "augment_width", "augment_warp_mm", "body_weight",
+            "init", "dtype", "dist_backend")
     try:
         cfg = load_train_config(args.config, **{k: getattr(args, k) for k in keys})
         result = train(cfg, resume=args.resume, progress=not args.no_progress)

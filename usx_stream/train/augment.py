@@ -22,6 +22,12 @@ Stretching only the left-right axis (``width``) changes what the lateral X-ray c
 planar point set on the mid-sagittal plane, so only the ultrasound cloud (laminae, transverse processes)
 carries a vertebra's width. Without it the network follows a lateral stretch of the ultrasound cloud by about a
 quarter (validation: partial x 1.1 -> body width x 1.027) and completes wide bodies too narrow.
+
+A smooth random warp (``warp``) makes shapes the training subjects do not have, where every transform above
+only re-proportions the ones they have: each sample's points move by a few plane waves over the sagittal plane
+(wavelengths 0.8-2 units, 40-100 mm at 50 mm per unit), in y and z, and its left-right extent changes by a
+factor that varies the same way. Nothing of the warp depends on x except that stretch, which leaves the
+mid-sagittal plane in place, so the lateral X-ray's labelmap of the warped vertebra is the warped labelmap.
 """
 
 from __future__ import annotations
@@ -44,10 +50,41 @@ def random_rotations(n: int, max_deg: float, generator: torch.Generator, device)
     return rot.to(device)
 
 
+WARP_WAVES = 2                   # plane waves per displacement component
+WARP_FREQUENCY = (0.5, 1.25)     # cycles per unit of the model frame
+WARP_WIDTH_RADIUS = 0.5          # units from the mid-sagittal plane where the width change moves a point by ``warp``
+
+
+def random_warp(clouds: list[torch.Tensor | None], amplitude: float,
+                generator: torch.Generator) -> list[torch.Tensor | None]:
+    """Per sample, one smooth displacement of every cloud (see the module docstring): y and z move by at most
+    ``amplitude`` (model units) each, x by at most ``amplitude`` at ``WARP_WIDTH_RADIUS`` from the mid-plane."""
+    present = [c for c in clouds if c is not None]
+    b, device, dtype = present[0].shape[0], present[0].device, present[0].dtype
+    shape = (b, 3, WARP_WAVES)
+    angle = torch.rand(shape, generator=generator) * (2 * math.pi)
+    lo, hi = WARP_FREQUENCY
+    freq = (lo + (hi - lo) * torch.rand(shape, generator=generator)) * (2 * math.pi)
+    phase = torch.rand(shape, generator=generator) * (2 * math.pi)
+    amp = (torch.rand(shape, generator=generator) * 2 - 1) * (amplitude / WARP_WAVES)
+    amp[:, 0] /= WARP_WIDTH_RADIUS                                   # component 0: a relative change of x
+    ky, kz = freq * torch.cos(angle), freq * torch.sin(angle)
+    ky, kz, phase, amp = (t.to(device=device, dtype=dtype)[:, None] for t in (ky, kz, phase, amp))
+
+    def warp(c: torch.Tensor) -> torch.Tensor:
+        y, z = c[..., 1:2, None], c[..., 2:3, None]                  # (B, N, 1, 1) against (B, 1, 3, K)
+        field = (amp * torch.sin(ky * y + kz * z + phase)).sum(-1)   # (B, N, 3)
+        return torch.stack([c[..., 0] * (1 + field[..., 0]), c[..., 1] + field[..., 1], c[..., 2] + field[..., 2]],
+                           dim=-1)
+
+    return [None if c is None else warp(c) for c in clouds]
+
+
 def augment_batch(clouds: list[torch.Tensor | None], *, rotate_deg: float, shift: float, mirror: bool,
                   generator: torch.Generator, scale: float = 0.0, size: float = 0.0,
-                  width: float = 0.0) -> list[torch.Tensor | None]:
-    """The same random motion (optional x mirror, per-axis scale, size, width) per sample applied to every cloud.
+                  width: float = 0.0, warp: float = 0.0) -> list[torch.Tensor | None]:
+    """The same random motion (optional x mirror, per-axis scale, size, width) per sample applied to every cloud,
+    after an optional smooth warp (``random_warp``).
 
     Parameters
     ----------
@@ -71,10 +108,13 @@ def augment_batch(clouds: list[torch.Tensor | None], *, rotate_deg: float, shift
     width : float
         Largest relative change of the left-right (x) extent only (one factor uniform in [1 - width, 1 + width]
         per sample, about the unit frame's origin, before the rotation); 0 = none. Drawn after ``size``.
+    warp : float
+        Largest displacement of the smooth warp, model units, applied in the sample's own frame before
+        everything else; 0 = none. Drawn after ``width``.
     """
     present = [c for c in clouds if c is not None]
     if not present or (rotate_deg <= 0 and shift <= 0 and not mirror and scale <= 0 and size <= 0
-                       and width <= 0):
+                       and width <= 0 and warp <= 0):
         return clouds
     b, device, dtype = present[0].shape[0], present[0].device, present[0].dtype
     m = torch.eye(3).expand(b, 3, 3).clone()
@@ -91,5 +131,7 @@ def augment_batch(clouds: list[torch.Tensor | None], *, rotate_deg: float, shift
     if width > 0:
         wx = 1 + (torch.rand(b, generator=generator) * 2 - 1) * width
         m = m * torch.stack([wx, torch.ones(b), torch.ones(b)], dim=1)[:, None, :]      # x column: before the rotation
+    if warp > 0:
+        clouds = random_warp(clouds, warp, generator)
     m, t = m.to(device=device, dtype=dtype), t.to(device=device, dtype=dtype)
     return [None if c is None else c @ m.transpose(1, 2) + t for c in clouds]

@@ -82,6 +82,8 @@ class TrainConfig:
         Random scaling of each training sample as a whole (one factor, all axes) by up to this fraction; 0 = none.
     augment_width : float
         Random scaling of each training sample's left-right extent only by up to this fraction; 0 = none.
+    augment_warp_mm : float
+        Largest displacement of a smooth random warp of each training sample, mm; 0 = none.
     body_weight : float
         Weight of the body-only chamfer term of the fine output in the loss (``train.losses``); 0 = the
         paper's loss.
@@ -122,6 +124,7 @@ class TrainConfig:
     augment_scale: float = 0.0
     augment_size: float = 0.0
     augment_width: float = 0.0
+    augment_warp_mm: float = 0.0
     body_weight: float = 0.0
     init: str = ""
     dtype: str = "float32"
@@ -139,7 +142,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)!r}")
         for name in ("max_minutes", "val_every", "val_samples", "threads", "gt_points", "augment_rotate_deg",
-                     "augment_shift_mm", "body_weight"):
+                     "augment_shift_mm", "augment_warp_mm", "body_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)!r}")
         for name in ("augment_scale", "augment_size", "augment_width"):

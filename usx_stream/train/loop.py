@@ -185,7 +185,7 @@ class _Run:
             [partial, labelmap, complete], rotate_deg=cfg.augment_rotate_deg,
             shift=cfg.augment_shift_mm / self.mm_per_unit, mirror=cfg.augment_mirror, generator=self.augment_rng,
             scale=cfg.augment_scale, size=cfg.augment_size,
-            width=cfg.augment_width)
+            width=cfg.augment_width, warp=cfg.augment_warp_mm / self.mm_per_unit)
         rows = ctx.rows(b)
         partial, complete = partial[rows], complete[rows]
         labelmap = None if labelmap is None else labelmap[rows]
