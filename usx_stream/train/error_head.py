@@ -84,8 +84,9 @@ def fit_error_head(train: CompletionErrors, val: CompletionErrors, *, multimodal
 
     Which weights are kept: by default the epoch with the highest Spearman rho on ``val``; with ``average_from``
     E, the average of the weights after each epoch from E on (``torch.optim.swa_utils.AveragedModel``). The
-    per-epoch validation rho of this small head scatters by ~0.02-0.03 from one epoch to the next, so the
-    best epoch is partly a lucky draw on the validation set; the average is chosen by nothing but the schedule."""
+    per-epoch validation rho of this small head scatters by ~0.02-0.03 from one epoch to the next; the average is
+    chosen by no validation figure. For the stage-11 weights it validated no better than the picked epoch
+    (``MODEL_HISTORY.md``), so the default stays."""
     from torch.optim.swa_utils import AveragedModel
 
     if epochs < 1 or batch < 1 or lr <= 0:
