@@ -119,3 +119,29 @@ def test_the_command_names_a_bad_ct(tmp_path):
                    *[f"--seed={lv}=1,1,1" for lv in ("T12", "L1", "L2", "L3", "L4", "L5", "S1")], cwd=tmp_path)
     assert done.returncode != 0
     assert "--ct: ct.txt is not a volume this reads" in done.stderr
+
+
+def _damaged(path, how: str) -> None:
+    """Truncate the file, or flip bytes inside its compressed pixel data (the header stays readable)."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(data[: len(data) - len(data) // 3]))
+        return
+    middle = len(data) - len(data) // 3
+    for i in range(middle, middle + 16):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+@pytest.mark.parametrize("how, match", [("truncated", "truncated"), ("corrupt", "corrupt .* pixel data")])
+def test_damaged_compressed_pixel_data_is_named_not_read_as_garbage(tmp_path, suffix, how, match):
+    # ITK alone reads a corrupt MetaImage stream without an error and returns the garbage as voxels.
+    voxels = np.random.default_rng(1).integers(0, 30, size=(40, 30, 20)).astype(np.int16)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    path = tmp_path / f"labels{suffix}"
+    write_itk(path, voxels, affine)
+    assert np.array_equal(read_ct_image(path, what="--truth")[0], voxels)
+    _damaged(path, how)
+    with pytest.raises(InputError, match=f"--truth: .*labels{suffix}.*{match}"):
+        read_ct_image(path, what="--truth")

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from usx_stream.errors import InputError
 from usx_stream.frames import Volume
 from usx_stream.io.volumes import read_volume, write_volume
 
@@ -132,3 +133,21 @@ def test_bad_geometry_fields_are_named(tmp_path, extra, match):
 def test_write_rejects_unknown_suffix(tmp_path):
     with pytest.raises(ValueError, match="suffix"):
         write_volume(tmp_path / "v.tif", _volume(np.uint8))
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_a_corrupt_compressed_volume_is_refused_not_read_as_wrong_voxels(tmp_path, suffix):
+    # Bytes flipped inside a deflate block often still inflate to the right count of wrong bytes; the
+    # stream's checksum at its end is what tells, and a volume this size (1.5 MB, a label-map-like pattern)
+    # is inflated in pieces that stop before the checksum unless the reader goes on to it.
+    z, y, x = np.mgrid[:80, :120, :160]
+    vol = Volume(data=((x // 7 + y // 5 + z // 3) % 30).astype(np.uint8), origin_mm=np.zeros(3),
+                 spacing_mm=np.ones(3))
+    path = tmp_path / f"v{suffix}"
+    write_volume(path, vol, compress=True)
+    data = bytearray(path.read_bytes())
+    start = len(data) - len(data) // 3
+    data[start:start + 16] = bytes(b ^ 0x5A for b in data[start:start + 16])
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"v\.\w+: corrupt (zlib|gzip) pixel data"):
+        read_volume(path)

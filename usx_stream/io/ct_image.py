@@ -41,6 +41,8 @@ def read_ct_image(path: str | Path, *, what: str = "CT") -> tuple[np.ndarray, np
         image = _read_dicom_series(path, what)
     elif path.is_file() and path.name.lower().endswith(ITK_SUFFIXES):
         sitk = _simpleitk(what, path)
+        if not path.name.lower().endswith(".dcm"):
+            _check_pixel_data(path, what)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -51,6 +53,33 @@ def read_ct_image(path: str | Path, *, what: str = "CT") -> tuple[np.ndarray, np
         raise InputError(f"{what}: {path.name} is not a volume this reads (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, "
                          "MetaImage .mha/.mhd, or a folder holding one DICOM series)")
     return _voxels_and_affine(image, what, path)
+
+
+def _check_pixel_data(path: Path, what: str) -> None:
+    """Raise InputError when a MetaImage/NRRD file's pixel data is truncated or its compressed stream corrupt.
+
+    ITK's MetaImage reader reports a damaged zlib stream only on stderr ("data not read completely") and hands
+    back the voxels anyway, garbage included; a truncated file it reports as "No such file or directory". Our
+    own reader (:class:`usx_stream.io.metaimage.PixelReader`) inflates the payload once and names what is
+    wrong. A header it cannot parse is left to ITK, which reads more variants and says why it cannot."""
+    from .metaimage import PixelReader, pixel_layout, read_header
+
+    try:
+        layout = pixel_layout(read_header(path))
+    except (InputError, ValueError, OSError):
+        return
+    left = int(np.prod(layout.sizes, dtype=np.int64)) * layout.bytes_per_pixel
+    try:
+        with PixelReader(layout) as reader:
+            while left > 0:
+                n = min(left, 1 << 24)
+                reader.read(n)
+                left -= n
+            reader.check_end()
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from exc
+    except OSError as exc:
+        raise InputError(f"{what}: {path} could not be read: {exc}") from exc
 
 
 def _voxels_and_affine(image, what: str, path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -324,6 +324,27 @@ class PixelReader:
         self.position += n
         return data
 
+    def check_end(self) -> None:
+        """Inflate what is left of the current compressed stream, so that its checksum is verified.
+
+        A corrupt deflate block often inflates to the right number of wrong bytes: only the stream's
+        trailing checksum (adler32 for zlib, CRC32 for gzip) tells. Raises InputError when it does not
+        match or the stream has no end; a no-op for raw data."""
+        if self._inflater is None:
+            return
+        try:
+            while not self._inflater.eof:
+                if not self._pending:
+                    self._pending = self._raw_read()
+                    if not self._pending:
+                        raise InputError(f"{self.layout.data_path}: the {self.layout.compression} pixel data "
+                                         f"stops before the end of its stream (truncated)")
+                self._inflater.decompress(self._pending, 1 << 20)
+                self._pending = self._inflater.unconsumed_tail
+        except zlib.error as e:
+            raise InputError(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data "
+                             f"(the decoded bytes do not match the stream's checksum): {e}") from e
+
     def _inflate(self, n: int) -> bytes:
         parts: list[bytes] = []
         need = n

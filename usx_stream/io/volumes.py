@@ -112,6 +112,7 @@ def read_volume(path: str | Path, *, frame: str | None = None) -> Volume:
     nbytes = int(np.prod(shape_zyx)) * layout.dtype.itemsize
     with PixelReader(layout) as reader:
         data = np.frombuffer(reader.read(nbytes), dtype=layout.dtype).reshape(shape_zyx)
+        reader.check_end()  # a corrupt block inflates to wrong bytes of the right count: the checksum tells
     # An axis running backwards: reverse it so that voxel index grows with the coordinate.
     for axis in range(ndim):
         if signs[axis] < 0:
