@@ -349,3 +349,34 @@ def test_tracking_only_sequence_round_trip(tmp_path, suffix):
 def test_volumetric_file_is_refused_with_a_pointer_to_read_volume(plus_data):
     with pytest.raises(ValueError, match="read_volume"):
         read_sequence(plus_data / "vtkVolumeReconstructorTestNNMEANvolumeRef.mha")
+
+
+def test_a_corrupt_compressed_recording_is_refused_after_its_frames(tmp_path, plus_data):
+    """PLUS's spine phantom recording with bytes flipped in its zlib stream: the frames inflate (to wrong
+    pixels), and the stream's checksum says so, whether it arrives with the last frame's bytes or after."""
+    data = bytearray((plus_data / SPINE).read_bytes())
+    middle = len(data) - len(data) // 3
+    data[middle:middle + 16] = bytes(b ^ 0x5A for b in data[middle:middle + 16])
+    bad = tmp_path / "bad.igs.mha"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="bad.igs.mha: corrupt zlib pixel data .*: some frames .*have wrong pixels"):
+        read_sequence(bad)
+
+
+def test_corruption_found_only_by_the_checksum_after_the_last_frame(tmp_path):
+    # 5 frames of 616 x 820, a pattern zlib compresses well: every frame inflates to the right count of
+    # (partly wrong) bytes and the damage shows only at the stream's checksum, after the last frame.
+    y, x = np.mgrid[:616, :820]
+    frames = [TrackedFrame(pixels=((x // 7 + y // 5 + i) % 30).astype(np.uint8), timestamp=1.0 + 0.04 * i, index=i,
+                           transforms={"ProbeToTracker": np.eye(4)}, transform_status={"ProbeToTracker": True})
+              for i in range(5)]
+    path = write_sequence(tmp_path / "s.igs.mha", frames, compress=True)
+    data = bytearray(path.read_bytes())
+    middle = len(data) - len(data) // 3
+    data[middle:middle + 16] = bytes(b ^ 0x5A for b in data[middle:middle + 16])
+    path.write_bytes(bytes(data))
+    delivered = []
+    with pytest.raises(ValueError, match="s.igs.mha: corrupt zlib pixel data .*after all 5 frames: some frames"):
+        for frame in iter_frames(path):
+            delivered.append(frame)
+    assert len(delivered) == 5  # what was read is not withheld; the error says it cannot be trusted

@@ -188,7 +188,9 @@ def _frames(parsed: _Parsed) -> Iterator[TrackedFrame]:
                 try:
                     data = reader.read(frame_bytes)
                 except InputError as e:
-                    raise InputError(f"{e}: Seq_Frame{i:04d} of {len(parsed.metas)} frames is incomplete") from e
+                    damage = ("is where the damage showed: some frames up to it have wrong pixels"
+                              if "corrupt" in str(e) else "is incomplete")
+                    raise InputError(f"{e}: Seq_Frame{i:04d} of {len(parsed.metas)} frames {damage}") from e
                 raw = np.frombuffer(data, dtype=layout.dtype).reshape(shape)
                 raw = raw[:, ::-1] if flip_cols else raw
                 pixels = np.array(raw[::-1] if flip_rows else raw, dtype=native)
@@ -197,6 +199,14 @@ def _frames(parsed: _Parsed) -> Iterator[TrackedFrame]:
             yield TrackedFrame(pixels=pixels, timestamp=meta.timestamp, transforms=meta.transforms,
                                transform_status=meta.transform_status, image_status=meta.image_status,
                                fields=meta.fields, index=i)
+        if reader is not None:
+            # A damaged deflate block can inflate to the right count of wrong pixels: only the checksum at
+            # the end of the stream tells, so it is read after the last frame (the frames already delivered
+            # stay delivered; the error says the recording cannot be trusted).
+            try:
+                reader.check_end()
+            except InputError as e:
+                raise InputError(f"{e}: after all {len(parsed.metas)} frames: some frames have wrong pixels") from e
     finally:
         if reader is not None:
             reader.close()
