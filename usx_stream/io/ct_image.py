@@ -35,7 +35,10 @@ def read_ct_image(path: str | Path, *, what: str = "CT") -> tuple[np.ndarray, np
 
         if not path.is_file():
             raise InputError(f"{what}: {path} does not exist")
-        data, ijk_to_lps = read_nifti_labels(path)
+        try:
+            data, ijk_to_lps = read_nifti_labels(path)
+        except InputError as exc:
+            raise InputError(f"{what}: {exc}") from exc
         return data.astype(np.float32), ijk_to_lps
     if path.is_dir():
         image = _read_dicom_series(path, what)
