@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 _MAX_LINE = 1 << 20  # a header line longer than this means we are reading binary data, not a header
 _CHUNK = 1 << 20  # compressed bytes read per call when inflating
 
+
+class CorruptPixelData(InputError):
+    """The compressed pixel data does not inflate, or fails its checksum: some bytes already delivered
+    may be wrong, not only the ones still to come."""
+
 # MetaIO element types (sizes as in MetaIO's metaTypes.h: MET_LONG is 4 bytes there).
 _MET_TO_DTYPE = {
     "MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
@@ -342,7 +347,7 @@ class PixelReader:
                 self._inflater.decompress(self._pending, 1 << 20)
                 self._pending = self._inflater.unconsumed_tail
         except zlib.error as e:
-            raise InputError(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data "
+            raise CorruptPixelData(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data "
                              f"(the decoded bytes do not match the stream's checksum): {e}") from e
 
     def _inflate(self, n: int) -> bytes:
@@ -367,6 +372,6 @@ class PixelReader:
                 parts.append(out)
                 need -= len(out)
         except zlib.error as e:
-            raise InputError(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data after "
+            raise CorruptPixelData(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data after "
                              f"{self.position + n - need} bytes: {e}") from e
         return b"".join(parts)

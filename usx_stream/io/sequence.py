@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..frames import TrackedFrame
 from .frame_fields import FrameMeta, group_frame_fields, is_frame_field, parse_frame
 from .header_escape import ENCODING_FIELD, ENCODING_VALUE, decode_meta
-from .metaimage import Header, PixelLayout, PixelReader, pixel_layout, read_header
+from .metaimage import CorruptPixelData, Header, PixelLayout, PixelReader, pixel_layout, read_header
 from .sequence_write import write_sequence, write_sequence_report
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _frames(parsed: _Parsed) -> Iterator[TrackedFrame]:
                     data = reader.read(frame_bytes)
                 except InputError as e:
                     damage = ("is where the damage showed: some frames up to it have wrong pixels"
-                              if "corrupt" in str(e) else "is incomplete")
+                              if isinstance(e, CorruptPixelData) else "is incomplete")
                     raise InputError(f"{e}: Seq_Frame{i:04d} of {len(parsed.metas)} frames {damage}") from e
                 raw = np.frombuffer(data, dtype=layout.dtype).reshape(shape)
                 raw = raw[:, ::-1] if flip_cols else raw
