@@ -31,6 +31,7 @@ class CorruptPixelData(InputError):
     """The compressed pixel data does not inflate, or fails its checksum: some bytes already delivered
     may be wrong, not only the ones still to come."""
 
+
 # MetaIO element types (sizes as in MetaIO's metaTypes.h: MET_LONG is 4 bytes there).
 _MET_TO_DTYPE = {
     "MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
@@ -348,7 +349,7 @@ class PixelReader:
                 self._pending = self._inflater.unconsumed_tail
         except zlib.error as e:
             raise CorruptPixelData(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data "
-                             f"(the decoded bytes do not match the stream's checksum): {e}") from e
+                                   f"(the decoded bytes do not match the stream's checksum): {e}") from e
 
     def _inflate(self, n: int) -> bytes:
         parts: list[bytes] = []
@@ -373,5 +374,5 @@ class PixelReader:
                 need -= len(out)
         except zlib.error as e:
             raise CorruptPixelData(f"{self.layout.data_path}: corrupt {self.layout.compression} pixel data after "
-                             f"{self.position + n - need} bytes: {e}") from e
+                                   f"{self.position + n - need} bytes: {e}") from e
         return b"".join(parts)
