@@ -32,3 +32,20 @@ def test_node_pairs_share_one_frame_with_their_ground_truth():
 def test_session_seeds_differ_between_streams_and_indices():
     seeds = {session_seed(a, i) for a in (11, 12, 13) for i in range(50)}
     assert len(seeds) == 150
+
+
+def test_node_sessions_read_a_spine_folder_with_its_units(vertebrae_data, tmp_path, capsys):
+    from usx_stream.cli import main
+    from usx_stream.train.data import read_pairs
+
+    out = tmp_path / "vh.h5"
+    # the Visible Human meshes are in metres: --scale reaches the spine every session sweeps
+    assert main(["dataset", "--out", str(out), "--node-sessions", "1", "--spine",
+                 str(vertebrae_data / "visible_human_male_L1-L5"), "--scale", "1000", "--workers", "1",
+                 "--no-progress"]) == 0
+    pairs = read_pairs(out)
+    assert pairs.attrs["spine_scale"] == "1000.0" and pairs.attrs["spine_frame"] == "LPS"
+    assert len(pairs.names) >= 4
+    for name, complete in zip(pairs.names, pairs.complete):  # whole adult vertebrae, not a thousandth of one
+        span_mm = np.ptp(complete, axis=0).max() * pairs.mm_per_unit
+        assert 40.0 < span_mm < 120.0, (name, span_mm)

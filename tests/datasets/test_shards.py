@@ -103,7 +103,7 @@ def test_shard_ranges_tile_the_items():
         shard_bounds(3, (0, 4))
 
 
-def _fake_node_pairs(index, *, seed, launch, complete_points=2048, spine=None, variation=None):
+def _fake_node_pairs(index, *, seed, launch, complete_points=2048, spine=None, variation=None, spine_options=None):
     """Stand-in for a simulated session (30 s of CPU each): deterministic in (seed, index), one skip."""
     rng = np.random.default_rng([seed, index])
     samples = [PairedSample(level=lv, partial=rng.random((8, 3), dtype=np.float32),

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from usx_stream.cli import main
-from usx_stream.io.meshes import read_mesh
+from usx_stream.errors import InputError
+from usx_stream.frames import Surface
+from usx_stream.io.meshes import read_mesh, write_mesh
 from usx_stream.sim.anatomy import make_spine, mesh_volume_centroid
 from usx_stream.sim.real_spine import read_level_meshes, real_spine
 from usx_stream.sim.session import simulate_session, write_session
@@ -122,3 +124,17 @@ def test_simulate_command_on_a_totalsegmentator_map(vertebrae_data, tmp_path, ca
     truth = json.loads((tmp_path / "ground_truth.json").read_text())
     assert truth["spine"]["label_set"] == "totalsegmentator"
     assert sorted(p.name for p in (tmp_path / "meshes").glob("L?.ply")) == [f"L{k}.ply" for k in range(1, 6)]
+
+
+def test_meshes_in_other_units_are_refused_with_the_scale_that_reads_them(vertebrae_data, tmp_path):
+    # the Visible Human meshes are in metres: read as mm there is no body to find
+    vh = vertebrae_data / "visible_human_male_L1-L5"
+    with pytest.raises(InputError, match=r"L1_\w+\.obj: the mesh spans 0\.0\d+ mm with --scale 1, .*"
+                                         r"look like metres \(try --scale 1000\)"):
+        real_spine(vh)
+    for lv in ("L1", "L2"):  # VerSe meshes (mm) written in centimetres
+        m = read_mesh(vertebrae_data / "verse_spines" / "Verse581" / f"{lv}.ply")
+        write_mesh(tmp_path / f"{lv}.ply", Surface(m.vertices_mm / 10.0, m.triangles, frame="LPS", name=lv))
+    with pytest.raises(InputError, match=r"look like centimetres \(try --scale 10\)"):
+        real_spine(tmp_path)
+    assert sorted(real_spine(tmp_path, scale=10.0).vertebrae) == ["L1", "L2"]

@@ -68,12 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--labelmaps", metavar="DIR",
                      help="folder of multi-label CT segmentations (.nii/.nii.gz/.nrrd/.mha; see --labels)")
     parser.add_argument("--labels", choices=("auto", "verse", "totalsegmentator"), default="auto",
-                        help="--labelmaps label set: verse (20..24 = L1..L5), totalsegmentator (v2: 31 = L1 .. "
-                             "27 = L5) or auto (totalsegmentator when a label above 28 is present; default)")
+                        help="label set of --labelmaps or a --spine label volume: verse (20..24 = L1..L5), "
+                             "totalsegmentator (v2: 31 = L1 .. 27 = L5) or auto (totalsegmentator when a label "
+                             "above 28 is present; default)")
     parser.add_argument("--scale", type=positive_float, default=1.0,
-                        help="multiply mesh coordinates to get mm (default 1)")
+                        help="multiply mesh coordinates (--meshes, a --spine folder) to get mm (default 1)")
     parser.add_argument("--frame", choices=("LPS", "RAS"), default=None,
-                        help="patient-frame convention of the meshes (default: align by registration)")
+                        help="patient-frame convention of the meshes (--meshes default: align by registration; "
+                             "a --spine folder: LPS)")
     parser.add_argument("--repeats", type=positive_int, default=1, help="samples per user mesh (different sweeps)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
@@ -196,7 +198,8 @@ def _run_node(args: argparse.Namespace, shard=None) -> int:
                                launch=args.launch or default_launch_dir() / "demo.toml", workers=args.workers,
                                command=args.command_line, progress=not args.no_progress,
                                shard=shard, spine=spine, variation=variation,
-                               complete_points=args.complete_points)
+                               complete_points=args.complete_points,
+                               spine_options={"labels": args.labels, "scale": args.scale, "frame": args.frame or "LPS"})
     except ValueError as e:
         raise InputError(str(e)) from e
     return _print_report(report)

@@ -33,17 +33,21 @@ def session_seed(seed: int, index: int) -> int:
 
 
 @functools.lru_cache(maxsize=2)
-def _fixed_spine(spec: str):
+def _fixed_spine(spec: str, labels: str, scale: float, frame: str):
     """A spine that every session of a run shares (a real one, or a shape-model draw with its seed),
     read once per process."""
     from ..sim.spine_spec import load_spine
 
-    return load_spine(spec)
+    return load_spine(spec, labels=labels, scale=scale, frame=frame)
 
 
-def session_spine(spec: str | None, sim_seed: int):
+def session_spine(spec: str | None, sim_seed: int, *, labels: str = "auto", scale: float = 1.0,
+                  frame: str = "LPS"):
     """The spine of one session: None (procedural, drawn by the session's seed), a real spine (the same
-    every session; the sweep and X-ray differ), or for ``ssm:FILE`` a new draw per session."""
+    every session; the sweep and X-ray differ), or for ``ssm:FILE`` a new draw per session.
+
+    ``labels``, ``scale`` and ``frame`` read a real spine as :func:`~usx_stream.sim.spine_spec.load_spine`
+    does (a label volume's label set; mesh units and axes)."""
     if spec is None:
         return None
     from ..sim.spine_spec import parse_spine, ssm_spine
@@ -51,19 +55,19 @@ def session_spine(spec: str | None, sim_seed: int):
     parsed = parse_spine(spec)
     if parsed.kind == "ssm" and parsed.seed is None:
         return ssm_spine(parsed.path, sim_seed)[0]
-    return _fixed_spine(str(parsed))
+    return _fixed_spine(str(parsed), labels, float(scale), frame)
 
 
 def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048, spine: str | None = None,
-               variation=None) -> tuple[list[PairedSample], list[str]]:
+               variation=None, spine_options: dict | None = None) -> tuple[list[PairedSample], list[str]]:
     """The multimodal network inputs the node computes for session ``index`` at the end of its sweep,
     each with ``complete_points`` ground-truth points in the same unit frame.
 
     ``launch`` is a launch file or a loaded :class:`~usx_stream.node.launch.LaunchConfig`: its ``[compound]``,
     ``[bone]`` and ``[xray]`` settings and ``source.n_frames`` are the node's. ``spine`` names the anatomy
-    (:func:`session_spine`); ``variation`` (an :class:`~usx_stream.sim.or_variation.ORVariation`) draws
-    what differs between operating rooms for this session: B-mode, sweep, tracking, labelmap and C-arm
-    errors (the ground truth stays exact)."""
+    (:func:`session_spine`, with ``spine_options``: its ``labels``, ``scale``, ``frame``); ``variation``
+    (an :class:`~usx_stream.sim.or_variation.ORVariation`) draws what differs between operating rooms for
+    this session: B-mode, sweep, tracking, labelmap and C-arm errors (the ground truth stays exact)."""
     from ..node.assemble import build_node, make_engine
     from ..node.launch import load_launch
     from ..sim.session import simulate_session
@@ -73,7 +77,7 @@ def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048, sp
     cfg = load_launch(launch) if isinstance(launch, (str, Path)) else launch
     cfg = cfg.with_overrides({"record.enabled": False, "publish.igtl_enabled": False, "publish.zmq_enabled": False})
     sim_seed = session_seed(seed, index)
-    anatomy = session_spine(spine, sim_seed)
+    anatomy = session_spine(spine, sim_seed, **(spine_options or {}))
     if variation is None:
         session = simulate_session(sim_seed, n_frames=cfg.source.n_frames, spine=anatomy)
         frames = session.frames
@@ -117,11 +121,12 @@ def node_pairs(index: int, *, seed: int, launch, complete_points: int = 2048, sp
 
 def generate_node(out: str | Path, *, sessions: int, seed: int, launch: str | Path, workers: int = 1,
                   command: str = "", progress: bool = True, shard: tuple[int, int] | None = None,
-                  spine: str | None = None, variation=None, complete_points: int = 2048) -> GenerateReport:
+                  spine: str | None = None, variation=None, complete_points: int = 2048,
+                  spine_options: dict | None = None) -> GenerateReport:
     """Write the :func:`node_pairs` of ``sessions`` simulated sessions to ``out`` (the layout of
     :mod:`usx_stream.train.data`, like ``usx-stream dataset``); ``shard = (i, n)`` writes only part ``i``
     of ``n`` (:func:`~usx_stream.datasets.pairs.shard_bounds`), for ``usx-stream dataset --merge``.
-    ``spine``, ``variation`` and ``complete_points`` as in :func:`node_pairs`."""
+    ``spine``, ``spine_options``, ``variation`` and ``complete_points`` as in :func:`node_pairs`."""
     from ..sim.spine_spec import parse_spine
     from ..train.data import write_pairs
 
@@ -132,13 +137,14 @@ def generate_node(out: str | Path, *, sessions: int, seed: int, launch: str | Pa
     if complete_points < 1:
         raise ValueError(f"complete_points: must be >= 1, got {complete_points}")
     if spine is not None and parse_spine(spine).kind == "path":
-        session_spine(str(spine), 0)  # an unreadable spine fails here, once, not in every worker
+        session_spine(str(spine), 0, **(spine_options or {}))  # an unreadable spine fails here, once
     fn = functools.partial(node_pairs, seed=seed, launch=launch, spine=None if spine is None else str(spine),
-                           variation=variation, complete_points=int(complete_points))
+                           variation=variation, complete_points=int(complete_points), spine_options=spine_options)
     start, stop = shard_bounds(sessions, shard)
     samples, skipped = collect_pairs(fn, list(range(start, stop)), workers=workers, progress=progress)
     attrs = {"seed": int(seed), "source": "node", "command": command, "skipped": skipped,
              "launch": str(launch), "frame": "estimated", "spine": "procedural" if spine is None else str(spine),
+             **({f"spine_{k}": str(v) for k, v in spine_options.items()} if spine and spine_options else {}),
              "or_variation": "none" if variation is None else repr(variation), **shard_attrs(sessions, shard)}
     path = write_pairs(out, samples, attrs=attrs, mm_per_unit=SCALE_MM)
     counts = {lv: sum(s.level == lv for s in samples) for lv in LEVELS}
