@@ -102,3 +102,22 @@ def test_without_simpleitk_an_axis_aligned_nrrd_still_reads(ct, tmp_path, monkey
     got, affine = read_labels(tmp_path / "case1.nrrd")
     np.testing.assert_array_equal(got, labels)
     np.testing.assert_allclose(affine, ijk_to_lps, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_the_ct_itself_is_refused_where_its_labels_belong(ct, tmp_path, suffix):
+    """A CT holds the lumbar label values (20..24, 27..31) as Hounsfield units in scattered voxels."""
+    from usx_stream.errors import InputError
+    from usx_stream.sim.ct_labelmaps import lumbar_label_meshes
+
+    _, _, labels, ijk_to_lps = ct
+    rng = np.random.default_rng(0)
+    hu = np.where(labels > 0, 700.0, -1000.0) + rng.normal(0.0, 200.0, labels.shape)  # bone, air, noise
+    path = tmp_path / f"ct{suffix}"
+    if suffix == ".nii.gz":
+        _write_nifti(path, np.rint(hu), np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps)
+    else:
+        pytest.importorskip("SimpleITK")
+        write_itk(path, np.rint(hu + 1024.0).astype(np.uint16), ijk_to_lps)  # unsigned, as some scanners store
+    with pytest.raises(InputError, match=r"ct\.\w+(\.gz)?: not a label map: .*from -?\d+ to \d+ .*the CT itself"):
+        lumbar_label_meshes(path)

@@ -105,7 +105,10 @@ def lumbar_label_meshes(path: str | Path, *, labels: str = "auto", smooth_voxels
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: {e}") from e
     present = np.unique(volume)
-    label_set, chosen_by = choose_label_set(present, labels)
+    try:
+        label_set, chosen_by = choose_label_set(present, labels)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
     if label_set == "verse" and present.max() > VERSE_MAX_LABEL:
         log.warning("labels verse on %s, which holds labels up to %d (TotalSegmentator's organs sit on "
                     "20..24): is it a TotalSegmentator map?", path.name, int(present.max()))
@@ -140,6 +143,12 @@ def _nifti_affine(h: bytes, end: str) -> np.ndarray:
     else:
         m[:3, :3] = np.diag(pixdim[1:4])
     return m
+
+
+# a label map holds at most this many distinct values, each at most _MAX_LABEL_VALUE (TotalSegmentator v2: 118
+# values up to 117; VerSe: up to 28); a CT holds thousands
+_MAX_LABELS = 1000
+_MAX_LABEL_VALUE = 65535
 
 
 def read_nifti_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +194,12 @@ def read_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     NRRD and MetaImage go through SimpleITK where it is installed (the ``ct`` extra: oblique axes, NRRD's
     ``space`` honoured), else through :func:`usx_stream.io.volumes.read_volume` (axis-aligned grids only)."""
     path = Path(path)
+    labels, ijk_to_lps = _read_any_labels(path)
+    _refuse_an_image(labels, path)
+    return labels, ijk_to_lps
+
+
+def _read_any_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.name.endswith((".nii", ".nii.gz")):
         return read_nifti_labels(path)
     try:
@@ -200,6 +215,22 @@ def read_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     vol = read_volume(path)
     return np.rint(vol.data).astype(np.int64).transpose(2, 1, 0), vol.ijk_to_frame()
+
+
+def _refuse_an_image(labels: np.ndarray, path: Path) -> None:
+    """The CT itself given where its segmentation belongs holds the lumbar label values as Hounsfield units
+    in scattered voxels: meshing them would make a spine of noise. A label map has no negative value and a
+    few hundred values at most (TotalSegmentator: 118); a CT has air at -1000 HU and thousands of values."""
+    if labels.size == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    distinct = None if lo < 0 or hi > _MAX_LABEL_VALUE else int(np.count_nonzero(np.bincount(labels.ravel())))
+    if distinct is not None and distinct <= _MAX_LABELS:
+        return
+    held = f"{distinct} distinct values" if distinct is not None else "values"
+    raise InputError(f"{path}: not a label map: {held} from {lo} to {hi} (an image, e.g. the CT itself?); "
+                     f"give its vertebra segmentation (VerSe or TotalSegmentator labels, or "
+                     f"`usx-stream shape-model segment-ct`)")
 
 
 def label_meshes(labels: np.ndarray, ijk_to_lps: np.ndarray, *, levels: dict[int, str] | None = None,
