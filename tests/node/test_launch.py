@@ -52,6 +52,9 @@ def test_defaults_fill_every_key():
     ({"bone": {"shadow_threshold": 1.5}}, "bone.shadow_threshold: must be <= 1, got 1.5"),
     ({"compound": {"origin_mm": [0, 0]}}, "compound.origin_mm: must have 3 numbers (or be empty), got [0, 0]"),
     ({"compound": {"origin_mm": [0, 0, 0]}}, "compound.extent_mm: origin_mm and extent_mm must be given together"),
+    # metres typed as mm: a 3.6 TiB grid would be allocated at the first snapshot
+    ({"compound": {"origin_mm": [0, 0, 0], "extent_mm": [10000, 10000, 10000], "spacing_mm": 1.0}},
+     "compound.extent_mm: a grid of [10001, 10001, 10001] voxels at compound.spacing_mm = 1 is over 268435456"),
     ({"bone": {"landmarks_mm": {"L6": [0, 0, 0]}}}, "bone.landmarks_mm.L6: unknown level"),
     ({"bone": {"landmarks_mm": {"L1": [0, 0]}}}, "bone.landmarks_mm.L1: must have 3 numbers"),
     ({"bone": {"cranial_axis": [0, 0, 0]}}, "bone.cranial_axis: must be a non-zero direction (or empty), got [0.0"),

@@ -21,6 +21,10 @@ import numpy as np
 
 from .config import EXTENT_ROUNDINGS, ReconstructionConfig
 
+# The node's compounding grid never exceeds this many voxels, from the launch file or from the first frames
+# (2 GiB of float32 accumulators at its two channels): neither a typo nor a tracking glitch may allocate
+# the machine away.
+MAX_GRID_VOXELS = 256 * 1024 * 1024
 # PLUS fixed point has 14 fractional bits (IGSIO fixed.h).
 FIXED_BITS = 14
 FIXED_ONE = 1 << FIXED_BITS

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..bone.detect import BoneDetectionParams, BoneDetector, pixel_size_from_image_to_probe
 from ..compound.config import ReconstructionConfig
-from ..compound.geometry import OutputGeometry
+from ..compound.geometry import MAX_GRID_VOXELS, OutputGeometry
 from ..compound.reconstructor import Reconstructor, frame_image_to_reference
 from .compute import choose_bone_points, cuda_available
 from .frame_check import FrameGate, image_reason, pose_reason
@@ -31,9 +31,6 @@ from ..transforms import TransformRepository
 log = logging.getLogger(__name__)
 
 
-# A grid derived from the first frames never exceeds this many voxels (2 GiB of float32 accumulators at
-# the node's two channels): a tracking glitch among them must not allocate the machine away.
-MAX_AUTO_GRID_VOXELS = 256 * 1024 * 1024
 # An automatic grid grows towards a frame that lies at most this far outside it (the sweep moving on); a
 # frame farther away is a tracking glitch and is only counted (frames_outside_grid).
 GROW_REACH_MM = 100.0
@@ -64,9 +61,9 @@ def _grid_from_frames(matrices: list[np.ndarray], shape_hw: tuple[int, int], *, 
     pts = np.vstack([_frame_corners(m, shape_hw) for m in matrices])
     lo, hi = pts.min(axis=0) - margin_mm, pts.max(axis=0) + margin_mm
     dims = tuple(int(np.ceil((b - a) / spacing_mm)) + 1 for a, b in zip(lo, hi))
-    if int(np.prod(dims, dtype=np.int64)) > MAX_AUTO_GRID_VOXELS:
+    if int(np.prod(dims, dtype=np.int64)) > MAX_GRID_VOXELS:
         raise ValueError(f"compound: the first frames span {np.round(hi - lo).tolist()} mm, a grid of {list(dims)} "
-                         f"voxels at {spacing_mm} mm (> {MAX_AUTO_GRID_VOXELS}); set compound.origin_mm and "
+                         f"voxels at {spacing_mm} mm (> {MAX_GRID_VOXELS}); set compound.origin_mm and "
                          f"compound.extent_mm, or a larger compound.spacing_mm")
     return OutputGeometry(lo, np.full(3, spacing_mm), dims)
 
@@ -181,7 +178,7 @@ class IngestStage:
     def _grow_to(self, image_to_reference: np.ndarray, shape_hw) -> bool:
         """Grow an automatic grid so that it holds this frame (plus the margin), when the sweep has moved on
         from where the first frames were: the frame must touch the grid's neighbourhood (GROW_REACH_MM),
-        the grown grid stays under MAX_AUTO_GRID_VOXELS, and the backend keeps its accumulators voxel by
+        the grown grid stays under MAX_GRID_VOXELS, and the backend keeps its accumulators voxel by
         voxel (numba/numpy). A launch-file grid (compound.origin_mm / extent_mm) never grows."""
         if self._fixed_grid or self.reconstructor.backend == "torch":
             return False
@@ -195,7 +192,7 @@ class IngestStage:
         lo = np.minimum(lo_g, np.floor((pts.min(axis=0) - margin - lo_g) / g.spacing_mm) * g.spacing_mm + lo_g)
         hi = np.maximum(hi_g, pts.max(axis=0) + margin)
         dims = tuple(int(np.ceil((b - a) / sp - 1e-9)) + 1 for a, b, sp in zip(lo, hi, g.spacing_mm))
-        if int(np.prod(dims, dtype=np.int64)) > MAX_AUTO_GRID_VOXELS:
+        if int(np.prod(dims, dtype=np.int64)) > MAX_GRID_VOXELS:
             return False
         try:
             self.reconstructor.grow(OutputGeometry(lo, g.spacing_mm, dims))

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..compound.geometry import MAX_GRID_VOXELS
 from ..errors import InputError
 from ..frames import LEVELS
 from .launch_schema import SCHEMA, TOP_LEVEL_KEYS, Key
@@ -219,6 +221,12 @@ def _check_cross(sections: Mapping[str, Section]) -> None:
         raise _fail("compound.extent_mm", "origin_mm and extent_mm must be given together", comp.extent_mm)
     if comp.extent_mm and min(comp.extent_mm) <= 0:
         raise _fail("compound.extent_mm", "every size must be > 0", comp.extent_mm)
+    if comp.extent_mm:
+        dims = [math.ceil(e / comp.spacing_mm) + 1 for e in comp.extent_mm]
+        if math.prod(dims) > MAX_GRID_VOXELS:
+            raise _fail("compound.extent_mm", f"a grid of {dims} voxels at compound.spacing_mm = "
+                        f"{comp.spacing_mm:g} is over {MAX_GRID_VOXELS} voxels (2 GiB of accumulators); "
+                        f"give the region of interest, or a larger spacing", comp.extent_mm)
     if bool(comp.clip_rectangle_origin) != bool(comp.clip_rectangle_size):
         raise _fail("compound.clip_rectangle_size", "clip_rectangle_origin and clip_rectangle_size go together",
                     comp.clip_rectangle_size)

@@ -191,7 +191,8 @@ def bone_points_from_frames(frames: Iterable[TrackedFrame], poses: np.ndarray, s
         Bone surface points in Reference, mm (``(0, 3)`` when none).
     """
     from ..bone.points import extract_bone_points
-    from ..node.ingest import MAX_AUTO_GRID_VOXELS, IngestStage, robust_frames
+    from ..compound.geometry import MAX_GRID_VOXELS
+    from ..node.ingest import IngestStage, robust_frames
 
     if len(poses) == 0:
         return np.zeros((0, 3))
@@ -200,7 +201,7 @@ def bone_points_from_frames(frames: Iterable[TrackedFrame], poses: np.ndarray, s
     margin = launch.compound.margin_mm
     lo, hi = corners.min(axis=0) - margin, corners.max(axis=0) + margin
     spacing = max(launch.compound.spacing_mm, MIN_SPACING_MM,
-                  float(np.prod(hi - lo) / (MAX_AUTO_GRID_VOXELS / 4)) ** (1 / 3))
+                  float(np.prod(hi - lo) / (MAX_GRID_VOXELS / 4)) ** (1 / 3))
     cfg = launch.with_overrides({"compound.origin_mm": lo.tolist(), "compound.extent_mm": (hi - lo).tolist(),
                                  "compound.spacing_mm": spacing, "compound.bone_channel": True,
                                  "bone.enabled": True})
