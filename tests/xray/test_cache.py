@@ -89,6 +89,11 @@ def test_negative_and_fractional_labels_are_rejected():
     with pytest.raises(ValueError, match=r"label nan outside 0\.\.5 .* at row 1, column 2"):
         validate_labelmap(nan)
     np.testing.assert_array_equal(validate_labelmap(np.full((1, 4, 4), 3.0)), np.full((4, 4), 3, np.uint8))
+    # the X-ray image given as the labelmap: the message says so instead of listing its grey values
+    image = np.linspace(-0.03, 1.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    with pytest.raises(ValueError, match=r"label -0\.03 outside 0\.\.5 .* found 4096 distinct values from -0\.03 "
+                                         r"to 1: an image, not a labelmap \(image and labelmap swapped\?\)$"):
+        validate_labelmap(image)
 
 
 def test_shape_mismatches_are_rejected(carm):

@@ -123,8 +123,11 @@ def validate_labelmap(labelmap) -> np.ndarray:
     if len(bad):
         value = bad[0].item()
         r, c = np.argwhere(a == value)[0] if value == value else np.argwhere(np.isnan(a))[0]
-        raise ValueError(f"labelmap: label {value!r} outside 0..{len(LEVELS)} (0 background, 1..5 = L1..L5) at "
-                         f"row {r}, column {c}; found labels {values.tolist()[:12]}")
+        found = (f"found labels {values.tolist()}" if len(values) <= 12 else
+                 f"found {len(values)} distinct values from {values[0]:g} to {values[-1]:g}: an image, not a "
+                 f"labelmap (image and labelmap swapped?)")
+        raise ValueError(f"labelmap: label {value:g} outside 0..{len(LEVELS)} (0 background, 1..5 = L1..L5) at "
+                         f"row {r}, column {c}; {found}")
     return _frozen(a.astype(np.uint8))
 
 
