@@ -243,3 +243,7 @@ def test_real_truths_load_totalsegmentator_auto_and_a_verse_spine(vertebrae_data
     verse = load_truth(vertebrae_data / "verse_spines" / "Verse561")
     assert verse.kind == "meshes" and list(verse.meshes) == ["L1", "L2", "L3", "L4"]
     assert all(len(m.triangles) > 1000 for m in verse.meshes.values())
+    # meshes in metres would only fail to register ("0 % within 3 mm"): the cause is named instead
+    with pytest.raises(InputError, match=r"--truth .*L1_\w+\.obj: the mesh spans 0\.0\d+ mm, .*look like metres "
+                                         r"\(write the mesh in mm\)"):
+        load_truth(vertebrae_data / "visible_human_male_L1-L5")

@@ -24,7 +24,7 @@ from .ply import read_ply, write_ply
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_mesh", "write_mesh"]
+__all__ = ["read_mesh", "write_mesh", "level_mesh_files", "check_vertebra_size"]
 
 _STL_FACET = np.dtype([("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", "<u2")])
 _FLOAT = rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -270,3 +270,43 @@ def level_mesh_files(folder: str | Path, *, what: str = "folder") -> dict[str, P
     if not out:
         raise InputError(f"{what} {folder}: no mesh named L1..L5 ({', '.join(LEVEL_MESH_SUFFIXES)}) in the folder")
     return out
+
+
+# the largest extent of one lumbar vertebra (adult bodies with the arch: ~45-100 mm), with a wide margin
+VERTEBRA_SPAN_MM = (20.0, 200.0)
+_UNIT_NAMES = {1000.0: "like metres", 10.0: "like centimetres"}
+
+
+def check_vertebra_size(file: str | Path, vertices_mm: np.ndarray, *, what: str, scale: float | None = None) -> None:
+    """Refuse a vertebra mesh whose size is no lumbar vertebra's in mm.
+
+    Meshes in metres or centimetres are common (the Visible Human set is in metres); read as mm, a
+    vertebra 1000 times too small has no body to find and registers to nothing.
+
+    Parameters
+    ----------
+    file : str or Path
+        Named in the error, after ``what`` (e.g. ``"--spine"``).
+    vertices_mm : (V, 3) array_like
+    scale : float, keyword-only
+        The ``--scale`` the mesh was read with; the error then suggests the one that fits. None: the
+        command has no such option, and the error asks for the mesh in mm.
+
+    Raises
+    ------
+    InputError
+    """
+    from ..errors import InputError
+
+    span = float(np.ptp(np.asarray(vertices_mm, dtype=np.float64), axis=0).max())
+    if VERTEBRA_SPAN_MM[0] <= span <= VERTEBRA_SPAN_MM[1]:
+        return
+    factor = 10.0 ** round(np.log10(60.0 / span)) if span > 0 else 1.0
+    hint = ""
+    if factor != 1.0:
+        unit = _UNIT_NAMES.get(factor, f"{factor:g} times too small" if factor > 1 else "too large")
+        fix = f"try --scale {scale * factor:g}" if scale is not None else "write the mesh in mm"
+        hint = f"; the coordinates look {unit} ({fix})"
+    read = f" with --scale {scale:g}" if scale is not None else ""
+    raise InputError(f"{what} {file}: the mesh spans {span:.3g} mm{read}, but a lumbar vertebra spans "
+                     f"{VERTEBRA_SPAN_MM[0]:g}-{VERTEBRA_SPAN_MM[1]:g} mm{hint}")

@@ -102,7 +102,7 @@ def load_truth(path: str | Path, *, labels: str = "auto", smooth_voxels: float =
     if not path.exists():
         raise InputError(f"--truth {path}: not found")
     if path.is_dir():
-        from ..io.meshes import level_mesh_files
+        from ..io.meshes import check_vertebra_size, level_mesh_files
 
         files = level_mesh_files(path, what="--truth")
         meshes = {}
@@ -113,6 +113,7 @@ def load_truth(path: str | Path, *, labels: str = "auto", smooth_voxels: float =
                 raise InputError(f"--truth {file}: {e}") from e
             if len(meshes[level].triangles) == 0:
                 raise InputError(f"--truth {file}: the mesh has no triangle")
+            check_vertebra_size(file, meshes[level].vertices_mm, what="--truth")
         return Truth(meshes, "meshes", "truth", info={"files": {lv: p.name for lv, p in files.items()}})
     if not path.name.lower().endswith(LABEL_SUFFIXES):
         raise InputError(f"--truth {path}: expected a folder of meshes or a label volume "

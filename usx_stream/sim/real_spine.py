@@ -52,9 +52,6 @@ __all__ = ["MeasuredBody", "real_spine", "read_level_meshes", "level_mesh_files"
 
 FRAME_TO_LPS = {"LPS": np.diag([1.0, 1.0, 1.0]), "RAS": np.diag([-1.0, -1.0, 1.0])}
 _AXES_TOLERANCE_DEG = 45.0
-# the largest extent of one lumbar vertebra (adult bodies with the arch: ~45-100 mm), with a wide margin
-_VERTEBRA_SPAN_MM = (20.0, 200.0)
-_UNIT_HINT = {1000.0: "like metres", 10.0: "like centimetres"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +98,7 @@ def read_level_meshes(path: str | Path, *, labels: str = "auto", scale: float = 
     info : dict[str, str]
         ``source``, ``kind`` and, for a volume, ``label_set`` and ``labels_chosen_by``.
     """
-    from ..io.meshes import read_mesh
+    from ..io.meshes import check_vertebra_size, read_mesh
 
     path = Path(path)
     if frame not in FRAME_TO_LPS:
@@ -119,7 +116,7 @@ def read_level_meshes(path: str | Path, *, labels: str = "auto", scale: float = 
                 raise InputError(f"--spine {file}: the mesh has no triangle")
             meshes[level] = Surface(np.asarray(m.vertices_mm, np.float64) @ FRAME_TO_LPS[frame].T,
                                     np.asarray(m.triangles, np.int64), frame="LPS", name=level)
-            _check_vertebra_size(file, meshes[level].vertices_mm, scale)
+            check_vertebra_size(file, meshes[level].vertices_mm, what="--spine", scale=scale)
         info = {"kind": "meshes", "frame": frame, "scale": f"{scale:g}"}
     elif path.name.lower().endswith(LABELMAP_SUFFIXES):
         meshes, found = lumbar_label_meshes(path, labels=labels)
@@ -133,22 +130,6 @@ def read_level_meshes(path: str | Path, *, labels: str = "auto", scale: float = 
         tris = m.triangles[:, ::-1].copy() if volume < 0 else m.triangles
         out[level] = Surface(m.vertices_mm, tris, frame="LPS", name=level)
     return out, {"source": str(path), **info}
-
-
-def _check_vertebra_size(file: Path, vertices_mm: np.ndarray, scale: float) -> None:
-    """Refuse a mesh whose size is no lumbar vertebra's in mm: meshes in metres or centimetres are common
-    (the Visible Human set is in metres), and a vertebra read 1000x too small has no body to find."""
-    span = float(np.ptp(vertices_mm, axis=0).max())
-    if _VERTEBRA_SPAN_MM[0] <= span <= _VERTEBRA_SPAN_MM[1]:
-        return
-    hint = ""
-    if span > 0:
-        factor = 10.0 ** round(np.log10(60.0 / span))
-        if factor != 1.0:
-            unit = _UNIT_HINT.get(factor, f"{factor:g} times too small" if factor > 1 else "too large")
-            hint = f"; the coordinates look {unit} (try --scale {scale * factor:g})"
-    raise InputError(f"--spine {file}: the mesh spans {span:.3g} mm with --scale {scale:g}, but a lumbar "
-                     f"vertebra spans {_VERTEBRA_SPAN_MM[0]:g}-{_VERTEBRA_SPAN_MM[1]:g} mm{hint}")
 
 
 def _cranial_axes(anchors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
