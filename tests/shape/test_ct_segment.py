@@ -125,3 +125,22 @@ def test_a_bad_omit_is_refused_before_any_work(tmp_path):
                    "--omit", "L7", "--out", "x.nii.gz", cwd=tmp_path)
     assert done.returncode != 0
     assert "--omit: L7 is not a lumbar level" in done.stderr
+
+
+def test_ct_and_atlas_swapped_are_named_before_any_fit(segmented, atlas_path):
+    """A label map as the CT has no bone above 180 HU; a CT as the atlas holds the lumbar codes as grey
+    values in scattered voxels: both are refused by name instead of segmenting noise."""
+    _, _, _, folder = segmented
+    seed = ["--seed=L3=10,10,10"]
+    done = run_cli("shape-model", "segment-ct", "--ct", str(atlas_path), "--atlas", "ct.nrrd", *seed,
+                   "--out", "x.nii.gz", cwd=folder)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no voxel above the bone threshold of 180 HU (maximum 120): not a CT" in done.stderr
+    atlas, atlas_affine = read_nifti_labels(atlas_path)
+    rng = np.random.default_rng(0)
+    hu = np.where(atlas > 0, 400.0, -1000.0)[::2, ::2, ::2] + rng.normal(0.0, 30.0, atlas[::2, ::2, ::2].shape)
+    write_itk(folder / "scan.nrrd", np.rint(hu).astype(np.int16), atlas_affine)  # a CT: air, bone, noise
+    done = run_cli("shape-model", "segment-ct", "--ct", "ct.nrrd", "--atlas", "scan.nrrd", *seed,
+                   "--out", "x.nii.gz", cwd=folder)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--atlas scan.nrrd: not a label map: values from -1" in done.stderr

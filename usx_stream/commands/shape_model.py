@@ -185,7 +185,8 @@ def _segment_ct(args) -> int:
     from ..errors import InputError
     from ..io.ct_image import read_ct_image
     from ..io.nifti_write import write_nifti_labels
-    from ..shape.ct_segment import LUMBAR, TOTALSEGMENTATOR_CODES, segment_lumbar
+    from ..shape.ct_segment import BONE_HU, LUMBAR, TOTALSEGMENTATOR_CODES, segment_lumbar
+    from ..sim.ct_labelmaps import refuse_an_image
 
     omit = [lv for lv in args.omit.split(",") if lv]
     bad = [lv for lv in omit if lv not in LUMBAR]
@@ -193,8 +194,14 @@ def _segment_ct(args) -> int:
         raise InputError(f"--omit: {', '.join(bad)} is not a lumbar level (L1..L5)")
     seeds = parse_seeds(args.seeds)
     ct, ijk_to_lps = read_ct_image(args.ct, what="--ct")
+    if not ct.size or ct.max() <= BONE_HU:
+        raise InputError(f"--ct {args.ct}: no voxel above the bone threshold of {BONE_HU:g} HU (maximum "
+                         f"{ct.max() if ct.size else float('nan'):g}): not a CT in Hounsfield units (a label map? "
+                         f"--ct and --atlas swapped?)")
     atlas, atlas_ijk_to_lps = read_ct_image(args.atlas, what="--atlas")
-    atlas = np.rint(atlas).astype(np.int16)
+    atlas = np.rint(atlas).astype(np.int64)
+    refuse_an_image(atlas, f"--atlas {args.atlas}")
+    atlas = atlas.astype(np.int16)
     seg = segment_lumbar(ct, ijk_to_lps, seeds, atlas, atlas_ijk_to_lps)
     for lv, f in seg.fits.items():
         kept = "" if lv not in LUMBAR else ("  omitted" if lv in omit else f", {f.volume_cm3:.1f} cm3")

@@ -195,7 +195,7 @@ def read_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     ``space`` honoured), else through :func:`usx_stream.io.volumes.read_volume` (axis-aligned grids only)."""
     path = Path(path)
     labels, ijk_to_lps = _read_any_labels(path)
-    _refuse_an_image(labels, path)
+    refuse_an_image(labels, str(path))
     return labels, ijk_to_lps
 
 
@@ -217,10 +217,11 @@ def _read_any_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(vol.data).astype(np.int64).transpose(2, 1, 0), vol.ijk_to_frame()
 
 
-def _refuse_an_image(labels: np.ndarray, path: Path) -> None:
+def refuse_an_image(labels: np.ndarray, what: str) -> None:
     """The CT itself given where its segmentation belongs holds the lumbar label values as Hounsfield units
     in scattered voxels: meshing them would make a spine of noise. A label map has no negative value and a
-    few hundred values at most (TotalSegmentator: 118); a CT has air at -1000 HU and thousands of values."""
+    few hundred values at most (TotalSegmentator: 118); a CT has air at -1000 HU and thousands of values.
+    ``what`` names the input in the :class:`InputError`."""
     if labels.size == 0:
         return
     lo, hi = int(labels.min()), int(labels.max())
@@ -228,7 +229,7 @@ def _refuse_an_image(labels: np.ndarray, path: Path) -> None:
     if distinct is not None and distinct <= _MAX_LABELS:
         return
     held = f"{distinct} distinct values" if distinct is not None else "values"
-    raise InputError(f"{path}: not a label map: {held} from {lo} to {hi} (an image, e.g. the CT itself?); "
+    raise InputError(f"{what}: not a label map: {held} from {lo} to {hi} (an image, e.g. the CT itself?); "
                      f"give its vertebra segmentation (VerSe or TotalSegmentator labels, or "
                      f"`usx-stream shape-model segment-ct`)")
 
