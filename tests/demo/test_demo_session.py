@@ -56,6 +56,25 @@ def test_demo_on_a_real_spine_session_reports_the_present_levels(real_session, t
     assert "body ASSD (mm) per level" in printed and "demo.png, demo_uncertainty.png" in printed
 
 
+@pytest.mark.slow
+def test_a_level_the_node_never_completed_comes_with_what_it_was_waiting_for(vertebrae_data, tmp_path, capsys):
+    """One vertebra alone: the node cannot tell its cranial axis from one level centre and publishes
+    nothing; the demo says why instead of printing an empty score."""
+    import shutil
+
+    spine_dir = tmp_path / "one_level"
+    spine_dir.mkdir()
+    shutil.copy(vertebrae_data / "verse_spines" / "Verse581" / "L3.ply", spine_dir / "L3.ply")
+    write_session(simulate_session(2, n_frames=48, spine=real_spine(spine_dir)), tmp_path / "session")
+    out = tmp_path / "demo"
+    assert main(["demo", "--session", str(tmp_path / "session"), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["levels"] == {"L3": {}}
+    assert "needs bone.cranial_axis" in report["node_status"], report["node_status"]
+    printed = capsys.readouterr().out
+    assert f"the node's last status: {report['node_status']}" in printed
+
+
 @pytest.mark.parametrize("text, named", [
     ("{", "ground_truth.json is not valid JSON"),
     ('{"files": {}}', "ground_truth.json has no 'levels' object"),

@@ -46,6 +46,8 @@ def run(args) -> int:
     print(f"wrote {args.out}/: " + ", ".join(report.pop("files")))
     summary = {lv: {f: round(m["body_assd_mm"], 2) for f, m in e.items()} for lv, e in report["levels"].items()}
     print("body ASSD (mm) per level:", json.dumps(summary))
+    if not all(summary.values()):  # a level the node never completed: say what it was waiting for
+        print("the node's last status:", report["node_status"])
     print("end-to-end latency (ms):", json.dumps({k: report["latency_ms"][k] for k in ("p50", "p95", "p99")}))
     print("surfaces received by the OpenIGTLink client:", json.dumps(report["surfaces_received_by_client"]))
     print("mean uncertainty_mm of the last surface the client decoded (mm):",

@@ -168,7 +168,7 @@ def render_panels(path: str | Path, panels: Sequence[Panel], *, title: str = "",
         _equal_axes(ax, allpts)
         ax.view_init(elev=panel.view[0], azim=panel.view[1])
         ax.set_title(panel.title, fontsize=10)
-        if panel.points:
+        if any(len(p) for p in (panel.points or {}).values()):
             ax.legend(loc="upper left", fontsize=8, markerscale=12)
     if title:
         fig.suptitle(title)

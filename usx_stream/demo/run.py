@@ -147,7 +147,7 @@ def _finish(out: Path, node, session, received, *, extra: dict | None = None) ->
     report = {
         "seed": session.seed, "frames": len(session.frames), "frames_compounded": node.ingest.frames_pasted,
         "updates_published": node.updates, "surfaces_received_by_client": received,
-        "levels": levels, "latency_ms": _latency(node.telemetry.report()),
+        "levels": levels, "node_status": node.status, "latency_ms": _latency(node.telemetry.report()),
         "source": node.source.stats(), **(extra or {}),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
