@@ -351,6 +351,18 @@ def test_volumetric_file_is_refused_with_a_pointer_to_read_volume(plus_data):
         read_sequence(plus_data / "vtkVolumeReconstructorTestNNMEANvolumeRef.mha")
 
 
+def test_a_volume_without_frame_fields_is_read_with_a_warning_that_says_so(plus_data, caplog):
+    """PLUS's reconstructed volume has the layout of a sequence of 2D slices but no per-frame field: replayed
+    by mistake, its slices would reach the node untracked without a word."""
+    frames = read_sequence(plus_data / "SpinePhantomFreehandReconstructed.mha").frames
+    assert len(frames) > 1 and not any(f.transforms for f in frames)
+    assert "no per-frame fields (Seq_FrameNNNN_*)" in caplog.text
+    assert "a reconstructed volume rather than a PLUS sequence?" in caplog.text
+    caplog.clear()
+    read_sequence(plus_data / "SpinePhantomFreehand.igs.mha")
+    assert "per-frame" not in caplog.text
+
+
 def test_a_corrupt_compressed_recording_is_refused_after_its_frames(tmp_path, plus_data):
     """PLUS's spine phantom recording with bytes flipped in its zlib stream: the frames inflate (to wrong
     pixels), and the stream's checksum says so, whether it arrives with the last frame's bytes or after."""

@@ -156,6 +156,9 @@ def _parse(path: str | Path) -> _Parsed:
         raise InputError(f"{path}: {e}") from e
     if (header.get(ENCODING_FIELD) or "").strip().lower() == ENCODING_VALUE:
         metas = [decode_meta(m) for m in metas]  # names and values this package wrote escaped
+    if not raw_fields and n_frames > 1:
+        log.warning("%s: no per-frame fields (Seq_FrameNNNN_*): its %d slices are read as frames without "
+                    "timestamps or transforms; a reconstructed volume rather than a PLUS sequence?", path, n_frames)
     general = {k: v for k, v in header.entries if not is_frame_field(k)}
     orientation = _first(header, _ORIENTATION_KEYS)
     if orientation is None:
