@@ -71,7 +71,23 @@ def test_onnx_runtime_matches_eager(tiny_model, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     path = export.export_onnx(tiny_model, tmp_path / "tiny.onnx", batch=2)
-    assert export.onnx_max_error(tiny_model, path, batch=2) < export.ONNX_ATOL
+    agreement = export.onnx_agreement(tiny_model, path, batch=2)
+    assert agreement["assd_mm"] < 0.01 * export.ONNX_ASSD_MM and agreement["max_abs_unit"] < 1e-4, agreement
+
+
+@pytest.mark.slow
+def test_the_shipped_weights_export_to_onnx_and_agree_with_eager(tmp_path, capsys):
+    """Index-wise the shipped network's ONNX output differs from eager's by ~1e-2 units (near-ties in its
+    rankings), which the earlier index-wise check at 1e-4 refused; as surfaces the two agree."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from usx_stream.cli import main
+
+    assert main(["export", "--model", "default", "--onnx", str(tmp_path / "m.onnx"),
+                 "--json", str(tmp_path / "m.json")]) == 0
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["onnx_vs_eager"]["assd_mm"] <= report["onnx_tolerance_assd_mm"] == export.ONNX_ASSD_MM
+    assert "ONNX Runtime vs eager: surfaces" in capsys.readouterr().out
 
 
 def test_fps_models_are_refused():

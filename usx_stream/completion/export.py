@@ -6,7 +6,7 @@
 * ``unconvertible_ops`` lists the operators of that graph that are not in the torch-tensorrt converter
   registry (``aten_ops_trt213.json``, kept with its source); an empty list means TensorRT can take the whole
   graph without falling back to PyTorch.
-* ``export_onnx`` / ``onnx_max_error`` export to ONNX and compare ONNX Runtime against eager.
+* ``export_onnx`` / ``onnx_agreement`` export to ONNX and compare ONNX Runtime against eager (as point sets).
 
 The graph size stays bounded because nothing in the inference path loops over points: pooling uses fixed
 indices and kNN a fixed number of blocks. Furthest point sampling, by contrast, traces one step per sample
@@ -31,8 +31,14 @@ _LOG = logging.getLogger(__name__)
 
 CONVERTERS_PATH = Path(__file__).resolve().parent / "aten_ops_trt213.json"
 
-# ONNX Runtime against eager, unit frame (1 unit = 50 mm): 1e-4 is 5 micrometres.
-ONNX_ATOL = 1e-4
+# ONNX Runtime against eager, compared as point sets, mm. The network selects points and neighbours by
+# ranking distances (kNN, top-k), and a near-tie that rounds the other way in ONNX Runtime changes what
+# follows it: points at one index can lie millimetres apart while the two surfaces agree. Measured with the
+# shipped multimodal weights: on the seeded inputs of this check index-wise max 6.5e-3 units, set ASSD
+# 0.003 mm; on held-out test-spine inputs ASSD 0.05-0.10 mm (their accuracy against the truth equal within
+# 0.003 mm), while eager itself moves 0.15-0.20 mm ASSD for 1e-7 units (5 nm) of input noise. A wrong
+# operator moves whole surfaces by millimetres.
+ONNX_ASSD_MM = 0.25
 
 
 def example_inputs(cfg: ModelConfig, batch: int = 1, *, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -124,17 +130,34 @@ def export_onnx(model: CompletionNet, path: str | Path, *, batch: int = 1) -> Pa
     return path
 
 
-def onnx_max_error(model: CompletionNet, path: str | Path, *, batch: int = 1, seed: int = 1) -> float:
-    """Largest absolute difference (unit frame) between ONNX Runtime and eager on seeded inputs."""
+def onnx_agreement(model: CompletionNet, path: str | Path, *, batch: int = 1, seed: int = 1) -> dict[str, float]:
+    """ONNX Runtime against eager on seeded inputs.
+
+    Returns
+    -------
+    dict
+        ``assd_mm`` and ``hausdorff_mm``: the two output clouds compared as point sets (symmetric mean and
+        largest nearest-neighbour distance, mm; the worst sample of the batch), what :data:`ONNX_ASSD_MM`
+        bounds; ``max_abs_unit``: the largest index-wise coordinate difference (unit frame), for the record.
+    """
     import onnxruntime  # optional dependency, used only here
+    from scipy.spatial import cKDTree
+
+    from .normalize import SCALE_MM
 
     inputs = example_inputs(model.cfg, batch, seed=seed)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs)}
-    got = session.run(None, feeds)[0]
+    got = session.run(None, feeds)[0].astype(np.float64)
     with torch.no_grad():
-        expected = InferenceModule(model).eval()(*inputs).numpy()
-    return float(np.abs(got - expected).max())
+        expected = InferenceModule(model).eval()(*inputs).numpy().astype(np.float64)
+    assd, hausdorff = 0.0, 0.0
+    for a, b in zip(got, expected):
+        d_ab, d_ba = cKDTree(b).query(a)[0], cKDTree(a).query(b)[0]
+        assd = max(assd, 0.5 * (d_ab.mean() + d_ba.mean()) * SCALE_MM)
+        hausdorff = max(hausdorff, max(d_ab.max(), d_ba.max()) * SCALE_MM)
+    return {"assd_mm": float(assd), "hausdorff_mm": float(hausdorff),
+            "max_abs_unit": float(np.abs(got - expected).max())}
 
 
 class _FPSModule(torch.nn.Module):
