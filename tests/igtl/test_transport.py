@@ -4,6 +4,7 @@ keep-alive, and dead / half-open / restarting peers (waits are on events and que
 from __future__ import annotations
 
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -288,3 +289,20 @@ def test_direct_and_queued_writes_keep_the_send_order():
     assert sorted(got) == sorted(sent)
     assert stats.get("dropped_outbound", 0) == 0
     assert stats["direct_partial"] >= 1  # the first frame did not fit: its rest went through the writer
+
+
+def test_a_client_that_cannot_connect_says_why_once(caplog):
+    """A wrong port or host name would otherwise only count connect_failures: the reason is logged once."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = Client("127.0.0.1", port, backoff_s=(0.01, 0.02)).start()
+    try:
+        deadline = time.monotonic() + 10.0  # the failures come every 10-20 ms; nothing signals them
+        while client.stats.snapshot().get("connect_failures", 0) < 5 and time.monotonic() < deadline:
+            client._stop.wait(0.01)
+    finally:
+        client.stop()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "cannot connect" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert f"127.0.0.1:{port}: Connection refused" in warnings[0].getMessage()

@@ -139,10 +139,16 @@ class Client(_Endpoint):
 
     def _run(self) -> None:
         delay = self.backoff_s[0]
+        reported = ""  # the last failure reason logged at WARNING: a typo'd host or port shows once, not never
         while not self._stop.is_set():
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
             except OSError as e:
+                reason = e.strerror or str(e) or type(e).__name__
+                if reason != reported:
+                    logger.warning("cannot connect to %s:%d: %s; retrying every %g s (a server not up yet, or "
+                                   "the host or port wrong?)", self.host, self.port, reason, self.backoff_s[1])
+                    reported = reason
                 logger.debug("connect to %s:%d failed: %s", self.host, self.port, e)
                 self.stats.add("connect_failures")
                 self._stop.wait(delay)
@@ -168,6 +174,7 @@ class Client(_Endpoint):
                     self._lost_at = None
                 self._cond.notify_all()
             self.stats.add("connects")
+            reported = ""
             logger.info("connected to %s:%d", self.host, self.port)
             conn.closed.wait()
             if self._stop.is_set():
