@@ -219,6 +219,18 @@ def test_the_last_surface_of_each_level_counts_whatever_its_device_prefix(rec, t
     assert list(found) == ["L3"] and found["L3"].update == 3
     np.testing.assert_allclose(found["L3"].surface.vertices_mm, mesh.vertices_mm + 5.0, atol=1e-4)
 
+    # a node killed while writing: the newest surface cut short, its index line cut too; both are named
+    newest = folder / f"{4:06d}_USX_L3_Completed.ply"
+    write_mesh(newest, Surface(mesh.vertices_mm, mesh.triangles))
+    newest.write_bytes(newest.read_bytes()[:1000])
+    (folder / "index.jsonl").write_text("".join(lines) + json.dumps({"update": 4, "file": newest.name,
+                                                                      "name": "USX_L3_Completed"}) + "\n" + '{"upd')
+    warnings: list[str] = []
+    found = last_surfaces(folder.parent, warnings=warnings)
+    assert found["L3"].update == 3
+    assert len(warnings) == 2 and "index.jsonl line 5 skipped" in warnings[0], warnings
+    assert newest.name in warnings[1] and "taking the level's previous surface" in warnings[1], warnings
+
 
 def test_label_set_rule():
     assert choose_label_set({0, 20, 21, 22, 23, 24, 19, 28}) == ("verse", "auto")       # VerSe with T13

@@ -63,8 +63,9 @@ def level_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _index_entries(surfaces_dir: Path) -> list[dict]:
-    """Entries of ``surfaces/index.jsonl`` (unreadable lines skipped), else entries from the file names."""
+def _index_entries(surfaces_dir: Path, warnings: list[str]) -> list[dict]:
+    """Entries of ``surfaces/index.jsonl`` (unreadable lines skipped, each named in ``warnings``), else entries
+    from the file names."""
     index = surfaces_dir / "index.jsonl"
     entries = []
     if index.is_file():
@@ -76,7 +77,8 @@ def _index_entries(surfaces_dir: Path) -> list[dict]:
                 entries.append({"update": int(entry["update"]), "file": str(entry["file"]),
                                 "name": str(entry.get("name") or ""), "metadata": entry.get("metadata") or {}})
             except (ValueError, KeyError, TypeError) as e:  # a line cut by a kill: the file is still there
-                log.warning("%s line %d skipped: %s", index, n, e)
+                warnings.append(f"{index} line {n} skipped: {e}")
+                log.warning("%s", warnings[-1])
     if not entries:  # an index lost or never written: the numbered files say as much
         for p in surfaces_dir.glob("*.ply"):
             if m := _SURFACE_FILE.match(p.name):
@@ -84,7 +86,7 @@ def _index_entries(surfaces_dir: Path) -> list[dict]:
     return entries
 
 
-def last_surfaces(recording: str | Path) -> dict[str, PublishedSurface]:
+def last_surfaces(recording: str | Path, *, warnings: list[str] | None = None) -> dict[str, PublishedSurface]:
     """The last published surface of each level in a recording folder.
 
     "Last" is the highest update number (ties: the later index line). A surface whose file is missing or
@@ -94,6 +96,8 @@ def last_surfaces(recording: str | Path) -> dict[str, PublishedSurface]:
     ----------
     recording : str or Path
         The node's ``record.dir``.
+    warnings : list of str, keyword-only
+        Receives one line per index line or surface file skipped (they are also logged).
 
     Returns
     -------
@@ -113,8 +117,9 @@ def last_surfaces(recording: str | Path) -> dict[str, PublishedSurface]:
     surfaces_dir = rec / "surfaces"
     if not surfaces_dir.is_dir():
         raise InputError(f"{rec}: no surfaces/ folder (was the node run with record.surfaces = true?)")
+    warnings = [] if warnings is None else warnings
     by_level: dict[str, list[tuple[int, int, dict]]] = {}
-    for order, entry in enumerate(_index_entries(surfaces_dir)):
+    for order, entry in enumerate(_index_entries(surfaces_dir, warnings)):
         level = level_of(entry["name"]) or level_of(entry["file"])
         if level is not None:
             by_level.setdefault(level, []).append((entry["update"], order, entry))
@@ -125,7 +130,8 @@ def last_surfaces(recording: str | Path) -> dict[str, PublishedSurface]:
             try:
                 surface = read_mesh(path)
             except (OSError, ValueError) as e:
-                log.warning("%s: %s; taking the level's previous surface", path, e)
+                warnings.append(f"{path}: {e}; taking the level's previous surface")
+                log.warning("%s", warnings[-1])
                 continue
             if len(surface.vertices_mm) and len(surface.triangles):
                 out[level] = PublishedSurface(level, surface, entry["update"], entry["file"], entry["metadata"])

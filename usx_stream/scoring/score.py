@@ -89,7 +89,8 @@ def score_recording(recording: str | Path, truth_path: str | Path, *, labels: st
     method, pairs = parse_register(register)
     launch = launch or default_launch()
     name = launch.source.image_to_reference
-    published = last_surfaces(recording)
+    recording_warnings: list[str] = []
+    published = last_surfaces(recording, warnings=recording_warnings)
     truth = load_truth(truth_path, labels=labels)
     poses, shapes = frame_poses(recorded_frames(recording), calibration=calibration, image_to_reference=name)
     if len(poses) == 0:
@@ -110,6 +111,7 @@ def score_recording(recording: str | Path, truth_path: str | Path, *, labels: st
     warnings = _frame_warnings(method, levels)
     for w in warnings:
         log.warning("%s", w)
+    warnings = recording_warnings + warnings  # the recording's were logged as they were found
     report = {
         "warnings": warnings,
         "levels": levels,
