@@ -130,6 +130,8 @@ CASES = [
      ["notes.npz", "not a readable shape model"]),
     ("shape-model-build-missing-data", ["shape-model", "build", "--data", "missing", "--out", "ssm.npz"],
      ["--data", "no such folder", "missing"]),
+    ("shape-model-build-no-vertebra", ["shape-model", "build", "--data", ".", "--out", "ssm.npz"],
+     ["no real vertebra found"]),
     ("segment-ct-not-nifti", ["shape-model", "segment-ct", "--ct", "scan.nii.gz", "--atlas", "scan.nii.gz",
                               *[f"--seed={lv}=1,1,{k}" for k, lv in enumerate(SEED_LEVELS)], "--out", "labels.nii.gz"],
      ["scan.nii.gz", "not a readable .nii.gz"]),

@@ -160,6 +160,14 @@ def test_build_records_its_size_spread_and_refuses_a_silly_one(vertebrae_data):
             build_model(vertebrae_data, size_sd=bad)
 
 
+def test_a_held_out_subject_that_is_not_there_is_refused_not_trained_on(vertebrae_data, tmp_path):
+    """'verse631' for Verse631 held nothing out: the subject meant for testing went into the model."""
+    with pytest.raises(ValueError, match=r"held-out subject verse631 not found under .*its subjects: .*Verse631"):
+        build_model(vertebrae_data, subjects={"Verse631", "vhm"}, levels=("L3",), held_out=("verse631",), **SMALL)
+    with pytest.raises(ValueError, match="no real vertebra found"):
+        build_model(tmp_path, held_out=())
+
+
 def test_a_file_that_is_not_a_shape_model_is_named_as_bad_input(model, tmp_path):
     from usx_stream.errors import InputError
 

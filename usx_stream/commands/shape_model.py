@@ -83,16 +83,18 @@ def run(args: argparse.Namespace) -> int:
 def _build(args) -> int:
     import numpy as np
 
+    from ..errors import InputError
     from ..shape.ssm import build_model, save_model
 
     data = Path(args.data)
     if not data.is_dir():
-        from ..errors import InputError
-
         raise InputError(f"--data: no such folder: {data}")
     held = tuple(x for x in args.held_out.split(",") if x)
-    model = build_model(data, held_out=held, variance_kept=args.variance, seed=args.seed,
-                        labelmaps=labelmap_subjects(args.labelmap), size_sd=args.size_sd)
+    try:
+        model = build_model(data, held_out=held, variance_kept=args.variance, seed=args.seed,
+                            labelmaps=labelmap_subjects(args.labelmap), size_sd=args.size_sd)
+    except ValueError as e:  # names the option or the level and the folder
+        raise InputError(str(e)) from e
     save_model(model, args.out)
     for lv, m in model.levels.items():
         e = m.extra

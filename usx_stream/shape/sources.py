@@ -153,7 +153,8 @@ def collect_instances(data_dir: str | Path, *, subjects: set[str] | None = None,
         if subjects is not None and subject not in subjects:
             continue
         out.extend(_labelmap_instances(path, subject, levels))
-    log.info("%d vertebrae from %s", len(out), root)
+    if out:  # none is the caller's error to name
+        log.info("%d vertebrae from %s", len(out), root)
     return out
 
 

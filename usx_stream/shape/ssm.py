@@ -213,6 +213,14 @@ def build_model(data_dir: str | Path, *, held_out: tuple[str, ...] = ("Verse631"
     if not 0 <= size_sd < 0.25:
         raise ValueError(f"size_sd: expected [0, 0.25), got {size_sd}")
     instances = collect_instances(data_dir, subjects=subjects, levels=levels, labelmaps=labelmaps)
+    found = sorted({i.subject for i in instances})
+    if not found:
+        raise ValueError(f"{data_dir}: no real vertebra found (expected the reference folder's verse_L1/, "
+                         f"verse_spines/, totalsegmentator/, ...; see usx_stream.shape.sources)")
+    unknown = [s for s in held_out if s not in found]
+    if unknown:  # a misspelt name would silently train on the subject meant to be held out
+        raise ValueError(f"held-out subject {', '.join(unknown)} not found under {data_dir} (its subjects: "
+                         f"{', '.join(found)})")
     out: dict[str, LevelModel] = {}
     frames: dict[tuple[str, str], np.ndarray] = {}  # (subject, level) -> model frame to source frame
     meta = {"format": FORMAT, "units": "mm", "held_out": list(held_out), "seed": seed,
