@@ -132,6 +132,8 @@ CASES = [
      ["--data", "no such folder", "missing"]),
     ("shape-model-build-no-vertebra", ["shape-model", "build", "--data", ".", "--out", "ssm.npz"],
      ["no real vertebra found"]),
+    ("shape-model-build-missing-labelmap", ["shape-model", "build", "--data", ".", "--out", "ssm.npz", "--labelmap",
+                                            "s9=missing.nii.gz"], ["--labelmap", "'s9'", "no such file", "missing.nii.gz"]),
     ("segment-ct-not-nifti", ["shape-model", "segment-ct", "--ct", "scan.nii.gz", "--atlas", "scan.nii.gz",
                               *[f"--seed={lv}=1,1,{k}" for k, lv in enumerate(SEED_LEVELS)], "--out", "labels.nii.gz"],
      ["scan.nii.gz", "not a readable .nii.gz"]),

@@ -93,8 +93,8 @@ def _build(args) -> int:
     try:
         model = build_model(data, held_out=held, variance_kept=args.variance, seed=args.seed,
                             labelmaps=labelmap_subjects(args.labelmap), size_sd=args.size_sd)
-    except ValueError as e:  # names the option or the level and the folder
-        raise InputError(str(e)) from e
+    except (ValueError, FileNotFoundError) as e:  # names the option or the level and the folder
+        raise InputError(str(e).replace("labelmaps: ", "--labelmap: ", 1)) from e
     save_model(model, args.out)
     for lv, m in model.levels.items():
         e = m.extra
