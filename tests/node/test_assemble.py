@@ -136,3 +136,40 @@ def test_weights_that_are_missing_or_not_a_checkpoint_name_the_launch_key(tmp_pa
         with pytest.raises(ConfigError, match=rf"^completion\.{key}: .*{why}") as info:
             make_engines(cfg)
         assert name in str(info.value)
+
+
+def test_a_publishing_port_already_taken_names_the_key_and_stops_what_started():
+    """A second node on the same machine: one line naming the key, not an OSError traceback."""
+    import socket
+
+    from usx_stream.node.assemble import make_publishers
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = parse_launch({"publish": {"igtl_port": port}})
+        with pytest.raises(ConfigError, match=rf"publish\.igtl_port: cannot listen on 127\.0\.0\.1:{port}: "
+                                              r"Address already in use"):
+            make_publishers(cfg)
+        # ZeroMQ on the taken port, after an OpenIGTLink server that did start: that one is closed again
+        igtl_port = _free_port()
+        cfg = parse_launch({"publish": {"igtl_port": igtl_port, "zmq_enabled": True,
+                                        "zmq_endpoint": f"tcp://127.0.0.1:{port}"}})
+        with pytest.raises(ConfigError, match=rf"publish\.zmq_endpoint: cannot bind tcp://127\.0\.0\.1:{port}"):
+            make_publishers(cfg)
+    again = parse_launch({"publish": {"igtl_port": igtl_port}})
+    publishers = make_publishers(again)  # the server the failed attempt had started was closed: its port is free
+    try:
+        assert len(publishers) == 1
+    finally:
+        for p in publishers:
+            p.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

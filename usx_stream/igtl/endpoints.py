@@ -239,9 +239,13 @@ class Server(_Endpoint):
 
     def start(self) -> "Server":
         lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lst.bind((self.host, self.port))
-        lst.listen(self.max_clients)
+        try:
+            lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lst.bind((self.host, self.port))
+            lst.listen(self.max_clients)
+        except OSError:
+            lst.close()
+            raise
         lst.settimeout(0.5)  # bounds how long stop() waits for the accept thread
         self.port = lst.getsockname()[1]
         self._listener = lst

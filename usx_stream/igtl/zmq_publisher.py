@@ -105,7 +105,11 @@ class ZmqSurfacePublisher:
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.bind(endpoint)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError:
+            self._sock.close()
+            raise
         self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.published = 0
 

@@ -166,17 +166,31 @@ def make_publishers(cfg: LaunchConfig) -> list:
     """OpenIGTLink POLYDATA (to Slicer) and ZeroMQ publishers of ``[publish]``, started."""
     p = cfg.publish
     out = []
-    if p.igtl_enabled:
-        from ..igtl.publisher import SurfacePublisher
+    try:
+        if p.igtl_enabled:
+            from ..igtl.publisher import SurfacePublisher
 
-        out.append(SurfacePublisher(role=p.igtl_mode, host=p.igtl_host, port=p.igtl_port,
-                                    allow_clients=p.allow_clients or None, max_clients=p.max_clients,
-                                    device_prefix=p.device_prefix).start())
-        log.info("publishing POLYDATA as OpenIGTLink %s on %s:%d", p.igtl_mode, p.igtl_host, out[-1].port)
-    if p.zmq_enabled:
-        from ..igtl.zmq_publisher import ZmqSurfacePublisher
+            try:
+                out.append(SurfacePublisher(role=p.igtl_mode, host=p.igtl_host, port=p.igtl_port,
+                                            allow_clients=p.allow_clients or None, max_clients=p.max_clients,
+                                            device_prefix=p.device_prefix).start())
+            except OSError as e:  # the port taken (another node, a Slicer server), or an address not ours
+                raise ConfigError(f"publish.igtl_port: cannot listen on {p.igtl_host}:{p.igtl_port}: "
+                                  f"{e.strerror or e} (another node or OpenIGTLink server on it?)") from None
+            log.info("publishing POLYDATA as OpenIGTLink %s on %s:%d", p.igtl_mode, p.igtl_host, out[-1].port)
+        if p.zmq_enabled:
+            import zmq
 
-        out.append(ZmqSurfacePublisher(p.zmq_endpoint))
+            from ..igtl.zmq_publisher import ZmqSurfacePublisher
+
+            try:
+                out.append(ZmqSurfacePublisher(p.zmq_endpoint))
+            except zmq.ZMQError as e:
+                raise ConfigError(f"publish.zmq_endpoint: cannot bind {p.zmq_endpoint}: {e}") from None
+    except ConfigError:
+        for publisher in out:  # what did start is stopped: the node does not run half-published
+            publisher.close()
+        raise
     return out
 
 
