@@ -39,12 +39,13 @@ def test_node_sessions_read_a_spine_folder_with_its_units(vertebrae_data, tmp_pa
     from usx_stream.train.data import read_pairs
 
     out = tmp_path / "vh.h5"
-    # the Visible Human meshes are in metres: --scale reaches the spine every session sweeps
+    # the Visible Human meshes are in metres, in axes of their own: --scale and --frame reach the spine
+    # every session sweeps
     assert main(["dataset", "--out", str(out), "--node-sessions", "1", "--spine",
-                 str(vertebrae_data / "visible_human_male_L1-L5"), "--scale", "1000", "--workers", "1",
-                 "--no-progress"]) == 0
+                 str(vertebrae_data / "visible_human_male_L1-L5"), "--scale", "1000", "--frame", "auto",
+                 "--workers", "1", "--no-progress"]) == 0
     pairs = read_pairs(out)
-    assert pairs.attrs["spine_scale"] == "1000.0" and pairs.attrs["spine_frame"] == "LPS"
+    assert pairs.attrs["spine_scale"] == "1000.0" and pairs.attrs["spine_frame"] == "auto"
     assert len(pairs.names) >= 4
     for name, complete in zip(pairs.names, pairs.complete):  # whole adult vertebrae, not a thousandth of one
         span_mm = np.ptp(complete, axis=0).max() * pairs.mm_per_unit

@@ -4,6 +4,7 @@ present, the body rule on every spine, the ground truth written in Reference, th
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -138,3 +139,41 @@ def test_meshes_in_other_units_are_refused_with_the_scale_that_reads_them(verteb
     with pytest.raises(InputError, match=r"look like centimetres \(try --scale 10\)"):
         real_spine(tmp_path)
     assert sorted(real_spine(tmp_path, scale=10.0).vertebrae) == ["L1", "L2"]
+
+
+def test_meshes_in_unknown_axes_are_turned_to_the_spines_own_axes(vertebrae_data, tmp_path, caplog):
+    """--frame auto: Verse581 (LPS) turned by 70 degrees about an oblique axis reads back with the axes
+    that auto finds on the original, and without the axes warning that taking it as LPS gives."""
+    from scipy.spatial.transform import Rotation
+
+    turn = Rotation.from_rotvec(np.radians(70.0) * np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8]))
+    (tmp_path / "orig").mkdir()
+    (tmp_path / "turned").mkdir()
+    for lv in ("L1", "L2", "L3"):
+        source = vertebrae_data / "verse_spines" / "Verse581" / f"{lv}.ply"
+        shutil.copy(source, tmp_path / "orig" / f"{lv}.ply")
+        m = read_mesh(source)
+        write_mesh(tmp_path / "turned" / f"{lv}.ply", Surface(turn.apply(m.vertices_mm), m.triangles, name=lv))
+    assert "posterior" in real_spine(tmp_path / "turned").metadata["axes_warning"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="usx_stream.sim.real_spine"):
+        got = real_spine(tmp_path / "turned", frame="auto")
+    assert got.metadata["axes_warning"] == "" and "not look like the patient axes" not in caplog.text
+    assert "turned to the spine's own axes" in caplog.text
+    found = np.array(got.metadata["auto_rotation"].split(), float).reshape(3, 3)
+    on_original = np.array(real_spine(tmp_path / "orig", frame="auto").metadata["auto_rotation"].split(),
+                           float).reshape(3, 3)
+    # the same anatomical axes, whatever the turn (0.1-0.6 degrees apart on the three VerSe spines)
+    residual = Rotation.from_matrix(found @ turn.as_matrix() @ on_original.T).magnitude()
+    assert np.degrees(residual) < 1.0, np.degrees(residual)
+    # given in LPS, auto tilts it by the spine's own lean only (3-9 degrees on the VerSe spines)
+    assert np.degrees(Rotation.from_matrix(on_original).magnitude()) < 15.0
+    with pytest.raises(InputError, match="needs two levels or more"):
+        real_spine(_one_level(tmp_path), frame="auto")
+
+
+def _one_level(tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(tmp_path / "orig" / "L2.ply", folder / "L2.ply")
+    return folder

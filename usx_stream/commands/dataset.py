@@ -73,9 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "above 28 is present; default)")
     parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="multiply mesh coordinates (--meshes, a --spine folder) to get mm (default 1)")
-    parser.add_argument("--frame", choices=("LPS", "RAS"), default=None,
-                        help="patient-frame convention of the meshes (--meshes default: align by registration; "
-                             "a --spine folder: LPS)")
+    parser.add_argument("--frame", choices=("LPS", "RAS", "auto"), default=None,
+                        help="patient-frame convention of the meshes (--meshes default and auto: align by "
+                             "registration; a --spine folder: LPS by default, auto turns it to its own axes)")
     parser.add_argument("--repeats", type=positive_int, default=1, help="samples per user mesh (different sweeps)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
                          mesh_spacing_mm=args.mesh_spacing, complete_points=args.complete_points)
         report = generate(args.out, procedural=args.procedural, meshes=args.meshes, labelmaps=args.labelmaps,
                           ssm=ssm, seed=args.seed,
-                          workers=args.workers, cfg=cfg, scale=args.scale, frame=args.frame,
+                          workers=args.workers, cfg=cfg, scale=args.scale,
+                          frame=None if args.frame == "auto" else args.frame,
                           repeats=args.repeats, command=args.command_line,
                           progress=not args.no_progress, shard=shard, labels=args.labels)
     except ValueError as e:

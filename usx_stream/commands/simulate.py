@@ -7,8 +7,9 @@ tracked linear probe (transverse, several cranio-caudal passes) and imaged once 
 
 A real spine is placed in Reference (x left, y posterior, z cranial; origin at the L3 body centre, or the
 middle present level's) by a translation only: NIfTI volumes are read through their affine (RAS, turned
-into LPS), meshes are taken as LPS unless --frame RAS. Axes that do not look like the patient's are
-reported, never silently rotated. Missing levels are simulated as absent. Label volumes: --labels verse
+into LPS), meshes are taken as LPS unless --frame RAS, or turned to the spine's own axes with --frame auto
+(cranial from L5 to L1, posterior towards the arches: for meshes in unknown axes). Axes that do not look like
+the patient's are reported, never silently rotated. Missing levels are simulated as absent. Label volumes: --labels verse
 (20..24 = L1..L5), totalsegmentator (v2: 31 = L1 .. 27 = L5) or auto (totalsegmentator when a label above
 28 is present, else verse).
 Calibration comes from calibration/sim_probe_deviceset.xml (ImageToProbe) and calibration/sim_carm.json
@@ -23,6 +24,7 @@ examples:
   usx-stream simulate --out sim_out --seed 7 --frames 400 --passes 5
   usx-stream simulate --out sim_out --no-xray
   usx-stream simulate --out real_out --spine ../shared/data/vertebrae/verse_spines/Verse581
+  usx-stream simulate --out vh_out --spine ../shared/data/vertebrae/visible_human_male_L1-L5 --scale 1000 --frame auto
   usx-stream simulate --out real_out --spine s0004_labels.nii.gz --labels auto
   usx-stream simulate --out ssm_out --spine ssm:ssm.npz:3
 """
@@ -58,8 +60,9 @@ def add_spine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label set of a --spine label volume (default auto)")
     parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="--spine meshes: factor to millimetres (default 1; 1000 for metres)")
-    parser.add_argument("--frame", choices=("LPS", "RAS"), default="LPS",
-                        help="--spine meshes: axes convention (default LPS; label volumes use their affine)")
+    parser.add_argument("--frame", choices=("LPS", "RAS", "auto"), default="LPS",
+                        help="--spine meshes: axes convention (default LPS; auto: turned to the spine's own axes, "
+                             "for meshes in unknown axes; label volumes use their affine)")
 
 
 def load_spine(args: argparse.Namespace):

@@ -4,7 +4,9 @@ Input (:func:`real_spine`):
 
 - a folder of per-level closed meshes, ``L1.ply`` .. ``L5.ply`` (also STL / OBJ; a file stem that names one
   level as a token, ``verse561_L3.stl``, counts for it), mm after ``scale``, the levels in place as in the
-  patient. Their axes are LPS unless ``frame="RAS"`` (then x and y are negated);
+  patient. Their axes are LPS unless ``frame="RAS"`` (then x and y are negated) or ``frame="auto"`` (turned
+  so that the spine's own axes become LPS: cranial from the lowest level's body to the highest's, posterior
+  towards the arches; for meshes in unknown axes such as the Visible Human's);
 - a CT label volume (``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) with VerSe (20..24 =
   L1..L5) or TotalSegmentator v2 (31..27 = L1..L5) labels, ``auto`` telling them apart
   (:func:`usx_stream.sim.ct_labelmaps.choose_label_set`); each label is meshed in the scan's LPS frame
@@ -88,8 +90,8 @@ def read_level_meshes(path: str | Path, *, labels: str = "auto", scale: float = 
         Label set of a volume (ignored for meshes).
     scale : float, keyword-only
         Mesh coordinates times ``scale`` are mm (ignored for a volume, whose affine is in mm).
-    frame : {"LPS", "RAS"}, keyword-only
-        Axes of the meshes (ignored for a volume).
+    frame : {"LPS", "RAS", "auto"}, keyword-only
+        Axes of the meshes (ignored for a volume); ``auto`` finds them from the spine itself.
 
     Returns
     -------
@@ -101,8 +103,8 @@ def read_level_meshes(path: str | Path, *, labels: str = "auto", scale: float = 
     from ..io.meshes import check_vertebra_size, read_mesh
 
     path = Path(path)
-    if frame not in FRAME_TO_LPS:
-        raise InputError(f"--frame: expected LPS or RAS, got {frame!r}")
+    if frame not in FRAME_TO_LPS and frame != "auto":
+        raise InputError(f"--frame: expected LPS, RAS or auto, got {frame!r}")
     if not path.exists():
         raise InputError(f"--spine {path}: not found")
     if path.is_dir():
@@ -114,10 +116,13 @@ def read_level_meshes(path: str | Path, *, labels: str = "auto", scale: float = 
                 raise InputError(f"--spine {file}: {e}") from e
             if len(m.triangles) == 0:
                 raise InputError(f"--spine {file}: the mesh has no triangle")
-            meshes[level] = Surface(np.asarray(m.vertices_mm, np.float64) @ FRAME_TO_LPS[frame].T,
+            meshes[level] = Surface(np.asarray(m.vertices_mm, np.float64) @ FRAME_TO_LPS.get(frame, np.eye(3)).T,
                                     np.asarray(m.triangles, np.int64), frame="LPS", name=level)
             check_vertebra_size(file, meshes[level].vertices_mm, what="--spine", scale=scale)
         info = {"kind": "meshes", "frame": frame, "scale": f"{scale:g}"}
+        if frame == "auto":
+            meshes, rotation = _rotated_to_patient_axes(meshes, path)
+            info["auto_rotation"] = " ".join(f"{v:.4f}" for v in rotation.ravel())
     elif path.name.lower().endswith(LABELMAP_SUFFIXES):
         meshes, found = lumbar_label_meshes(path, labels=labels)
         info = {"kind": "labelmap", "label_set": found["label_set"], "labels_chosen_by": found["chosen_by"]}
@@ -130,6 +135,43 @@ def read_level_meshes(path: str | Path, *, labels: str = "auto", scale: float = 
         tris = m.triangles[:, ::-1].copy() if volume < 0 else m.triangles
         out[level] = Surface(m.vertices_mm, tris, frame="LPS", name=level)
     return out, {"source": str(path), **info}
+
+
+def _rotated_to_patient_axes(meshes: dict[str, Surface], path: Path) -> tuple[dict[str, Surface], np.ndarray]:
+    """The meshes turned about their common centroid so that the spine's own axes become LPS (``frame="auto"``).
+
+    Cranial: from the lowest present level's volume centroid to the highest's; posterior: the mean direction
+    from each body's core (the inside points deeper than 0.6 of the deepest: the thick body, not the thin
+    arch) to its vertebra's volume centroid (pulled back by the arch), made orthogonal to cranial; left =
+    posterior x cranial. Centroids and cores are averages, so the axes do not jump with the grid as the
+    deepest point alone does. A proper rotation: meshes mirrored left for right stay mirrored (no geometry
+    of the spine tells). Returns the turned meshes and the (3, 3) rotation (rows: the L, P, S axes in the
+    given coordinates)."""
+    if len(meshes) < 2:
+        raise InputError(f"--spine {path} --frame auto: needs two levels or more to find the cranial axis, got "
+                         f"{', '.join(meshes)}")
+    centroids, arches = {}, []
+    for lv, m in meshes.items():
+        fld = mesh_signed_distance(m.vertices_mm, m.triangles, spacing_mm=1.5)
+        core = fld.origin_mm + np.argwhere(fld.values <= 0.6 * fld.values.min()).mean(axis=0) * fld.spacing_mm
+        centroids[lv] = mesh_volume_centroid(m.vertices_mm, m.triangles)[1]
+        arch = centroids[lv] - core
+        arches.append(arch / max(np.linalg.norm(arch), 1e-9))
+    levels = list(meshes)
+    up = centroids[levels[0]] - centroids[levels[-1]]
+    up /= np.linalg.norm(up)
+    post = np.mean(arches, axis=0)
+    post -= (post @ up) * up
+    if np.linalg.norm(post) < 1e-6:
+        raise InputError(f"--spine {path} --frame auto: the arches do not point one way; give --frame LPS or RAS")
+    post /= np.linalg.norm(post)
+    rotation = np.stack([np.cross(post, up), post, up])
+    centre = np.mean([m.vertices_mm.mean(axis=0) for m in meshes.values()], axis=0)
+    turned = {lv: Surface((m.vertices_mm - centre) @ rotation.T + centre, m.triangles, frame="LPS", name=lv)
+              for lv, m in meshes.items()}
+    log.info("%s: turned to the spine's own axes (--frame auto): cranial was %s, posterior %s", path,
+             np.round(up, 2).tolist(), np.round(post, 2).tolist())
+    return turned, rotation
 
 
 def _cranial_axes(anchors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
