@@ -30,7 +30,7 @@ def test_check_sequence_names_the_incomplete_frame(tmp_path, compress):
 def test_missing_or_directory_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="nope.igs.mha: sequence file not found"):
         check_sequence(tmp_path / "nope.igs.mha")
-    with pytest.raises(InputError, match="not a file"):
+    with pytest.raises(InputError, match="a folder without recorded chunks"):
         ReplayServer(tmp_path, port=0)
     with pytest.raises(InputError, match="not found"):
         SequenceReplay(tmp_path / "nope.igs.mha")

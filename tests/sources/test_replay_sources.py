@@ -114,6 +114,26 @@ def test_in_process_replay_identical_and_looping(recording):
     assert looped[n].timestamp - looped[0].timestamp > seq.frames[-1].timestamp - seq.frames[0].timestamp
 
 
+def test_a_node_recording_folder_replays_its_chunks_in_number_order(recording, tmp_path):
+    """The node records 1 s chunks (inputs_NNNN.igs.mha): a session recorded in the OR runs through the node
+    again as one stream, chunk 10000 after chunk 9999 (numbers, not names, give the order)."""
+    from usx_stream.io.sequence import write_sequence
+    from usx_stream.sources.replay import check_sequence
+
+    _, seq = recording
+    frames = seq.frames
+    cut = [0, 7, 15, len(frames)]
+    for number, (a, b) in zip((9998, 9999, 10000), zip(cut[:-1], cut[1:])):
+        write_sequence(tmp_path / f"inputs_{number:04d}.igs.mha", frames[a:b])
+    (tmp_path / "surfaces").mkdir()  # what else a recording folder holds is left alone
+    assert check_sequence(tmp_path).frames == len(frames)
+    with SequenceReplay(tmp_path, rate=0) as source:
+        got = list(source)
+    assert [f.timestamp for f in got] == [f.timestamp for f in frames]
+    for g, w in zip(got, frames):
+        np.testing.assert_array_equal(g.pixels, w.pixels)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,6 +1,7 @@
 """serve a PLUS sequence file over OpenIGTLink like PlusServer
 
-Streams every frame of a PLUS sequence file (.igs.mha / .igs.nrrd) to every connected client as
+Streams every frame of a PLUS sequence file (.igs.mha / .igs.nrrd), or of a node's recording folder (its
+sequence chunks inputs_NNNN.igs.mha, one after the other), to every connected client as
 PlusServer does: IMAGE "Image_Reference" with ImageToReference embedded (when --config gives the
 ImageToProbe calibration; otherwise "Image_Image"), then one TRANSFORM per tracked transform, all with
 the frame's timestamp; version-2 clients also get TransformStatus and the frame fields as metadata.
@@ -17,6 +18,7 @@ examples:
   usx-stream replay session.igs.mha --rate 60 --loop --no-wait  # live-like: 60 frames/s, forever
   usx-stream replay session.igs.mha --rate 0 --wait-clients 2   # as fast as possible, once two are in
   usx-stream replay scan.igs.mha --config PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml
+  usx-stream replay recordings/phantom --config YOUR_DEVICESET.xml   # a session the node recorded
 
 exit status: 0 when the file was sent (or on Ctrl-C), 1 when streaming failed, 2 for bad input.
 """
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="PLUS sequence file (.igs.mha, .igs.nrrd)")
+    parser.add_argument("file", help="PLUS sequence file (.igs.mha, .igs.nrrd) or a node recording folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=tcp_port(allow_zero=True), default=18944,
                         help="TCP port, 0 = any free one (default: %(default)s)")

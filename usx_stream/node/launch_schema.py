@@ -47,7 +47,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "port": _port(18944, "PlusServer port (kind = igtl)"),
         "image_device": Key("str", "Image_Reference", "IMAGE device name carrying the B-mode frames"),
         "image_to_reference": Key("str", "ImageToReference", "transform that places a frame in Reference"),
-        "path": Key("path", "", "sequence file (.igs.mha / .igs.nrrd) for kind = replay"),
+        "path": Key("path", "", "sequence file (.igs.mha / .igs.nrrd), or a recording folder (record.dir), "
+                    "for kind = replay"),
         "calibration": Key("path", "", "PLUS device set with ImageToProbe (empty: frames carry ImageToReference)"),
         "speed": Key("float", 1.0, "replay speed relative to the recorded timestamps", gt=0),
         "loop": Key("bool", False, "replay the file again at its end"),

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..frames import LEVELS, Surface, TrackedFrame
+from ..node.recording import chunk_paths
 from ..transforms import TransformRepository
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ __all__ = ["PublishedSurface", "last_surfaces", "level_of", "chunk_paths", "reco
            "mean_beam"]
 
 _LEVEL = re.compile(r"(?:^|[^A-Za-z0-9])(L[1-5])(?:[^0-9]|$)")
-_CHUNK = re.compile(r"^inputs_(\d+)\.igs\.(?:mha|nrrd)$")
 _SURFACE_FILE = re.compile(r"^(\d+)_(.*)\.ply$")
 
 
@@ -139,13 +139,6 @@ def last_surfaces(recording: str | Path, *, warnings: list[str] | None = None) -
     if not out:
         raise InputError(f"{surfaces_dir}: no readable published surface of any level L1..L5")
     return out
-
-
-def chunk_paths(recording: str | Path) -> list[Path]:
-    """The recording's sequence chunks (``inputs_NNNN.igs.mha``) in number order."""
-    rec = Path(recording)
-    numbered = [(int(m.group(1)), p) for p in rec.iterdir() if (m := _CHUNK.match(p.name))]
-    return [p for _, p in sorted(numbered)]
 
 
 def recorded_frames(recording: str | Path) -> Iterator[TrackedFrame]:

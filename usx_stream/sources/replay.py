@@ -1,5 +1,8 @@
 """Replay a PLUS sequence file (``.igs.mha`` / ``.igs.nrrd``) in process, as a :class:`FrameSource`.
 
+A recording folder of the node (``record.dir``: sequence chunks ``inputs_NNNN.igs.mha``) replays too, its
+chunks one after the other, so a session recorded in the operating room can be run through the node again.
+
 Pacing (shared with the replay server): ``rate=None`` follows the recorded timestamps, ``rate=R > 0``
 sends R frames per second, ``rate=0`` goes as fast as the consumer takes them (nothing dropped).
 With ``loop=True`` the file repeats; each repetition's timestamps are shifted by the recording's
@@ -51,6 +54,26 @@ def sequence_path(path: str | Path) -> Path:
     return path
 
 
+def sequence_files(path: str | Path) -> list[Path]:
+    """The sequence file ``path`` names, or the chunks of the recording folder it names, in order.
+
+    Raises
+    ------
+    InputError
+        Nothing there, or a folder without recorded chunks.
+    """
+    from ..node.recording import chunk_paths
+
+    path = Path(path)
+    if path.is_dir():
+        chunks = chunk_paths(path)
+        if not chunks:
+            raise InputError(f"{path}: a folder without recorded chunks (inputs_NNNN.igs.mha); expected a PLUS "
+                             f"sequence file (.igs.mha, .igs.nrrd) or the node's record.dir")
+        return chunks
+    return [sequence_path(path)]
+
+
 def check_sequence(path: str | Path) -> SequenceCheck:
     """Read every frame of ``path`` once (one frame in memory at a time) and summarise the file.
 
@@ -60,15 +83,15 @@ def check_sequence(path: str | Path) -> SequenceCheck:
         The file is missing, its header is malformed, its pixel data is shorter than the header says
         (the message names the first incomplete frame), or it holds no frame.
     """
-    path = sequence_path(path)
     from ..io.sequence import iter_frames
 
     first = last = None
     n = 0
-    for frame in iter_frames(path):
-        first = frame if first is None else first
-        last = frame
-        n += 1
+    for file in sequence_files(path):
+        for frame in iter_frames(file):
+            first = frame if first is None else first
+            last = frame
+            n += 1
     if first is None:
         raise InputError(f"{path}: the sequence holds no frame")
     return SequenceCheck(frames=n, duration_s=float(last.timestamp - first.timestamp), first=first)
@@ -115,14 +138,16 @@ class Pacer:
 
 
 def looped_frames(path: str | Path, *, loop: bool, stop: threading.Event) -> Iterator[TrackedFrame]:
-    """Frames of ``path`` (read one at a time), repeated with shifted timestamps when ``loop``."""
+    """Frames of ``path`` (a file, or a recording folder's chunks: :func:`sequence_files`; read one at a
+    time), repeated with shifted timestamps when ``loop``."""
     from ..io.sequence import iter_frames
 
+    files = sequence_files(path)
     shift, index = 0.0, 0
     while not stop.is_set():
         first = last = None
         period = 0.0
-        for frame in iter_frames(path):
+        for frame in (f for file in files for f in iter_frames(file)):
             if first is None:
                 first = frame.timestamp
             elif last is not None:
@@ -154,7 +179,8 @@ class SequenceReplay(FrameSource):
     def __init__(self, path: str | Path, *, rate: float | None = None, loop: bool = False, speed: float = 1.0,
                  queue_size: int = 64):
         super().__init__(queue_size=queue_size, block_when_full=(rate == 0))
-        self.path = sequence_path(path)
+        self.path = Path(path)
+        sequence_files(self.path)  # a missing file or an empty folder fails here, not in the thread
         self.pacer = Pacer(rate, self._stop, speed=speed)
         self.loop = loop
 

@@ -37,7 +37,7 @@ from ..igtl.endpoints import Server
 from ..errors import InputError
 from ..igtl.transport import TransportOptions
 from ..transforms import TransformError, TransformRepository
-from .replay import Pacer, looped_frames, sequence_path
+from .replay import Pacer, looped_frames, sequence_files
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +93,14 @@ class ReplayServer:
     Raises
     ------
     InputError
-        ``path`` is not an existing file, or ``min_clients`` < 0.
+        ``path`` is neither a sequence file nor a recording folder, or ``min_clients`` < 0.
     """
 
     def __init__(self, path: str | Path, *, host: str = "127.0.0.1", port: int = 18944, rate: float | None = None,
                  loop: bool = False, calibration: TransformRepository | None = None, min_clients: int = 0,
                  time_offset_s: float = 0.0, options: TransportOptions | None = None, speed: float = 1.0):
-        self.path = sequence_path(path)
+        self.path = Path(path)
+        sequence_files(self.path)  # a missing file or an empty folder fails here, not in the thread
         if min_clients < 0:
             raise InputError(f"min_clients: must be >= 0, got {min_clients}")
         self.server = Server(host, port, options=options, match_peer_version=True)
