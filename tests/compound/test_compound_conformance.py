@@ -85,3 +85,20 @@ def test_cli_writes_plus_volume(plus_data, tmp_path, capsys):
     assert equal >= 0.999 and max_diff <= 2
     weights = read_volume(tmp_path / "weights.mha")
     assert weights.data.shape == read_volume(out).data.shape and weights.data.max() > 1
+
+
+def test_cli_compounds_a_recording_folder_as_the_one_file_it_was_cut_from(plus_data, sequence, tmp_path, capsys):
+    """The node records 1 s chunks; compounding its folder gives the PLUS volume of the whole sweep."""
+    from usx_stream.io.sequence import write_sequence
+
+    config_name, reference_name, rounding = CASES[2]
+    frames = sequence.frames
+    (tmp_path / "rec").mkdir()
+    for number, (a, b) in enumerate(((0, 8), (8, 9), (9, len(frames)))):
+        write_sequence(tmp_path / "rec" / f"inputs_{number:04d}.igs.mha", frames[a:b])
+    out = tmp_path / "volume.nrrd"
+    assert cli_main(["compound", "--config", str(plus_data / config_name), "--seq", str(tmp_path / "rec"),
+                     "--out", str(out), "--extent-rounding", rounding]) == 0
+    assert "21 of 21 frames pasted" in capsys.readouterr().out
+    equal, max_diff = compare(read_volume(out), read_volume(plus_data / reference_name))
+    assert equal >= 0.999 and max_diff <= 2

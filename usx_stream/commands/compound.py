@@ -1,7 +1,8 @@
 """reconstruct a volume from a PLUS sequence (VolumeReconstructor drop-in)
 
-Reads a PLUS sequence file (.igs.mha / .igs.nrrd) and a PlusDeviceSet XML (its CoordinateDefinitions
-give ImageToProbe, its VolumeReconstruction element the settings), pastes every valid frame and writes
+Reads a PLUS sequence file (.igs.mha / .igs.nrrd; or a node recording folder, its chunks in order) and a
+PlusDeviceSet XML (its CoordinateDefinitions give ImageToProbe, its VolumeReconstruction element the
+settings), pastes every valid frame and writes
 the volume (.mha, .mhd or .nrrd, with origin and spacing). Like PLUS's VolumeReconstructor: PLUS
 semantics by default (bit-for-bit PLUS volumes), ImageToReference unless
 --image-to-reference-transform names another chain, the extent fitted to the frames unless the
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="PlusDeviceSet XML with a VolumeReconstruction element")
-    parser.add_argument("--seq", required=True, help="PLUS sequence file (.igs.mha, .igs.nrrd)")
+    parser.add_argument("--seq", required=True, help="PLUS sequence file (.igs.mha, .igs.nrrd) or a node recording "
+                                                     "folder")
     parser.add_argument("--out", required=True, help="output volume (.mha, .mhd, .nrrd)")
     parser.add_argument("--mode", choices=("plus", "exact"), default="plus",
                         help="plus: PLUS's volumes bit for bit; exact: order-independent mean (default: %(default)s)")
@@ -53,8 +55,7 @@ def _read_inputs(args: argparse.Namespace):
     together; every problem is an InputError naming the file, the element or field, and the value."""
     from ..errors import InputError
     from ..io.plus_config import read_device_set
-    from ..io.sequence import iter_frames
-    from ..sources.replay import sequence_path
+    from ..sources.replay import sequence_frames
     from ..transforms import split_name
     from ._inputs import require_transform
 
@@ -69,7 +70,7 @@ def _read_inputs(args: argparse.Namespace):
     config = device_set.volume_reconstruction.replace(image_coordinate_frame=image_frame,
                                                       reference_coordinate_frame=reference_frame)
     calibration = device_set.transform_repository()
-    frames = iter_frames(sequence_path(args.seq))  # header and every frame's fields are checked here
+    frames = sequence_frames(args.seq)  # header and every frame's fields are checked here
     first = next(frames, None)
     frames.close()
     if first is None:
@@ -80,19 +81,19 @@ def _read_inputs(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..frames import Volume
-    from ..io.sequence import iter_frames
     from ..io.volumes import write_volume
+    from ..sources.replay import sequence_frames
     from ..compound.reconstructor import Reconstructor, output_geometry
 
     config, calibration = _read_inputs(args)
     # Two passes over the file, as PLUS does: the extent first, then the paste (one frame in memory).
-    geometry = output_geometry(config, iter_frames(args.seq), extent_rounding=args.extent_rounding,
+    geometry = output_geometry(config, sequence_frames(args.seq), extent_rounding=args.extent_rounding,
                                calibration=calibration)
     backend = args.backend if args.mode == "exact" else "numba"
     recon = Reconstructor(config, geometry, semantics=args.mode, backend=backend, calibration=calibration,
                           threads=args.threads if args.mode == "exact" else 1)
     t0 = time.perf_counter()
-    for frame in iter_frames(args.seq):
+    for frame in sequence_frames(args.seq):
         recon.add(frame)
     t_paste = time.perf_counter() - t0
     volume = recon.snapshot(fill_holes=False if args.no_fill_holes else None)

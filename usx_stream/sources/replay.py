@@ -74,6 +74,14 @@ def sequence_files(path: str | Path) -> list[Path]:
     return [sequence_path(path)]
 
 
+def sequence_frames(path: str | Path) -> Iterator[TrackedFrame]:
+    """Every frame of :func:`sequence_files` (a file, or a recording folder's chunks), one at a time."""
+    from ..io.sequence import iter_frames
+
+    for file in sequence_files(path):
+        yield from iter_frames(file)
+
+
 def check_sequence(path: str | Path) -> SequenceCheck:
     """Read every frame of ``path`` once (one frame in memory at a time) and summarise the file.
 
@@ -83,15 +91,12 @@ def check_sequence(path: str | Path) -> SequenceCheck:
         The file is missing, its header is malformed, its pixel data is shorter than the header says
         (the message names the first incomplete frame), or it holds no frame.
     """
-    from ..io.sequence import iter_frames
-
     first = last = None
     n = 0
-    for file in sequence_files(path):
-        for frame in iter_frames(file):
-            first = frame if first is None else first
-            last = frame
-            n += 1
+    for frame in sequence_frames(path):
+        first = frame if first is None else first
+        last = frame
+        n += 1
     if first is None:
         raise InputError(f"{path}: the sequence holds no frame")
     return SequenceCheck(frames=n, duration_s=float(last.timestamp - first.timestamp), first=first)
@@ -140,14 +145,12 @@ class Pacer:
 def looped_frames(path: str | Path, *, loop: bool, stop: threading.Event) -> Iterator[TrackedFrame]:
     """Frames of ``path`` (a file, or a recording folder's chunks: :func:`sequence_files`; read one at a
     time), repeated with shifted timestamps when ``loop``."""
-    from ..io.sequence import iter_frames
-
-    files = sequence_files(path)
+    sequence_files(path)  # fails before the first frame, not in the middle of the stream
     shift, index = 0.0, 0
     while not stop.is_set():
         first = last = None
         period = 0.0
-        for frame in (f for file in files for f in iter_frames(file)):
+        for frame in sequence_frames(path):
             if first is None:
                 first = frame.timestamp
             elif last is not None:
