@@ -2,10 +2,9 @@
 
 Reads a PLUS sequence file (.igs.mha / .igs.nrrd; or a node recording folder, its chunks in order) and a
 PlusDeviceSet XML (its CoordinateDefinitions give ImageToProbe, its VolumeReconstruction element the
-settings), pastes every valid frame and writes
-the volume (.mha, .mhd or .nrrd, with origin and spacing). Like PLUS's VolumeReconstructor: PLUS
-semantics by default (bit-for-bit PLUS volumes), ImageToReference unless
---image-to-reference-transform names another chain, the extent fitted to the frames unless the
+settings), pastes every valid frame and writes the volume (.mha, .mhd or .nrrd, with origin and spacing).
+Like PLUS's VolumeReconstructor: PLUS semantics by default (bit-for-bit PLUS volumes), ImageToReference
+unless --image-to-reference-transform names another chain, the extent fitted to the frames unless the
 configuration gives OutputOrigin/OutputExtent, hole filling when the configuration asks for it.
 
 examples:

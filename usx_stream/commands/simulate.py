@@ -8,10 +8,10 @@ tracked linear probe (transverse, several cranio-caudal passes) and imaged once 
 A real spine is placed in Reference (x left, y posterior, z cranial; origin at the L3 body centre, or the
 middle present level's) by a translation only: NIfTI volumes are read through their affine (RAS, turned
 into LPS), meshes are taken as LPS unless --frame RAS, or turned to the spine's own axes with --frame auto
-(cranial from L5 to L1, posterior towards the arches: for meshes in unknown axes). Axes that do not look like
-the patient's are reported, never silently rotated. Missing levels are simulated as absent. Label volumes: --labels verse
-(20..24 = L1..L5), totalsegmentator (v2: 31 = L1 .. 27 = L5) or auto (totalsegmentator when a label above
-28 is present, else verse).
+(cranial from L5 to L1, posterior towards the arches: for meshes in unknown axes). Axes that do not look
+like the patient's are reported, never silently rotated. Missing levels are simulated as absent. Label
+volumes: --labels verse (20..24 = L1..L5), totalsegmentator (v2: 31 = L1 .. 27 = L5) or auto
+(totalsegmentator when a label above 28 is present, else verse).
 Calibration comes from calibration/sim_probe_deviceset.xml (ImageToProbe) and calibration/sim_carm.json
 (C-arm geometry). The same seed always gives the same files.
 
