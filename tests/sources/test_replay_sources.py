@@ -65,6 +65,20 @@ def test_replay_server_to_receiver_identical_to_file(recording):
     assert_identical(got, seq.frames)
 
 
+def test_after_the_end_of_a_replayed_file_the_source_stops_reconnecting(recording, caplog):
+    """The replay server ends a file with EndOfStream and goes away: the source is finished, so its client
+    must not keep knocking (make demo used to end on a 'cannot connect ... Connection refused' warning)."""
+    path, seq = recording
+    with ReplayServer(path, port=0, rate=0, min_clients=1) as server:
+        source = IgtlFrameSource("127.0.0.1", server.port, config=ReceiverConfig(image_device="Image_Image"))
+        with source:
+            collect(source, len(seq.frames))
+            assert source.wait_finished(20)
+            source.client._thread.join(10)
+            assert not source.client._thread.is_alive()  # stopped, not waiting to reconnect
+    assert "cannot connect" not in caplog.text and source.client.stats.snapshot().get("connect_failures", 0) == 0
+
+
 def test_version1_client_gets_plus_v1_stream_float32_transforms(recording):
     """A client that never sends version 2 gets version 1 (no metadata), as from PlusServer: transforms
     travel as float32 TRANSFORM messages and are paired with the images by timestamp."""

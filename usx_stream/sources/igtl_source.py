@@ -63,6 +63,7 @@ class IgtlFrameSource(FrameSource):
                 for item in self.receiver.flush():
                     self._emit(item)
                 self.counts["end_of_stream"] += 1
+                self.client.stop()  # the stream ended on purpose: no reconnecting to a server that is going away
                 return
             try:
                 items = self.receiver.poll() if msg is None else self.receiver.feed(msg)
