@@ -88,7 +88,7 @@ def test_zmq_schema_roundtrip_and_pub_sub():
     assert_surface_equal(decode_surface(got), s)
 
 
-def test_status_line_and_landmarks_travel_both_ways_with_the_inbound_queue_bounded():
+def test_status_line_and_landmarks_travel_both_ways_with_the_inbound_queue_bounded(caplog):
     from usx_stream.igtl.codec_basic import PointItem
 
     with SurfacePublisher(port=0, device_prefix="USX_") as pub:
@@ -120,6 +120,9 @@ def test_status_line_and_landmarks_travel_both_ways_with_the_inbound_queue_bound
             got = pub.take_landmarks()
             assert set(got) == {"L3", "L4"}
             np.testing.assert_allclose(got["L4"], [4.0, 5.0, 6.0])
+            # a point the node cannot use is named once, not once per message (16 were kept)
+            told = [r.getMessage() for r in caplog.records if "ignored: level landmarks" in r.getMessage()]
+            assert len(told) == 1 and "['not a level']" in told[0], told
         finally:
             client.stop()
 

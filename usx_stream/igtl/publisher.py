@@ -125,6 +125,7 @@ class SurfacePublisher:
         self.role = role
         self.header_version = header_version
         self.device_prefix = device_prefix
+        self._ignored_point_names: set[str] = set()  # told once each: Slicer names new points F-1, F-2, ...
         if role == "server":
             self.endpoint = Server(host, port, options=options or publish_only_options(), match_peer_version=False,
                                    allow_clients=allow_clients, max_clients=max_clients)
@@ -174,6 +175,11 @@ class SurfacePublisher:
         while (msg := self.endpoint.get(timeout=0)) is not None:
             if msg.type == "POINT":
                 out.update(landmarks_from_points(msg.content))
+                ignored = {str(i.name) for i in msg.content if not _LEVEL_NAME.match(str(i.name))}
+                if ignored - self._ignored_point_names:
+                    logger.warning("POINT %s: points %s ignored: level landmarks are named L1 .. L5 ('L3', "
+                                   "'L3 centre')", msg.device_name, sorted(ignored - self._ignored_point_names))
+                    self._ignored_point_names |= ignored
         return out
 
     def _send(self, msg: Message) -> int:
