@@ -261,6 +261,29 @@ def test_cli_calibrate_xray_max_rms_fails_without_writing(tmp_path, carm, capsys
     assert "exceeds --max-rms-mm" in capsys.readouterr().out
 
 
+def test_cli_calibrate_xray_refuses_by_default_what_would_misplace_the_bodies(tmp_path, carm, capsys):
+    """Two fiducials swapped fit to centimetres: without --max-rms-mm that used to be written and used; a
+    pixel off the detector is a typo, named before any fit. 'inf' still writes whatever the fit."""
+    truth, _ = _true_and_prior(carm)
+    pts = _fiducials(np.random.default_rng(15), truth, 6)
+    uv = truth.project(pts)
+    uv[[0, 1]] = uv[[1, 0]]
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([{"reference_mm": p.tolist(), "pixel_uv": q.tolist()} for p, q in zip(pts, uv)]))
+    out = tmp_path / "carm.json"
+    args = ["calibrate-xray", "--geometry", str(SIM_CARM), "--pairs", str(pairs), "--out", str(out)]
+    assert cli_main(args) == 1 and not out.exists()
+    assert "exceeds --max-rms-mm 2: " in capsys.readouterr().out
+    assert cli_main(args + ["--max-rms-mm", "inf"]) == 0 and out.exists()
+    rows, cols = load_carm_geometry(SIM_CARM).detector_shape
+    uv[[0, 1]] = uv[[1, 0]]
+    uv[2] = [cols + 40.0, 10.0]
+    pairs.write_text(json.dumps([{"name": f"F{i}", "reference_mm": p.tolist(), "pixel_uv": q.tolist()}
+                                 for i, (p, q) in enumerate(zip(pts, uv))]))
+    assert cli_main(args) == 2
+    assert f"fiducial F2: pixel (u {cols + 40:g}, v 10) is off the detector's {cols} columns" in capsys.readouterr().err
+
+
 def test_cli_calibrate_xray_bad_input_names_the_problem(tmp_path, capsys):
     pairs = tmp_path / "pairs.csv"
     out = tmp_path / "o.json"
