@@ -180,11 +180,16 @@ def test_fiducials_give_the_known_pose_and_the_same_scores(rec, none_report, tmp
 @pytest.mark.parametrize("rows, reason", [
     ([(0, 0, 0), (10, 0, 0)], "at least 3"),
     ([(0, 0, 0), (10, 0, 0), (20, 0, 0), (35, 0, 0)], "collinear"),
+    # two pairs swapped: a 20-odd mm fit that used to be scored as if it were the patient's accuracy
+    ([(0, 0, 0), (60, 0, 0), (0, 60, 0), (0, 0, 60)], "worst"),
 ])
 def test_too_few_or_collinear_fiducials_are_one_line_errors(rec, tmp_path, capsys, rows, reason):
     pairs = tmp_path / "pairs.csv"
+    ref = [(x + 1, y, z) for x, y, z in rows]
+    if reason == "worst":
+        ref[1], ref[2] = ref[2], ref[1]
     pairs.write_text("name,ct_x,ct_y,ct_z,ref_x,ref_y,ref_z\n" + "".join(
-        f"F{k},{x},{y},{z},{x + 1},{y},{z}\n" for k, (x, y, z) in enumerate(rows)))
+        f"F{k},{x},{y},{z},{rx},{ry},{rz}\n" for k, ((x, y, z), (rx, ry, rz)) in enumerate(zip(rows, ref))))
     rc, _, err = _score(rec, rec["truth_ct"], f"fiducials:{pairs}", tmp_path, capsys)
     assert rc == 2 and reason in err and len(err.strip().splitlines()) == 1, err
 

@@ -14,7 +14,8 @@ prediction is split by the truth's plane.
 
 Registration of the truth frame to Reference (--register):
   none             the truth is already in Reference;
-  fiducials:CSV    >= 3 paired points, columns name,ct_x,ct_y,ct_z,ref_x,ref_y,ref_z (rigid, RMS reported);
+  fiducials:CSV    >= 3 paired points, columns name,ct_x,ct_y,ct_z,ref_x,ref_y,ref_z (rigid, RMS reported;
+                   refused above --max-fiducial-rms-mm, the worst fiducial named);
   auto             from what ultrasound saw, never from the surfaces being scored: the recorded frames are
                    recompounded with the launch file's [compound]/[bone] tables, their bone points are
                    registered onto the truth's posterior (probe-facing) surface (24 principal-axis
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..scoring.register import MAX_RMS_MM, MIN_INLIER_FRACTION
+    from ..scoring.register import MAX_FIDUCIAL_RMS_MM, MAX_RMS_MM, MIN_INLIER_FRACTION
+    from ._types import positive_float
 
     parser.add_argument("--recording", required=True, help="node recording folder (record.dir)")
     parser.add_argument("--truth", required=True, help="folder of L1..L5 meshes, or a CT label volume")
@@ -58,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: fewest bone points within 3 mm of the truth, fraction (default: %(default)s)")
     parser.add_argument("--max-rms-mm", type=float, default=MAX_RMS_MM,
                         help="auto: largest inlier RMS, mm (default: %(default)s)")
+    parser.add_argument("--max-fiducial-rms-mm", type=positive_float, default=MAX_FIDUCIAL_RMS_MM,
+                        help="fiducials: largest registration RMS, mm (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = read_calibration(device_set) if device_set else None
     result = score_recording(args.recording, args.truth, labels=args.labels, register=args.register,
                              launch=launch, calibration=calibration, min_inlier_fraction=args.min_inliers,
-                             max_rms_mm=args.max_rms_mm)
+                             max_rms_mm=args.max_rms_mm, max_fiducial_rms_mm=args.max_fiducial_rms_mm)
     report = result.report
     with open(args.json_out, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1, allow_nan=True)

@@ -50,7 +50,8 @@ from .truth import sample_with_normals
 log = logging.getLogger(__name__)
 
 __all__ = ["Registration", "identity_registration", "register_fiducials", "register_auto",
-           "bone_points_from_frames", "MIN_BONE_POINTS", "INLIER_MM", "MIN_INLIER_FRACTION", "MAX_RMS_MM"]
+           "bone_points_from_frames", "MIN_BONE_POINTS", "INLIER_MM", "MIN_INLIER_FRACTION", "MAX_RMS_MM",
+           "MAX_FIDUCIAL_RMS_MM"]
 
 MIN_BONE_POINTS = 200
 """Fewest bone points (after the launch file's ``bone.point_voxel_mm`` downsampling) auto registration accepts."""
@@ -60,6 +61,9 @@ MIN_INLIER_FRACTION = 0.75
 """Fewest inliers, as a fraction of the bone points, of an accepted auto registration."""
 MAX_RMS_MM = 1.5
 """Largest RMS distance of the inliers to the truth surface of an accepted auto registration, mm."""
+MAX_FIDUCIAL_RMS_MM = 4.0
+"""Largest fiducial registration error (RMS) accepted: pointer-touched fiducials fit to 1-2 mm; more means
+pairs in the wrong order or a fiducial mistaken for another, and scores that would measure that, mm."""
 TRIM = 0.8
 """Fraction of the closest pairs each ICP step fits."""
 TRUTH_POINTS_PER_LEVEL = 6000
@@ -121,7 +125,7 @@ def _require_spread(points: np.ndarray, what: str, path: Path) -> None:
                          f"{np.round(s, 3).tolist()}); a rigid pose needs 3 points off one line")
 
 
-def register_fiducials(path: str | Path) -> Registration:
+def register_fiducials(path: str | Path, *, max_rms_mm: float = MAX_FIDUCIAL_RMS_MM) -> Registration:
     """Rigid truth-to-Reference fit of paired fiducials (Kabsch).
 
     Parameters
@@ -133,7 +137,8 @@ def register_fiducials(path: str | Path) -> Registration:
     Raises
     ------
     InputError
-        Missing columns, a non-numeric value (the fiducial named), fewer than 3 pairs, or collinear points.
+        Missing columns, a non-numeric value (the fiducial named), fewer than 3 pairs, collinear points, or
+        an RMS residual above ``max_rms_mm`` (the worst fiducial named).
     """
     path = Path(path)
     cols = ("ct_x", "ct_y", "ct_z", "ref_x", "ref_y", "ref_z")
@@ -161,7 +166,12 @@ def register_fiducials(path: str | Path) -> Registration:
     m = _rigid(ct, ref)
     residual = np.linalg.norm(ct @ m[:3, :3].T + m[:3, 3] - ref, axis=1)
     residuals = {k: round(float(r), 4) for k, r in zip(names, residual)}
-    return Registration("fiducials", m, float(np.sqrt(np.mean(residual ** 2))), None,
+    rms, worst = float(np.sqrt(np.mean(residual ** 2))), int(np.argmax(residual))
+    if rms > max_rms_mm:
+        raise InputError(f"{path}: fiducial registration RMS {rms:.2f} mm (at most {max_rms_mm:g}), worst "
+                         f"{names[worst]!r} {residual[worst]:.1f} mm: pairs in the wrong order, or a fiducial "
+                         f"mistaken for another? (--max-fiducial-rms-mm)")
+    return Registration("fiducials", m, rms, None,
                         {"pairs": len(values), "residuals_mm": residuals})
 
 

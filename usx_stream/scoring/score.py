@@ -60,7 +60,8 @@ def parse_register(spec: str) -> tuple[str, Path | None]:
 def score_recording(recording: str | Path, truth_path: str | Path, *, labels: str = "auto",
                     register: str = "none", launch=None, calibration=None,
                     min_inlier_fraction: float = reg.MIN_INLIER_FRACTION,
-                    max_rms_mm: float = reg.MAX_RMS_MM) -> ScoreResult:
+                    max_rms_mm: float = reg.MAX_RMS_MM,
+                    max_fiducial_rms_mm: float = reg.MAX_FIDUCIAL_RMS_MM) -> ScoreResult:
     """Score the last published surface of each level of ``recording`` against ``truth_path``.
 
     Parameters
@@ -78,6 +79,8 @@ def score_recording(recording: str | Path, truth_path: str | Path, *, labels: st
         ImageToProbe when the recorded frames do not carry ImageToReference.
     min_inlier_fraction, max_rms_mm : float, keyword-only
         Refusal thresholds of ``auto`` (see :mod:`usx_stream.scoring.register`).
+    max_fiducial_rms_mm : float, keyword-only
+        Refusal threshold of ``fiducials``.
 
     Raises
     ------
@@ -100,7 +103,7 @@ def score_recording(recording: str | Path, truth_path: str | Path, *, labels: st
     if method == "none":
         registration = reg.identity_registration()
     elif method == "fiducials":
-        registration = reg.register_fiducials(pairs)
+        registration = reg.register_fiducials(pairs, max_rms_mm=max_fiducial_rms_mm)
     else:
         bone = reg.bone_points_from_frames(recorded_frames(recording), poses, shapes, launch, calibration=calibration)
         registration = reg.register_auto(bone, truth.meshes, posterior, min_inlier_fraction=min_inlier_fraction,
