@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import register as reg
+from .recompound import bone_points_from_frames
 from .recording import frame_poses, last_surfaces, mean_beam, recorded_frames
 from .report import score_levels, summary
 from .truth import load_truth
@@ -105,7 +106,7 @@ def score_recording(recording: str | Path, truth_path: str | Path, *, labels: st
     elif method == "fiducials":
         registration = reg.register_fiducials(pairs, max_rms_mm=max_fiducial_rms_mm)
     else:
-        bone = reg.bone_points_from_frames(recorded_frames(recording), poses, shapes, launch, calibration=calibration)
+        bone = bone_points_from_frames(recorded_frames(recording), poses, shapes, launch, calibration=calibration)
         registration = reg.register_auto(bone, truth.meshes, posterior, min_inlier_fraction=min_inlier_fraction,
                                          max_rms_mm=max_rms_mm)
     levels, clouds = score_levels(published, truth.meshes, registration, posterior)
