@@ -178,3 +178,19 @@ def test_a_file_that_is_not_a_shape_model_is_named_as_bad_input(model, tmp_path)
                       ("other.npz", "not a usx-stream-ssm/1 shape model")):
         with pytest.raises(InputError, match=rf"{name}: .*{why}"):
             load_model(tmp_path / name)
+
+
+def test_a_limit_no_draw_can_meet_is_one_line_naming_sd(model, tmp_path, monkeypatch, capsys):
+    """--sd 50: every draw is implausible; the command says so by option (it raised a RuntimeError traceback
+    after 50 draws, minutes on the full model); fewer tries here keep the test short."""
+    import functools
+
+    from usx_stream.cli import main
+    from usx_stream.shape import sample
+
+    monkeypatch.setattr(sample, "sample_checked", functools.partial(sample.sample_checked, max_tries=3))
+    assert main(["shape-model", "sample", "--model", str(_CACHE["path"]), "--out", str(tmp_path / "s"),
+                 "--sd", "50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("usx-stream shape-model: error: --sd 50: no plausible spine in 3 draws; last: "), err
+    assert "default 0.5" in err and len(err.splitlines()) == 1

@@ -145,6 +145,9 @@ def sample_checked(model: ShapeModel, rng: np.random.Generator | int | None, *, 
         if last.ok:
             return draw, last, tries
         log.info("draw %d rejected: %s", tries, "; ".join(last.failures))
+        if tries == 10:  # each check takes seconds: say so before the rest of max_tries
+            log.warning("10 draws within %g SD rejected as implausible so far (up to %d are tried); a smaller sd "
+                        "draws plausible spines sooner", sd, max_tries)
     raise RuntimeError(f"no plausible spine in {max_tries} draws; last: {'; '.join(last.failures)}")
 
 
