@@ -40,6 +40,14 @@ def test_spine_spec_parses_paths_models_and_seeds():
             parse_spine(bad)
 
 
+def test_a_seed_that_is_not_a_number_is_named_not_taken_for_part_of_the_file(tmp_path):
+    model = tmp_path / "ssm.npz"
+    model.write_bytes(b"")
+    with pytest.raises(InputError, match=r"the seed after '.*ssm\.npz' must be a non-negative integer, got 'abc'"):
+        parse_spine(f"ssm:{model}:abc")
+    assert parse_spine(f"ssm:{model}").path == model  # no seed: the file alone
+
+
 def test_truncated_draw_stays_inside_its_radius_even_when_small():
     rng = np.random.default_rng(0)
     draws = np.stack([_truncated_normal(rng, 6, 0.5) for _ in range(2000)])

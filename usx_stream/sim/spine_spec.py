@@ -54,6 +54,8 @@ def parse_spine(text: str | Path) -> SpineSpec:
             raise InputError(f"--spine {text!r}: the seed must be a non-negative integer, got {seed}")
     if not rest:
         raise InputError(f"--spine {text!r}: expected ssm:FILE[:SEED] (FILE from usx-stream shape-model build)")
+    if seed is None and sep and Path(head).is_file() and not Path(rest).exists():
+        raise InputError(f"--spine {text!r}: the seed after {head!r} must be a non-negative integer, got {tail!r}")
     return SpineSpec("ssm", Path(rest), seed)
 
 
