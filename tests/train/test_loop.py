@@ -93,3 +93,44 @@ def test_us_only_inputs_are_centred_on_the_partial_cloud(tiny_pairs):
     assert not frame_shift(arrays, mm).any()
     p_mm, _ = model_inputs(arrays, mm, "tiny")
     np.testing.assert_array_equal(p_mm.numpy(), arrays.partial[:, :mm.num_partial])
+
+
+def test_ctrl_c_inside_a_save_waits_for_the_save_then_stops():
+    """last.pt and state.pt are written together or not at all: the interrupt is held until both are."""
+    import os
+    import signal
+
+    from usx_stream.train.loop import _interrupts_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("last.pt")   # a real interrupt would have stopped here
+            done.append("state.pt")
+    assert done == ["last.pt", "state.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_run_in_one_line_and_resume_continues_it(tiny_pairs, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "usx_stream.cli", "train", "--data", str(tiny_pairs), "--out", str(tmp_path / "r"),
+           "--model", "small", "--epochs", "1000", "--batch-size", "2", "--val-every", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120  # the first validation writes state.pt; nothing signals it
+    while not (tmp_path / "r" / "state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("usx-stream train: interrupted; ") and "--resume" in err
+    done = subprocess.run(cmd + ["--resume", "--max-minutes", "0.05"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr

@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,11 +75,17 @@ def run(args: argparse.Namespace) -> int:
             "val_every", "val_samples", "threads", "gt_points", "device", "augment_rotate_deg", "augment_shift_mm",
             "augment_mirror", "augment_scale", "augment_size", "augment_width", "augment_warp_mm", "body_weight",
             "init", "dtype", "dist_backend")
+    cfg = None
     try:
         cfg = load_train_config(args.config, **{k: getattr(args, k) for k in keys})
         result = train(cfg, resume=args.resume, progress=not args.no_progress)
     except ValueError as e:
         raise InputError(str(e)) from e
+    except KeyboardInterrupt:  # Ctrl-C ends a long run: say where it stands, not a traceback
+        out = cfg.out if cfg is not None else args.out
+        print(f"usx-stream train: interrupted; {out}/last.pt and state.pt hold the last validation's state: "
+              f"the same command with --resume continues from there", file=sys.stderr, flush=True)
+        return 130
     if result.rank != 0:
         return 0
     print(f"{cfg.variant}: {result.step} steps, epoch {result.epoch}, {result.seconds / 60:.1f} min"

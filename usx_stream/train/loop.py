@@ -15,9 +15,12 @@ writes these files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,13 +154,17 @@ class _Run:
 
     def save(self, metrics: dict | None) -> None:
         """Track the best validation; rank 0 writes the checkpoints, ``state.pt`` and ``history.json``."""
-        from ..completion.checkpoint import save_checkpoint
-
         improved = metrics is not None and metrics["cd_t"] < self.best
         if improved:
             self.best = metrics["cd_t"]
         if not self.ctx.is_main:
             return
+        with _interrupts_deferred():  # Ctrl-C between last.pt and state.pt would leave a run --resume cannot take
+            self._write(metrics, improved)
+
+    def _write(self, metrics: dict | None, improved: bool) -> None:
+        from ..completion.checkpoint import save_checkpoint
+
         extra = {"epoch": self.epoch, "step": self.step, "seconds": round(self.seconds, 1),
                  "train_config": self.cfg.to_dict(), "val": metrics or {}}
         save_checkpoint(self.out / "last.pt", self.net, self.model_cfg, extra)
@@ -218,6 +225,23 @@ class _Run:
 def _batch_order(n: int, cfg: TrainConfig, epoch: int) -> np.ndarray:
     """Sample order of ``epoch``: a permutation that depends only on the seed and the epoch."""
     return np.random.default_rng([cfg.seed, epoch]).permutation(n)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block until it is done, then raise KeyboardInterrupt.
+    Off the main thread (no signal handlers there) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
