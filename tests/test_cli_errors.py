@@ -225,3 +225,22 @@ def test_every_listed_subcommand_has_a_module():
     assert "bench" not in cli.SUBCOMMANDS
     for name, (module, _) in cli.SUBCOMMANDS.items():
         assert importlib.util.find_spec(module) is not None, name
+
+
+def test_ctrl_c_is_one_line_exit_130_and_writes_nothing(tmp_path):
+    """dataset's worker processes ignore Ctrl-C and the parent alone stops: no traceback from anyone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "pairs.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "usx_stream.cli", "dataset", "--out", str(out), "--procedural",
+                             "40", "--workers", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4.0)  # the workers are up and generating (40 spines take a minute); nothing signals it
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == cli.EXIT_INTERRUPTED == 130, err
+    assert err.strip().splitlines() == ["usx-stream dataset: interrupted"], err
+    assert not out.exists() and not list(tmp_path.iterdir())

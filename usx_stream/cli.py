@@ -27,6 +27,7 @@ import traceback
 from .errors import InputError
 
 EXIT_INPUT_ERROR = 2  # as argparse exits for a bad option
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 # An input path that cannot be opened (the exception carries the file name) is bad input too.
 _PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
@@ -93,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT_ERROR
     try:
         return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: the user's choice, not a failure to explain with a traceback
+        if args.verbose >= 2:
+            traceback.print_exc()
+        print(f"usx-stream {args.command}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except (InputError, *_PATH_ERRORS) as e:
         if isinstance(e, OSError) and e.filename is None:
             raise  # not about a path the user gave: a bug, keep its traceback

@@ -371,6 +371,12 @@ def collect_pairs(fn, items: list, *, workers: int, progress: bool) -> tuple[lis
     return samples, skipped
 
 
+def _ignore_interrupts() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run(fn, items: list, *, workers: int, progress: bool):
     """``fn(item)`` for every item, in order, in ``workers`` processes, with a progress bar."""
     from tqdm import tqdm
@@ -384,7 +390,8 @@ def _run(fn, items: list, *, workers: int, progress: bool):
         import multiprocessing as mp
 
         # spawn: the parent may hold threads (torch, open3d) that a fork would copy in a broken state.
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # Workers ignore Ctrl-C: the parent alone stops (the pool is terminated as it leaves), in one line.
+        with mp.get_context("spawn").Pool(workers, initializer=_ignore_interrupts) as pool:
             for result in pool.imap(fn, items, chunksize=1):
                 yield result
                 bar.update(1)
