@@ -60,8 +60,7 @@ def run(args) -> int:
         log.info("signal %d: stopping", signum)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     node.start()
     print(f"usx-stream node running ({cfg.source.kind} source); Ctrl-C to stop", flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
@@ -80,6 +79,8 @@ def run(args) -> int:
                 break
     finally:
         node.stop()
+        for sig, handler in previous.items():  # a caller in the same process gets its own handlers back
+            signal.signal(sig, handler)
     report = node.telemetry.report()
     if cfg.telemetry.enabled and cfg.telemetry.report_path:
         node.telemetry.write_json(cfg.telemetry.report_path)
