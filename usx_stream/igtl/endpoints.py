@@ -80,10 +80,15 @@ class Client(_Endpoint):
     backoff_s : (float, float)
         First and largest wait between connection attempts, seconds; doubles after each failure.
     connect_timeout_s : float
+    warn_after_s : float
+        A connection that keeps failing this long is logged as a warning, with the reason (once per reason
+        until it connects); shorter outages (a server restarting, or stopping at the end of a session) only
+        count ``connect_failures``.
     """
 
     def __init__(self, host: str, port: int, *, options: TransportOptions | None = None, hello: Message | None = None,
-                 backoff_s: tuple[float, float] = (0.05, 0.5), connect_timeout_s: float = 1.0):
+                 backoff_s: tuple[float, float] = (0.05, 0.5), connect_timeout_s: float = 1.0,
+                 warn_after_s: float = 1.0):
         if not 0 < backoff_s[0] <= backoff_s[1]:
             raise ValueError(f"backoff_s: expected 0 < first <= largest, got {backoff_s!r}")
         if not 0 <= int(port) < 65536:
@@ -93,6 +98,7 @@ class Client(_Endpoint):
         self.hello = hello
         self.backoff_s = backoff_s
         self.connect_timeout_s = connect_timeout_s
+        self.warn_after_s = warn_after_s
         self.connection: Connection | None = None  # replaced by the manager thread on each connect
         self.generation = 0  # number of successful connections so far
         self.downtimes_s: list[float] = []  # per reconnect: seconds from losing a connection to the next one
@@ -140,12 +146,14 @@ class Client(_Endpoint):
     def _run(self) -> None:
         delay = self.backoff_s[0]
         reported = ""  # the last failure reason logged at WARNING: a typo'd host or port shows once, not never
+        failing_since = None
         while not self._stop.is_set():
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
             except OSError as e:
                 reason = e.strerror or str(e) or type(e).__name__
-                if reason != reported:
+                failing_since = time.monotonic() if failing_since is None else failing_since
+                if reason != reported and time.monotonic() - failing_since >= self.warn_after_s:
                     logger.warning("cannot connect to %s:%d: %s; retrying every %g s (a server not up yet, or "
                                    "the host or port wrong?)", self.host, self.port, reason, self.backoff_s[1])
                     reported = reason
@@ -174,7 +182,7 @@ class Client(_Endpoint):
                     self._lost_at = None
                 self._cond.notify_all()
             self.stats.add("connects")
-            reported = ""
+            reported, failing_since = "", None
             logger.info("connected to %s:%d", self.host, self.port)
             conn.closed.wait()
             if self._stop.is_set():
