@@ -25,6 +25,11 @@ from .config import EXTENT_ROUNDINGS, ReconstructionConfig
 # (2 GiB of float32 accumulators at its two channels): neither a typo nor a tracking glitch may allocate
 # the machine away.
 MAX_GRID_VOXELS = 256 * 1024 * 1024
+
+
+def grid_dims(extent_mm, spacing_mm: float) -> list[int]:
+    """Voxels per axis of the node's grid spanning ``extent_mm`` at ``spacing_mm`` (both ends included)."""
+    return [int(math.ceil(e / spacing_mm)) + 1 for e in extent_mm]
 # PLUS fixed point has 14 fractional bits (IGSIO fixed.h).
 FIXED_BITS = 14
 FIXED_ONE = 1 << FIXED_BITS

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..bone.detect import BoneDetectionParams, BoneDetector, pixel_size_from_image_to_probe
 from ..compound.config import ReconstructionConfig
-from ..compound.geometry import MAX_GRID_VOXELS, OutputGeometry
+from ..compound.geometry import MAX_GRID_VOXELS, OutputGeometry, grid_dims
 from ..compound.reconstructor import Reconstructor, frame_image_to_reference
 from .compute import choose_bone_points, cuda_available
 from .frame_check import FrameGate, image_reason, pose_reason
@@ -60,7 +60,7 @@ def _grid_from_frames(matrices: list[np.ndarray], shape_hw: tuple[int, int], *, 
     """Axis-aligned grid enclosing every frame's image corners plus ``margin_mm``."""
     pts = np.vstack([_frame_corners(m, shape_hw) for m in matrices])
     lo, hi = pts.min(axis=0) - margin_mm, pts.max(axis=0) + margin_mm
-    dims = tuple(int(np.ceil((b - a) / spacing_mm)) + 1 for a, b in zip(lo, hi))
+    dims = tuple(grid_dims(hi - lo, spacing_mm))
     if int(np.prod(dims, dtype=np.int64)) > MAX_GRID_VOXELS:
         raise ValueError(f"compound: the first frames span {np.round(hi - lo).tolist()} mm, a grid of {list(dims)} "
                          f"voxels at {spacing_mm} mm (> {MAX_GRID_VOXELS}); set compound.origin_mm and "
@@ -106,7 +106,7 @@ class IngestStage:
         self.newest_timestamp = float("nan")
         self._fixed_grid = bool(compound.origin_mm and compound.extent_mm)
         if compound.origin_mm and compound.extent_mm:
-            dims = tuple(int(np.ceil(e / compound.spacing_mm)) + 1 for e in compound.extent_mm)
+            dims = tuple(grid_dims(compound.extent_mm, compound.spacing_mm))
             self._make_reconstructor(OutputGeometry(np.asarray(compound.origin_mm), np.full(3, compound.spacing_mm), dims))
 
     # ------------------------------------------------------------------ ingest thread

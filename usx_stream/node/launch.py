@@ -31,7 +31,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..compound.geometry import MAX_GRID_VOXELS
+from ..compound.geometry import MAX_GRID_VOXELS, grid_dims
 from ..errors import InputError
 from ..frames import LEVELS
 from .launch_schema import SCHEMA, TOP_LEVEL_KEYS, Key
@@ -222,7 +222,7 @@ def _check_cross(sections: Mapping[str, Section]) -> None:
     if comp.extent_mm and min(comp.extent_mm) <= 0:
         raise _fail("compound.extent_mm", "every size must be > 0", comp.extent_mm)
     if comp.extent_mm:
-        dims = [math.ceil(e / comp.spacing_mm) + 1 for e in comp.extent_mm]
+        dims = grid_dims(comp.extent_mm, comp.spacing_mm)
         if math.prod(dims) > MAX_GRID_VOXELS:
             raise _fail("compound.extent_mm", f"a grid of {dims} voxels at compound.spacing_mm = "
                         f"{comp.spacing_mm:g} is over {MAX_GRID_VOXELS} voxels (2 GiB of accumulators); "

@@ -53,8 +53,7 @@ from ..frames import Surface, TrackedFrame, XrayImage
 
 log = logging.getLogger(__name__)
 
-_CHUNK_NAME = re.compile(r"^inputs_(\d+)\.igs\.mha$")
-_CHUNK_READ = re.compile(r"^inputs_(\d+)\.igs\.(?:mha|nrrd)$")  # a recording converted to NRRD reads too
+_CHUNK_NAME = re.compile(r"^inputs_(\d+)\.igs\.(?:mha|nrrd)$")  # written as .mha; converted to NRRD reads too
 _XRAY_NAME = re.compile(r"^xray_(\d+)\.npz$")
 _SURFACE_NAME = re.compile(r"^(\d+)_.*\.ply$")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
@@ -331,7 +330,7 @@ def _geometry_key(frame: TrackedFrame) -> tuple | None:
 def chunk_paths(recording: str | Path) -> list[Path]:
     """The sequence chunks of a recording folder (``inputs_NNNN.igs.mha``; ``.igs.nrrd`` too) in number order."""
     rec = Path(recording)
-    numbered = [(int(m.group(1)), p) for p in rec.iterdir() if (m := _CHUNK_READ.match(p.name))]
+    numbered = [(int(m.group(1)), p) for p in rec.iterdir() if (m := _CHUNK_NAME.match(p.name))]
     return [p for _, p in sorted(numbered)]
 
 
